@@ -1,0 +1,95 @@
+//! The contract between the dust VMM and its guests (x86_64).
+//!
+//! One module that both sides read: the host crates (`devices`, `vmm`) and the no_std guest
+//! runtime (`guest/dust-guest`) depend on it, so a number here cannot drift between them.
+//! See `docs/guest-contract.md` for the prose version.
+#![no_std]
+
+/// Guest-physical memory map.
+pub mod layout {
+    /// GDT (flat, 64-bit code + data + TSS descriptors).
+    pub const GDT: u64 = 0x500;
+    /// IDT (empty: limit 0; guests install their own).
+    pub const IDT: u64 = 0x520;
+    /// Multiprocessor table (written only when vcpus > 1).
+    pub const MPTABLE: u64 = 0x9fc00;
+    /// Initial stack pointer of the boot CPU (grows down from here).
+    pub const BOOT_STACK: u64 = 0x8ff0;
+    /// Zero page (`struct boot_params`); RSI points here at entry.
+    pub const ZERO_PAGE: u64 = 0x7000;
+    /// PML4 of the identity map (PDPT at +0x1000, PD at +0x2000).
+    pub const PAGE_TABLES: u64 = 0x9000;
+    /// Kernel command line (NUL terminated).
+    pub const CMDLINE: u64 = 0x20000;
+    /// Largest command line, including the NUL.
+    pub const CMDLINE_MAX: usize = 4096;
+    /// Lowest address a kernel image may load at (1 MiB, as Linux requires).
+    pub const HIMEM_START: u64 = 0x10_0000;
+    /// Where unikernel guests are linked.
+    pub const UNIKERNEL_BASE: u64 = 0x20_0000;
+    /// Where Linux `vmlinux` loads (CONFIG_PHYSICAL_START).
+    pub const LINUX_BASE: u64 = 0x100_0000;
+    /// The identity map covers the first GiB with 2 MiB pages.
+    pub const IDENTITY_MAPPED: u64 = 1 << 30;
+    /// Start of the MMIO hole below 4 GiB; RAM above it continues at 4 GiB.
+    pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+    /// End of the MMIO hole.
+    pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+}
+
+/// Pseudo devices every dust guest may use.
+pub mod devices {
+    /// Boot timer (Firecracker compatible): write [`BOOT_READY_MAGIC`] here when ready.
+    pub const BOOT_TIMER: u64 = 0xc000_0000;
+    /// Size of the boot-timer MMIO window.
+    pub const BOOT_TIMER_SIZE: u64 = 0x1000;
+    /// The byte that means "guest ready (listening)".
+    pub const BOOT_READY_MAGIC: u8 = 123;
+    /// Debug exit port (QEMU isa-debug-exit compatible): a u32 write ends the VM.
+    pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+    /// i8042 command port; writing [`I8042_RESET`] resets (ends) the VM.
+    pub const I8042_COMMAND_PORT: u16 = 0x64;
+    /// i8042 data port.
+    pub const I8042_DATA_PORT: u16 = 0x60;
+    /// The i8042 "pulse reset line" command.
+    pub const I8042_RESET: u8 = 0xfe;
+    /// COM1 (8250 UART) base port.
+    pub const COM1: u16 = 0x3f8;
+    /// COM1 interrupt line (irqchip mode).
+    pub const COM1_IRQ: u32 = 4;
+    /// First virtio-mmio device; further ones follow every [`VIRTIO_MMIO_SIZE`] bytes.
+    pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+    /// Size of one virtio-mmio window.
+    pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+    /// Interrupt line of the first virtio-mmio device (then +1 per device).
+    pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
+}
+
+/// virtio-vsock addressing.
+pub mod vsock {
+    /// The host's CID.
+    pub const HOST_CID: u64 = 2;
+    /// Every dust guest's CID.
+    pub const GUEST_CID: u64 = 3;
+}
+
+/// Process exit statuses of `dust run` (and worker exit reports).
+///
+/// A guest's debug-exit status below [`GUEST_MAX`] passes through unchanged; the VMM's own
+/// outcomes use the reserved values from 240 up, so a script can tell them apart.
+pub mod status {
+    /// Largest guest status that passes through unchanged.
+    pub const GUEST_MAX: u32 = 239;
+    /// The guest wrote a status above [`GUEST_MAX`].
+    pub const GUEST_OUT_OF_RANGE: u8 = 240;
+    /// The guest crashed: triple fault, KVM internal error, failed entry.
+    pub const GUEST_CRASH: u8 = 241;
+    /// The VM ran past its timeout and was killed.
+    pub const TIMEOUT: u8 = 242;
+    /// The VMM could not build or run the VM (bad image, bad config, KVM error).
+    pub const VMM_ERROR: u8 = 243;
+    /// The command line was not understood.
+    pub const USAGE: u8 = 244;
+    /// The VM was killed on request (signal, API).
+    pub const KILLED: u8 = 245;
+}
