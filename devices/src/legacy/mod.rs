@@ -1,0 +1,13 @@
+//! Legacy and pseudo devices of the guest contract (`dust-abi::devices`):
+//! the 8250 UART on COM1 and the i8042 reset line (both vm-superio models), the
+//! Firecracker-compatible boot timer and the QEMU-compatible debug-exit port.
+
+mod boot_timer;
+mod debug_exit;
+mod i8042;
+mod serial;
+
+pub use boot_timer::BootTimer;
+pub use debug_exit::DebugExit;
+pub use i8042::I8042;
+pub use serial::{Serial, SerialSink};

@@ -1,0 +1,109 @@
+//! COM1: vm-superio's 8250 UART, writing the guest's output to a sink.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use crate::{BusAction, BusDevice, Interrupt};
+
+/// Where serial output goes.
+pub enum SerialSink {
+    /// The process's stdout (`dust run`).
+    Stdout,
+    /// An open file (a worker's log).
+    File(File),
+    /// Anything else (tests, in-memory capture).
+    Writer(Box<dyn Write + Send>),
+    /// Discarded.
+    Discard,
+}
+
+impl SerialSink {
+    fn into_writer(self) -> Box<dyn Write + Send> {
+        match self {
+            SerialSink::Stdout => Box::new(io::stdout()),
+            SerialSink::File(f) => Box::new(f),
+            SerialSink::Writer(w) => w,
+            SerialSink::Discard => Box::new(io::sink()),
+        }
+    }
+}
+
+/// Adapts our [`Interrupt`] to vm-superio's trigger.
+struct Irq(Arc<dyn Interrupt>);
+
+impl vm_superio::Trigger for Irq {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.trigger()
+    }
+}
+
+/// The UART on the bus (8 registers).
+pub struct Serial {
+    uart: vm_superio::Serial<Irq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+}
+
+impl Serial {
+    /// A UART that raises `irq` and writes to `sink`.
+    pub fn new(irq: Arc<dyn Interrupt>, sink: SerialSink) -> Self {
+        Self {
+            uart: vm_superio::Serial::new(Irq(irq), sink.into_writer()),
+        }
+    }
+
+    /// Flush buffered output (called when the VM stops).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.uart.writer_mut().flush()
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Ok(off), [b]) = (u8::try_from(offset), data) {
+            *b = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
+        if let (Ok(off), [b]) = (u8::try_from(offset), data) {
+            // A sink that fails (closed pipe, full disk) loses output, never the VM.
+            let _ = self.uart.write(off, *b);
+        }
+        BusAction::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventFdInterrupt;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_bytes_to_the_sink() {
+        let cap = Capture::default();
+        let irq = Arc::new(EventFdInterrupt::new().unwrap());
+        let mut s = Serial::new(irq, SerialSink::Writer(Box::new(cap.clone())));
+        for b in b"hi\n" {
+            assert_eq!(s.write(0, &[*b]), BusAction::None);
+        }
+        assert_eq!(&*cap.0.lock().unwrap(), b"hi\n");
+        // Line status register: transmitter empty.
+        let mut lsr = [0u8];
+        s.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0);
+    }
+}
