@@ -9,6 +9,7 @@
 pub mod bus;
 pub mod interrupt;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusAction, BusDevice, BusError};
 pub use interrupt::{EventFdInterrupt, Interrupt};
