@@ -1,1 +1,44 @@
-fn main() {}
+//! `dust`: a KVM microVM monitor with just-in-time summoning.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// dust boots a fresh microVM per request on KVM.
+#[derive(Parser)]
+#[command(name = "dust", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot one guest image in a microVM in the foreground (serial on stdout).
+    ///
+    /// The process exits with the guest's debug-exit status (0-239), or with one of dust's
+    /// own statuses: 240 guest status out of range, 241 guest crashed (triple fault, KVM
+    /// internal error), 242 timed out and killed, 243 VMM error (bad image, bad config, KVM
+    /// failure), 244 usage error, 245 killed.
+    Run(cli::run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => dust_abi::status::USAGE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    cli::init_logging();
+    match cli.command {
+        Command::Run(args) => cli::run::run(args),
+    }
+}

@@ -17,7 +17,7 @@ pub mod layout {
     pub const BOOT_STACK: u64 = 0x8ff0;
     /// Zero page (`struct boot_params`); RSI points here at entry.
     pub const ZERO_PAGE: u64 = 0x7000;
-    /// PML4 of the identity map (PDPT at +0x1000, PD at +0x2000).
+    /// PML4 of the identity map (PDPT at +0x1000, four PDs at +0x2000..+0x6000).
     pub const PAGE_TABLES: u64 = 0x9000;
     /// Kernel command line (NUL terminated).
     pub const CMDLINE: u64 = 0x20000;
@@ -29,8 +29,9 @@ pub mod layout {
     pub const UNIKERNEL_BASE: u64 = 0x20_0000;
     /// Where Linux `vmlinux` loads (CONFIG_PHYSICAL_START).
     pub const LINUX_BASE: u64 = 0x100_0000;
-    /// The identity map covers the first GiB with 2 MiB pages.
-    pub const IDENTITY_MAPPED: u64 = 1 << 30;
+    /// The identity map covers the first 4 GiB with 2 MiB pages, so that the MMIO devices
+    /// below 4 GiB (boot timer, virtio-mmio) are reachable without the guest mapping them.
+    pub const IDENTITY_MAPPED: u64 = 4 << 30;
     /// Start of the MMIO hole below 4 GiB; RAM above it continues at 4 GiB.
     pub const MMIO_HOLE_START: u64 = 0xc000_0000;
     /// End of the MMIO hole.

@@ -1,1 +1,19 @@
+//! The dust VMM: the only crate that touches KVM.
+//!
+//! [`VmConfig`] says what to build; [`build`] assembles a VM in one ordered pass without
+//! running it (a "shell" that has never executed guest code); [`Vm::start`] runs it and
+//! returns a [`VmHandle`] to wait for or kill it.
 
+pub mod config;
+pub mod loader;
+pub mod memory;
+pub mod timings;
+pub mod vcpu;
+mod vm;
+pub mod x86_64;
+
+pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};
+pub use loader::ImageError;
+pub use timings::Timings;
+pub use vcpu::VmExit;
+pub use vm::{build, BuildError, Killer, Vm, VmHandle, VmReport};

@@ -1,0 +1,83 @@
+//! `dust run IMAGE`: one VM in the foreground.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use dust_abi::status;
+use vmm::{VmConfig, VsockConfig};
+
+/// Flags of `dust run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Guest image: x86_64 ELF (vmlinux or a dust unikernel) or bzImage.
+    pub image: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Guest command line.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long = "mem", default_value_t = vmm::config::DEFAULT_MEMORY_MIB)]
+    pub memory_mib: u32,
+    /// Number of vCPUs (more than one needs --irqchip).
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Create the in-kernel irqchip (needed by Linux; unikernels poll without it).
+    #[arg(long)]
+    pub irqchip: bool,
+    /// Kill the VM after this long, e.g. 2s or 500ms (exit status 242).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Add a virtio-vsock device bound to this host Unix socket (Firecracker's protocol).
+    #[arg(long)]
+    pub vsock: Option<PathBuf>,
+    /// Print each phase's duration in microseconds to stderr when the VM ends.
+    #[arg(long)]
+    pub timings: bool,
+}
+
+impl RunArgs {
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            irqchip: self.irqchip,
+            timeout: self.timeout,
+            vsock: self.vsock.clone().map(|uds| VsockConfig { uds }),
+            ..VmConfig::new(&self.image)
+        }
+    }
+}
+
+/// Boot, wait, report.
+pub fn run(args: RunArgs) -> ExitCode {
+    let config = args.config();
+    let vm = match vmm::build(&config, None) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("dust: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    let handle = match vm.start() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("dust: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    let report = handle.wait();
+    if args.timings {
+        eprint!("{}", report.timings.render());
+    }
+    let code = report.exit.exit_code();
+    if !matches!(report.exit, vmm::VmExit::Status(_) | vmm::VmExit::Reset) || code >= 240 {
+        eprintln!("dust: {}", report.exit);
+    }
+    ExitCode::from(code)
+}

@@ -1,0 +1,317 @@
+//! The vCPU run loop: enter the guest, dispatch PIO/MMIO exits to the buses, and turn the
+//! exits that end a VM into a [`VmExit`].
+//!
+//! A vCPU thread can be stuck inside KVM_RUN for as long as the guest likes (a loop without
+//! exits; on the emulating KVM of our dev machines even a `vmcall`), so stopping it never
+//! waits for the next exit: [`kick`] sends `SIGRTMIN` to the thread, which makes KVM_RUN
+//! return EINTR, and the loop then sees the stop flag.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::time::Instant;
+
+use devices::{Bus, BusAction, EventFdInterrupt};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMem;
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest wrote this status to the debug-exit port.
+    Status(u32),
+    /// The guest reset the machine (i8042 reset line, or a KVM system event).
+    Reset,
+    /// The guest crashed (triple fault, emulation failure, failed entry).
+    Crash(String),
+    /// A device met guest input it cannot tolerate.
+    DeviceError(String),
+    /// The VM ran past its timeout.
+    Timeout,
+    /// The VM was killed on request.
+    Killed,
+    /// The VMM failed while running the VM.
+    VmmError(String),
+}
+
+impl VmExit {
+    /// The process exit status `dust run` reports (see `dust_abi::status`).
+    pub fn exit_code(&self) -> u8 {
+        use dust_abi::status::*;
+        match self {
+            VmExit::Status(s) if *s <= GUEST_MAX => *s as u8,
+            VmExit::Status(_) => GUEST_OUT_OF_RANGE,
+            VmExit::Reset => 0,
+            VmExit::Crash(_) | VmExit::DeviceError(_) => GUEST_CRASH,
+            VmExit::Timeout => TIMEOUT,
+            VmExit::Killed => KILLED,
+            VmExit::VmmError(_) => VMM_ERROR,
+        }
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Status(s) => write!(f, "guest exited with status {s}"),
+            VmExit::Reset => write!(f, "guest reset the machine"),
+            VmExit::Crash(why) => write!(f, "guest crashed: {why}"),
+            VmExit::DeviceError(why) => write!(f, "device error: {why}"),
+            VmExit::Timeout => write!(f, "timed out: VM killed"),
+            VmExit::Killed => write!(f, "VM killed"),
+            VmExit::VmmError(why) => write!(f, "VMM error: {why}"),
+        }
+    }
+}
+
+/// State shared by the vCPU threads of one VM and its handle.
+pub struct Shared {
+    /// Set once the VM must stop; every vCPU loop checks it before entering the guest.
+    pub stop: AtomicBool,
+    /// First outcome wins.
+    pub outcome: Mutex<Option<VmExit>>,
+    /// Wakes a vCPU parked on HLT (no-irqchip mode); devices trigger it when they have work.
+    pub wake: Arc<EventFdInterrupt>,
+    /// When the guest wrote "ready" to the boot timer.
+    pub ready_at: OnceLock<Instant>,
+    /// When the boot vCPU first entered KVM_RUN.
+    pub first_entry: OnceLock<Instant>,
+    /// Wall time spent inside KVM_RUN, summed over vCPUs, in nanoseconds.
+    pub guest_ns: AtomicU64,
+    /// Called (once) when the guest signals ready.
+    pub on_ready: Mutex<Option<Box<dyn FnOnce(Instant) + Send>>>,
+}
+
+impl Shared {
+    /// A VM that has not run yet.
+    pub fn new(wake: Arc<EventFdInterrupt>) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            wake,
+            ready_at: OnceLock::new(),
+            first_entry: OnceLock::new(),
+            guest_ns: AtomicU64::new(0),
+            on_ready: Mutex::new(None),
+        }
+    }
+
+    /// Record how the VM ended (if nothing did before) and ask every vCPU to stop.
+    pub fn finish(&self, exit: VmExit) {
+        let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        if outcome.is_none() {
+            *outcome = Some(exit);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // Resume a vCPU parked on HLT so it sees the flag.
+        let _ = devices::Interrupt::trigger(&*self.wake);
+    }
+
+    /// The recorded outcome.
+    pub fn outcome(&self) -> Option<VmExit> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn ready(&self) {
+        let now = Instant::now();
+        if self.ready_at.set(now).is_ok() {
+            let cb = self
+                .on_ready
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(cb) = cb {
+                cb(now);
+            }
+        }
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that interrupts KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Install the (empty) handler for the kick signal, once per process.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick);
+    });
+    result
+}
+
+/// A way to interrupt one vCPU thread while it lives.
+#[derive(Clone)]
+pub struct Kick {
+    /// The thread.
+    pub thread: libc::pthread_t,
+    /// True while the thread may still be inside KVM_RUN. Guarded so that a kick never
+    /// targets a thread that has already exited.
+    pub alive: Arc<Mutex<bool>>,
+}
+
+impl Kick {
+    /// Interrupt KVM_RUN on the thread, if it still runs.
+    pub fn kick(&self) {
+        let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
+        if *alive {
+            // SAFETY: the thread is alive (it clears `alive` under this lock before it exits),
+            // so its pthread_t is valid; the signal's handler is installed and does nothing.
+            unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        }
+    }
+
+    /// Called by the thread itself as it leaves.
+    pub fn mark_exited(&self) {
+        *self.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
+    }
+}
+
+/// Everything a vCPU thread owns.
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Index (0 = boot CPU).
+    pub id: u8,
+    /// Port I/O devices.
+    pub pio: Arc<Bus>,
+    /// MMIO devices.
+    pub mmio: Arc<Bus>,
+    /// Guest memory, to describe crashes.
+    pub mem: GuestMem,
+    /// Whether the in-kernel irqchip handles HLT.
+    pub irqchip: bool,
+}
+
+impl Vcpu {
+    /// Run until the VM stops; returns how it ended (as seen by this vCPU).
+    pub fn run(mut self, shared: &Shared) -> VmExit {
+        loop {
+            if shared.stop.load(Ordering::SeqCst) {
+                return VmExit::Killed;
+            }
+            let entered = Instant::now();
+            if self.id == 0 {
+                let _ = shared.first_entry.set(entered);
+            }
+            let exit = self.fd.run();
+            let spent = entered.elapsed().as_nanos() as u64;
+            shared.guest_ns.fetch_add(spent, Ordering::Relaxed);
+            let action = match exit {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    // `rep outsb` hands over many bytes at once; devices take one access at a time.
+                    if data.len() > 4 {
+                        data.chunks(1)
+                            .filter_map(|b| self.pio.write(u64::from(port), b))
+                            .find(|a| *a != BusAction::None)
+                    } else {
+                        self.pio.write(u64::from(port), data)
+                    }
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    data.fill(0xff);
+                    self.pio.read(u64::from(port), data);
+                    None
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    data.fill(0);
+                    self.mmio.read(addr, data);
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
+                Ok(VcpuExit::Hlt) => {
+                    if !self.irqchip {
+                        park(shared);
+                    }
+                    None
+                }
+                Ok(VcpuExit::Shutdown) => return VmExit::Crash("triple fault".into()),
+                Ok(VcpuExit::InternalError) => {
+                    return VmExit::Crash(self.describe_internal_error());
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return VmExit::Crash(format!(
+                        "KVM could not enter the guest (hardware reason {reason:#x}, cpu {cpu})"
+                    ));
+                }
+                Ok(VcpuExit::SystemEvent(_, _)) => return VmExit::Reset,
+                Ok(VcpuExit::Hypercall(_)) => {
+                    return VmExit::Crash("guest made a hypercall".into());
+                }
+                Ok(VcpuExit::Intr) => None,
+                Ok(other) => return VmExit::Crash(format!("unexpected vCPU exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) => return VmExit::VmmError(format!("KVM_RUN failed: {e}")),
+            };
+            match action {
+                None | Some(BusAction::None) => {}
+                Some(BusAction::Ready) => shared.ready(),
+                Some(BusAction::Exit(s)) => return VmExit::Status(s),
+                Some(BusAction::Reset) => return VmExit::Reset,
+                Some(BusAction::DeviceError) => {
+                    return VmExit::DeviceError("a device stopped on bad guest input".into());
+                }
+            }
+        }
+    }
+
+    /// "emulation failure at rip 0x200123 (0f 57 c0 ...)": what this KVM could not run.
+    fn describe_internal_error(&mut self) -> String {
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // member of the exit union.
+        let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let what = match sub {
+            1 => "emulation failure",
+            2 => "simultaneous exception",
+            3 => "delivery event failure",
+            _ => "internal error",
+        };
+        let Ok(regs) = self.fd.get_regs() else {
+            return format!("KVM {what} (suberror {sub})");
+        };
+        const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+        let phys = if regs.rip >= KERNEL_MAP {
+            regs.rip - KERNEL_MAP
+        } else {
+            regs.rip
+        };
+        let mut insn = [0u8; 15];
+        let bytes = match self.mem.read_slice(&mut insn, GuestAddress(phys)) {
+            Ok(()) => insn
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(_) => "unreadable".into(),
+        };
+        format!(
+            "KVM {what} (suberror {sub}) at rip {:#x}, instruction bytes: {bytes}",
+            regs.rip
+        )
+    }
+}
+
+/// No irqchip: the guest halted because it has nothing to do; sleep until a device (or a
+/// stop request) triggers the wake eventfd.
+fn park(shared: &Shared) {
+    if shared.wake.take() || shared.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut pfd = libc::pollfd {
+        fd: shared.wake.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. EINTR (a kick) just returns.
+    unsafe { libc::poll(&mut pfd, 1, -1) };
+    shared.wake.take();
+}

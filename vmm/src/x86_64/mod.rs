@@ -1,0 +1,11 @@
+//! x86_64 boot: the state a guest finds at its 64-bit entry (DESIGN.md, guest contract).
+//!
+//! Long mode with the first GiB identity-mapped by 2 MiB pages, a flat GDT, RSI = zero page
+//! with the e820 map and command line, CR0.EM clear and CR4.OSFXSR|OSXMMEXCPT set, CPUID from
+//! KVM_GET_SUPPORTED_CPUID, the boot MSRs, and an MP table when there is more than one vCPU.
+
+pub mod cpuid;
+pub mod gdt;
+pub mod mptable;
+pub mod regs;
+pub mod zero_page;
