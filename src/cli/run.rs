@@ -54,8 +54,25 @@ impl RunArgs {
     }
 }
 
-/// Boot, wait, report.
+/// Block SIGINT/SIGTERM in this thread and every thread it starts after, and return the set
+/// so one thread can wait for them with `sigwait`.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: a zeroed sigset_t is a valid argument for sigemptyset, which initialises it;
+    // the calls only touch that local set and this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
+/// the VM is torn down and the serial output flushed.
 pub fn run(args: RunArgs) -> ExitCode {
+    let stop_signals = block_stop_signals();
     let config = args.config();
     let vm = match vmm::build(&config, None) {
         Ok(vm) => vm,
@@ -71,6 +88,16 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(status::VMM_ERROR);
         }
     };
+    let killer = handle.killer();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
+                killer.kill();
+            }
+        });
     let report = handle.wait();
     if args.timings {
         eprint!("{}", report.timings.render());

@@ -1,0 +1,110 @@
+//! Shared helpers of the integration tests: real guests on real /dev/kvm, nothing mocked.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// True when /dev/kvm can be used. Without it the test says so loudly and passes, except
+/// under CI (`CI=true`), where a missing /dev/kvm fails the run.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("this test needs /dev/kvm and CI=true: cannot open it: {e}");
+            }
+            eprintln!("\n*** SKIPPED: this test needs /dev/kvm ({e}) ***\n");
+            false
+        }
+    }
+}
+
+/// Return early from a test when KVM is missing (fails under CI).
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        if !$crate::common::kvm_available() {
+            return;
+        }
+    };
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A built example guest, e.g. `guest("hello")`.
+pub fn guest(name: &str) -> PathBuf {
+    let p = root()
+        .join("guest/target/x86_64-unknown-linux-gnu/release")
+        .join(name);
+    assert!(
+        p.is_file(),
+        "guest image {} is missing: run scripts/build-guests (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
+/// The `dust` binary under test.
+pub fn dust() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dust"))
+}
+
+/// Run `dust` with `args`, returning its output.
+pub fn dust_run(args: &[&str]) -> Output {
+    dust().args(args).output().expect("spawn dust")
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "dust-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+}
+
+/// Threads of this process.
+pub fn thread_count() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads: line")
+}

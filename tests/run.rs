@@ -1,0 +1,84 @@
+//! `dust run` end to end: real guests on /dev/kvm through the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{dust_run, guest};
+use dust_abi::status;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn hello_prints_greeting_and_arguments() {
+    require_kvm!();
+    let hello = guest("hello");
+    let o = dust_run(&[hello.to_str().unwrap(), "--cmdline", "alpha beta 42"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Hello from dust"), "stdout: {out}");
+    assert!(out.contains("alpha beta 42"), "stdout: {out}");
+}
+
+#[test]
+fn exit_code_passes_through() {
+    require_kvm!();
+    let g = guest("exit-code");
+    for code in [0, 7, 239] {
+        let o = dust_run(&[g.to_str().unwrap(), "--cmdline", &code.to_string()]);
+        assert_eq!(o.status.code(), Some(code), "stderr: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn timings_lists_every_phase() {
+    require_kvm!();
+    let o = dust_run(&[guest("hello").to_str().unwrap(), "--timings"]);
+    assert_eq!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    for phase in [
+        "create_vm", "memory", "load", "vcpu_setup", "first_entry", "ready", "run", "guest",
+        "teardown",
+    ] {
+        assert!(err.contains(phase), "missing {phase} in: {err}");
+    }
+    assert!(!err.contains("never"), "hello must signal ready: {err}");
+}
+
+#[test]
+fn crash_reports_triple_fault() {
+    require_kvm!();
+    let o = dust_run(&[guest("crash").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(i32::from(status::GUEST_CRASH)));
+    assert!(stderr(&o).contains("guest crashed: triple fault"), "{}", stderr(&o));
+}
+
+#[test]
+fn spin_is_killed_at_its_timeout() {
+    require_kvm!();
+    let start = Instant::now();
+    let o = dust_run(&[guest("spin").to_str().unwrap(), "--timeout", "2s"]);
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(i32::from(status::TIMEOUT)), "{}", stderr(&o));
+    assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
+    // Correctness, not speed: the kill must not wait for an exit that never comes.
+    assert!(took >= Duration::from_secs(2), "killed early: {took:?}");
+    assert!(took < Duration::from_secs(20), "kill did not interrupt the guest: {took:?}");
+}
+
+#[test]
+fn usage_errors_have_their_own_status() {
+    let o = dust_run(&["run"]);
+    assert_eq!(o.status.code(), Some(i32::from(status::USAGE)));
+    let o = dust_run(&["run", "x", "--timeout", "soon"]);
+    assert_eq!(o.status.code(), Some(i32::from(status::USAGE)));
+    let o = dust_run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("run"));
+}
