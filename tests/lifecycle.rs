@@ -1,0 +1,52 @@
+//! Booting through the library leaks nothing: after 200 VMs the process has the fds and
+//! threads it started with.
+
+mod common;
+
+use common::{fd_count, guest, thread_count};
+use devices::legacy::SerialSink;
+use vmm::{VmConfig, VmExit};
+
+fn boot_once(config: &VmConfig) {
+    let vm = vmm::build(config, Some(SerialSink::Discard)).expect("build");
+    let report = vm.start().expect("start").wait();
+    assert_eq!(report.exit, VmExit::Status(0));
+    assert!(report.timings.ready_us.is_some(), "hello never signalled ready");
+}
+
+#[test]
+fn two_hundred_boots_leave_fds_and_threads_as_they_were() {
+    require_kvm!();
+    let config = VmConfig {
+        cmdline: "leak check".into(),
+        ..VmConfig::new(guest("hello"))
+    };
+    // The first VM opens /dev/kvm and caches CPUID for the whole process; count after it.
+    boot_once(&config);
+    let (fds, threads) = (fd_count(), thread_count());
+    for _ in 0..200 {
+        boot_once(&config);
+    }
+    assert_eq!(fd_count(), fds, "fd count changed after 200 boots");
+    assert_eq!(thread_count(), threads, "thread count changed after 200 boots");
+}
+
+#[test]
+fn a_killed_vm_is_freed_too() {
+    require_kvm!();
+    let config = VmConfig::new(guest("spin"));
+    boot_once(&VmConfig::new(guest("hello")));
+    let (fds, threads) = (fd_count(), thread_count());
+    for _ in 0..20 {
+        let vm = vmm::build(&config, Some(SerialSink::Discard)).expect("build");
+        let handle = vm.start().expect("start");
+        let killer = handle.killer();
+        while handle.ready_at().is_none() {
+            std::thread::yield_now();
+        }
+        killer.kill();
+        assert_eq!(handle.wait().exit, VmExit::Killed);
+    }
+    assert_eq!(fd_count(), fds);
+    assert_eq!(thread_count(), threads);
+}
