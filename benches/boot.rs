@@ -3,6 +3,7 @@
 //! - `create_boot_destroy`: the whole life, including teardown.
 //!
 //! Run: `scripts/build-guests && cargo bench --bench boot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
 //! Bad images and configs are rejected with a message naming the problem: no panic, no hang.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;
 
@@ -13,7 +14,10 @@ fn rejected(args: &[&str], needle: &str) {
         Some(i32::from(status::VMM_ERROR)),
         "args {args:?}: stderr {err}"
     );
-    assert!(err.contains(needle), "args {args:?}: expected {needle:?} in {err}");
+    assert!(
+        err.contains(needle),
+        "args {args:?}: expected {needle:?} in {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -57,14 +61,19 @@ fn bad_images_are_named() {
 
     let elf32 = patched("hello", |b| b[4] = 1);
     rejected(&[&p("elf32", &elf32)], "32-bit ELF");
-    let arm = patched("hello", |b| b[18..20].copy_from_slice(&183u16.to_le_bytes()));
+    let arm = patched("hello", |b| {
+        b[18..20].copy_from_slice(&183u16.to_le_bytes())
+    });
     rejected(&[&p("arm", &arm)], "not x86_64");
 
     let huge = patched("hello", |b| {
         let ph = first_load_phdr(b);
         b[ph + 40..ph + 48].copy_from_slice(&(1u64 << 30).to_le_bytes());
     });
-    rejected(&[&p("huge", &huge), "--mem", "16"], "does not fit in guest memory");
+    rejected(
+        &[&p("huge", &huge), "--mem", "16"],
+        "does not fit in guest memory",
+    );
 
     rejected(&["/nonexistent/dust/image"], "No such file");
 }
@@ -96,5 +105,10 @@ fn initrd_that_fits_is_accepted() {
         "--initrd",
         initrd.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

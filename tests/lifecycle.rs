@@ -1,5 +1,6 @@
 //! Booting through the library leaks nothing: after 200 VMs the process has the fds and
 //! threads it started with.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;
 
@@ -11,7 +12,10 @@ fn boot_once(config: &VmConfig) {
     let vm = vmm::build(config, Some(SerialSink::Discard)).expect("build");
     let report = vm.start().expect("start").wait();
     assert_eq!(report.exit, VmExit::Status(0));
-    assert!(report.timings.ready_us.is_some(), "hello never signalled ready");
+    assert!(
+        report.timings.ready_us.is_some(),
+        "hello never signalled ready"
+    );
 }
 
 #[test]
@@ -28,7 +32,11 @@ fn two_hundred_boots_leave_fds_and_threads_as_they_were() {
         boot_once(&config);
     }
     assert_eq!(fd_count(), fds, "fd count changed after 200 boots");
-    assert_eq!(thread_count(), threads, "thread count changed after 200 boots");
+    assert_eq!(
+        thread_count(),
+        threads,
+        "thread count changed after 200 boots"
+    );
 }
 
 #[test]

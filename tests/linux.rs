@@ -1,6 +1,7 @@
 //! Linux on dust: Debian's cloud kernel (fetched by scripts/fetch-linux) prints its banner on
 //! dust's serial. On the emulating KVM of our dev machines that is as far as Linux gets
 //! (DESIGN.md), so the test stops the VM as soon as the banner is seen.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;
 
@@ -24,8 +25,19 @@ fn kernel(name: &str) -> PathBuf {
 /// (or everything, if the VM ended first), and the exit status after stopping the VM.
 fn boot_until(image: &str, extra: &[&str], want: &str) -> (Vec<String>, Option<i32>) {
     let mut child = dust()
-        .args(["run", image, "--mem", "256", "--irqchip", "--timeout", "90s"])
-        .args(["--cmdline", "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1"])
+        .args([
+            "run",
+            image,
+            "--mem",
+            "256",
+            "--irqchip",
+            "--timeout",
+            "90s",
+        ])
+        .args([
+            "--cmdline",
+            "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=-1",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -56,7 +68,9 @@ fn vmlinux_prints_the_linux_banner() {
         "no banner; serial: {lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("Command line: console=ttyS0")),
+        lines
+            .iter()
+            .any(|l| l.contains("Command line: console=ttyS0")),
         "{lines:?}"
     );
     // Stopped by SIGTERM: dust kills the VM and reports it as killed.

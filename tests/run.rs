@@ -1,4 +1,5 @@
 //! `dust run` end to end: real guests on /dev/kvm through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;
 
@@ -43,7 +44,14 @@ fn timings_lists_every_phase() {
     assert_eq!(o.status.code(), Some(0));
     let err = stderr(&o);
     for phase in [
-        "create_vm", "memory", "load", "vcpu_setup", "first_entry", "ready", "run", "guest",
+        "create_vm",
+        "memory",
+        "load",
+        "vcpu_setup",
+        "first_entry",
+        "ready",
+        "run",
+        "guest",
         "teardown",
     ] {
         assert!(err.contains(phase), "missing {phase} in: {err}");
@@ -56,7 +64,11 @@ fn crash_reports_triple_fault() {
     require_kvm!();
     let o = dust_run(&[guest("crash").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(i32::from(status::GUEST_CRASH)));
-    assert!(stderr(&o).contains("guest crashed: triple fault"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("guest crashed: triple fault"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -65,11 +77,19 @@ fn spin_is_killed_at_its_timeout() {
     let start = Instant::now();
     let o = dust_run(&[guest("spin").to_str().unwrap(), "--timeout", "2s"]);
     let took = start.elapsed();
-    assert_eq!(o.status.code(), Some(i32::from(status::TIMEOUT)), "{}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(status::TIMEOUT)),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("timed out"), "{}", stderr(&o));
     // Correctness, not speed: the kill must not wait for an exit that never comes.
     assert!(took >= Duration::from_secs(2), "killed early: {took:?}");
-    assert!(took < Duration::from_secs(20), "kill did not interrupt the guest: {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "kill did not interrupt the guest: {took:?}"
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Shared helpers of the integration tests: real guests on real /dev/kvm, nothing mocked.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -96,7 +96,9 @@ impl Drop for TempDir {
 
 /// Open file descriptors of this process.
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
 
 /// Threads of this process.

@@ -66,6 +66,9 @@ impl std::fmt::Display for VmExit {
     }
 }
 
+/// Run on the vCPU thread when the guest signals ready.
+pub type ReadyCallback = Box<dyn FnOnce(Instant) + Send>;
+
 /// State shared by the vCPU threads of one VM and its handle.
 pub struct Shared {
     /// Set once the VM must stop; every vCPU loop checks it before entering the guest.
@@ -81,7 +84,7 @@ pub struct Shared {
     /// Wall time spent inside KVM_RUN, summed over vCPUs, in nanoseconds.
     pub guest_ns: AtomicU64,
     /// Called (once) when the guest signals ready.
-    pub on_ready: Mutex<Option<Box<dyn FnOnce(Instant) + Send>>>,
+    pub on_ready: Mutex<Option<ReadyCallback>>,
 }
 
 impl Shared {
