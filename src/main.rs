@@ -23,6 +23,9 @@ enum Command {
     /// internal error), 242 timed out and killed, 243 VMM error (bad image, bad config, KVM
     /// failure), 244 usage error, 245 killed.
     Run(cli::run::RunArgs),
+    /// Internal: one VM per process, driven by the summoner over fd 3.
+    #[command(hide = true)]
+    Worker,
 }
 
 fn main() -> ExitCode {
@@ -40,5 +43,6 @@ fn main() -> ExitCode {
     cli::init_logging();
     match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::Worker => ExitCode::from(vmm::worker::serve()),
     }
 }

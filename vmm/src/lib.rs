@@ -10,6 +10,7 @@ pub mod memory;
 pub mod timings;
 pub mod vcpu;
 mod vm;
+pub mod worker;
 pub mod x86_64;
 
 pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};

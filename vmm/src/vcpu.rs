@@ -18,7 +18,8 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::memory::GuestMem;
 
 /// How a VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum VmExit {
     /// The guest wrote this status to the debug-exit port.
     Status(u32),

@@ -323,6 +323,11 @@ impl Killer {
     pub fn kill(&self) {
         self.stop(VmExit::Killed);
     }
+
+    /// Time the vCPUs have spent inside KVM_RUN so far, in microseconds.
+    pub fn guest_us(&self) -> u64 {
+        self.shared.guest_ns.load(Ordering::Relaxed) / 1000
+    }
 }
 
 /// How a VM ended and where its time went.
@@ -346,6 +351,11 @@ pub struct VmHandle {
 }
 
 impl Vm {
+    /// Build-phase durations so far.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
     /// Run `f` (once) on the vCPU thread when the guest signals ready.
     pub fn on_ready(&self, f: impl FnOnce(Instant) + Send + 'static) {
         *self
