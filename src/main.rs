@@ -23,6 +23,11 @@ enum Command {
     /// internal error), 242 timed out and killed, 243 VMM error (bad image, bad config, KVM
     /// failure), 244 usage error, 245 killed.
     Run(cli::run::RunArgs),
+    /// Run the daemon: every request (or connection) to a service gets a fresh microVM.
+    ///
+    /// With no arguments, serves the built-in `hello` demo (the http-hello guest) on
+    /// 127.0.0.1:8080: `curl -i localhost:8080/` answers from a VM that did not exist before.
+    Serve(cli::serve::ServeArgs),
     /// Internal: one VM per process, driven by the summoner over fd 3.
     #[command(hide = true)]
     Worker,
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     match cli.command {
         Command::Run(args) => cli::run::run(args),
+        Command::Serve(args) => cli::serve::serve(args),
         Command::Worker => ExitCode::from(vmm::worker::serve()),
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line front ends. Each verb turns its flags into the crates' plain config types.
 
 pub mod run;
+pub mod serve;
 
 /// Logs through `tracing` to stderr; `RUST_LOG` / `DUST_LOG` pick the level (default: warn).
 pub fn init_logging() {

@@ -111,7 +111,12 @@ pub fn serve() -> u8 {
                     built = Some(vm);
                 }
                 Err(e) => {
-                    send(&out, &Event::Error { message: e.to_string() });
+                    send(
+                        &out,
+                        &Event::Error {
+                            message: e.to_string(),
+                        },
+                    );
                     return dust_abi::status::VMM_ERROR;
                 }
             },
@@ -124,7 +129,12 @@ pub fn serve() -> u8 {
                 match start(vm, &out) {
                     Ok(killer) => running = Some(killer),
                     Err(e) => {
-                        send(&out, &Event::Error { message: e.to_string() });
+                        send(
+                            &out,
+                            &Event::Error {
+                                message: e.to_string(),
+                            },
+                        );
                         return dust_abi::status::VMM_ERROR;
                     }
                 }

@@ -1,0 +1,201 @@
+//! `dust serve`: the daemon. With no arguments it serves the built-in `hello` demo service
+//! (the `http-hello` guest, HTTP mode) on 127.0.0.1:8080.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use dust_abi::status;
+use summoner::{FileConfig, Mode, ServiceConfig, Summoner};
+
+/// Flags of `dust serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML file with `[[service]]` tables (see dist/dust.toml).
+    #[arg(long, conflicts_with = "image")]
+    pub config: Option<PathBuf>,
+    /// Serve one service from this guest image instead of a config file.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Service name (with --image).
+    #[arg(long, default_value = "hello")]
+    pub name: String,
+    /// Listen address (with --image, or for the built-in demo).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// http: one VM per request; tcp: one VM per connection.
+    #[arg(long, value_enum, default_value = "http")]
+    pub mode: ModeArg,
+    /// vsock port the guest listens on.
+    #[arg(long, default_value_t = 80)]
+    pub guest_port: u32,
+    /// Guest command line (dust appends vm=<id>).
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// Guest memory, MiB.
+    #[arg(long = "mem", default_value_t = vmm::config::DEFAULT_MEMORY_MIB)]
+    pub memory_mib: u32,
+    /// Most VMs of the service alive at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_concurrent: usize,
+    /// Requests that may wait for a slot (beyond: 503).
+    #[arg(long, default_value_t = 256)]
+    pub queue_depth: usize,
+    /// Longest wait for a slot, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_deadline: Duration,
+    /// Longest a request may take, e.g. 10s (then 504).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_deadline: Duration,
+    /// Pre-built idle VM shells kept ready.
+    #[arg(long, default_value_t = 2)]
+    pub pool: usize,
+    /// Directory for per-VM sockets.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// How long in-flight requests may finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}
+
+/// Service mode flag.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ModeArg {
+    /// One VM per HTTP request.
+    Http,
+    /// One VM per TCP connection.
+    Tcp,
+}
+
+/// Where the built-in demo's guest image is looked for: $DUST_GUEST_DIR, the checkout this
+/// binary was built in, then /usr/lib/dust/guests.
+pub fn find_guest(name: &str) -> Option<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("DUST_GUEST_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/target/x86_64-unknown-linux-gnu/release"),
+    );
+    dirs.push(PathBuf::from("/usr/lib/dust/guests"));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+impl ServeArgs {
+    fn services(&self) -> Result<(Option<PathBuf>, Vec<ServiceConfig>), String> {
+        if let Some(path) = &self.config {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file: FileConfig =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            if file.services.is_empty() {
+                return Err(format!("{}: no [[service]] defined", path.display()));
+            }
+            return Ok((file.run_dir, file.services));
+        }
+        let image = match &self.image {
+            Some(i) => i.clone(),
+            None => find_guest("http-hello").ok_or(
+                "the built-in hello service needs the http-hello guest: run scripts/build-guests \
+                 (or set DUST_GUEST_DIR)",
+            )?,
+        };
+        let mut s = ServiceConfig::new(&self.name, self.listen, image);
+        s.mode = match self.mode {
+            ModeArg::Http => Mode::Http,
+            ModeArg::Tcp => Mode::Tcp,
+        };
+        s.guest_port = self.guest_port;
+        s.cmdline = self.cmdline.clone();
+        s.memory_mib = self.memory_mib;
+        s.max_concurrent = self.max_concurrent;
+        s.queue_depth = self.queue_depth;
+        s.queue_deadline = self.queue_deadline;
+        s.request_deadline = self.request_deadline;
+        s.pool_size = self.pool;
+        Ok((None, vec![s]))
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    let (file_run_dir, services) = match args.services() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dust: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    let run_dir = args
+        .run_dir
+        .clone()
+        .or(file_run_dir)
+        .unwrap_or_else(summoner::default_run_dir);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dust: starting the runtime: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    rt.block_on(async move {
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("dust: cannot find my own executable: {e}");
+                return ExitCode::from(status::VMM_ERROR);
+            }
+        };
+        let summoner = match Summoner::new(exe, run_dir.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("dust: run dir {}: {e}", run_dir.display());
+                return ExitCode::from(status::VMM_ERROR);
+            }
+        };
+        for s in services {
+            let (name, mode) = (s.name.clone(), s.mode);
+            match summoner.add(s) {
+                Ok(addr) => {
+                    let scheme = if mode == Mode::Http {
+                        "http://"
+                    } else {
+                        "tcp "
+                    };
+                    eprintln!("dust: serving {name} on {scheme}{addr}");
+                }
+                Err(e) => {
+                    eprintln!("dust: {e}");
+                    summoner.shutdown(Duration::ZERO).await;
+                    return ExitCode::from(status::VMM_ERROR);
+                }
+            }
+        }
+        wait_for_stop().await;
+        eprintln!(
+            "dust: stopping (grace {})",
+            humantime::format_duration(args.grace)
+        );
+        summoner.shutdown(args.grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,309 @@
+//! Service configuration: plain serde data (TOML file, CLI flags and API bodies all become a
+//! [`ServiceConfig`]), validated before anything listens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vmm::SerialConfig;
+
+/// How a service maps connections to VMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One VM per HTTP request (keep-alive clients get a fresh VM for each request).
+    #[default]
+    Http,
+    /// One VM per TCP connection, bytes spliced both ways.
+    Tcp,
+}
+
+/// One service: a listener whose every request (or connection) summons a fresh VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name: lowercase letters, digits and '-', at most 32 characters.
+    pub name: String,
+    /// Where clients connect, e.g. "127.0.0.1:8080".
+    pub listen: SocketAddr,
+    /// `http` or `tcp`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Guest image.
+    pub image: PathBuf,
+    /// Guest command line; dust appends `vm=<id>`.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Guest memory, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// vsock port the guest listens on.
+    #[serde(default = "default_port")]
+    pub guest_port: u32,
+    /// Most VMs of this service alive at once.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent: usize,
+    /// Requests that may wait for a free slot; beyond it, 503.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Longest a request waits for a slot before 503.
+    #[serde(default = "default_queue_deadline", with = "humantime_serde")]
+    pub queue_deadline: Duration,
+    /// Longest a request may take from accept to its last byte; then 504 and the VM dies.
+    #[serde(default = "default_request_deadline", with = "humantime_serde")]
+    pub request_deadline: Duration,
+    /// Pre-started idle workers (VM shells built, never run) kept ready.
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+    /// Guest serial output (default: discarded).
+    #[serde(default = "default_serial")]
+    pub serial: SerialConfig,
+}
+
+fn default_memory() -> u32 {
+    vmm::config::DEFAULT_MEMORY_MIB
+}
+fn default_port() -> u32 {
+    80
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_queue_depth() -> usize {
+    256
+}
+fn default_queue_deadline() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_pool() -> usize {
+    2
+}
+fn default_serial() -> SerialConfig {
+    SerialConfig::None
+}
+
+/// serde for `Duration` as a humantime string.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); use e.g. \"2s\""))
+        })
+    }
+}
+
+/// A service config that cannot run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ServiceConfigError {
+    /// Bad name.
+    #[error("service name {0:?}: use 1-32 lowercase letters, digits and '-'")]
+    Name(String),
+    /// Image missing or unreadable.
+    #[error("service {name}: image {path}: {why}")]
+    Image {
+        /// Service.
+        name: String,
+        /// Path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// A zero where at least one is needed.
+    #[error("service {name}: {field} must be at least 1")]
+    Zero {
+        /// Service.
+        name: String,
+        /// Field.
+        field: &'static str,
+    },
+    /// A zero duration.
+    #[error("service {name}: {field} must be greater than zero")]
+    ZeroDuration {
+        /// Service.
+        name: String,
+        /// Field.
+        field: &'static str,
+    },
+    /// The VM part is invalid.
+    #[error("service {name}: {source}")]
+    Vm {
+        /// Service.
+        name: String,
+        /// Cause.
+        #[source]
+        source: vmm::ConfigError,
+    },
+}
+
+impl ServiceConfig {
+    /// A service with defaults for everything but name, address and image.
+    pub fn new(name: &str, listen: SocketAddr, image: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            listen,
+            mode: Mode::Http,
+            image: image.into(),
+            cmdline: String::new(),
+            memory_mib: default_memory(),
+            guest_port: default_port(),
+            max_concurrent: default_concurrency(),
+            queue_depth: default_queue_depth(),
+            queue_deadline: default_queue_deadline(),
+            request_deadline: default_request_deadline(),
+            pool_size: default_pool(),
+            serial: default_serial(),
+        }
+    }
+
+    /// Check everything short of binding the port and booting.
+    pub fn validate(&self) -> Result<(), ServiceConfigError> {
+        let name = self.name.clone();
+        let ok_name = !self.name.is_empty()
+            && self.name.len() <= 32
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok_name {
+            return Err(ServiceConfigError::Name(name));
+        }
+        match std::fs::metadata(&self.image) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(ServiceConfigError::Image {
+                    name,
+                    path: self.image.display().to_string(),
+                    why: "not a regular file".into(),
+                })
+            }
+            Err(e) => {
+                return Err(ServiceConfigError::Image {
+                    name,
+                    path: self.image.display().to_string(),
+                    why: e.to_string(),
+                })
+            }
+        }
+        if self.max_concurrent == 0 {
+            return Err(ServiceConfigError::Zero {
+                name,
+                field: "max_concurrent",
+            });
+        }
+        for (field, d) in [
+            ("queue_deadline", self.queue_deadline),
+            ("request_deadline", self.request_deadline),
+        ] {
+            if d.is_zero() {
+                return Err(ServiceConfigError::ZeroDuration { name, field });
+            }
+        }
+        self.vm_config("check", Path::new("/"))
+            .validate()
+            .map_err(|source| ServiceConfigError::Vm { name, source })
+    }
+
+    /// The VM config of one request's VM.
+    pub fn vm_config(&self, vm_id: &str, run_dir: &Path) -> vmm::VmConfig {
+        let cmdline = if self.cmdline.trim().is_empty() {
+            format!("vm={vm_id}")
+        } else {
+            format!("{} vm={vm_id}", self.cmdline.trim())
+        };
+        vmm::VmConfig {
+            cmdline,
+            memory_mib: self.memory_mib,
+            serial: self.serial.clone(),
+            // A safety net behind the summoner's own deadline, which kills the worker first.
+            timeout: Some(self.request_deadline + Duration::from_secs(5)),
+            vsock: Some(vmm::VsockConfig {
+                uds: vsock_path(run_dir, vm_id),
+            }),
+            ..vmm::VmConfig::new(&self.image)
+        }
+    }
+}
+
+/// Where a VM's vsock socket lives.
+pub fn vsock_path(run_dir: &Path, vm_id: &str) -> PathBuf {
+    run_dir.join(format!("{vm_id}.vsock"))
+}
+
+/// A config file: `[[service]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    /// The services.
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_file_with_defaults() {
+        let c: FileConfig = toml::from_str(
+            r#"
+[[service]]
+name = "hello"
+listen = "127.0.0.1:8080"
+image = "/x/http-hello"
+queue_deadline = "250ms"
+
+[[service]]
+name = "echo"
+listen = "127.0.0.1:9000"
+mode = "tcp"
+image = "/x/echo"
+guest_port = 5000
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].queue_deadline, Duration::from_millis(250));
+        assert_eq!(c.services[0].max_concurrent, 4);
+        assert_eq!(c.services[1].mode, Mode::Tcp);
+        let e = toml::from_str::<FileConfig>(
+            "[[service]]\nname='a'\nlisten='1.2.3.4:1'\nimage='x'\nport=3",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut s = ServiceConfig::new("Bad Name", "127.0.0.1:1".parse().unwrap(), "/nonexistent");
+        assert!(matches!(s.validate(), Err(ServiceConfigError::Name(_))));
+        s.name = "ok".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent"), "{e}");
+        s.image = std::env::current_exe().unwrap();
+        s.max_concurrent = 0;
+        assert!(matches!(s.validate(), Err(ServiceConfigError::Zero { .. })));
+        s.max_concurrent = 1;
+        s.memory_mib = 0;
+        assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
+        s.memory_mib = 32;
+        assert_eq!(s.validate(), Ok(()));
+        let vm = s.vm_config("hello-1", Path::new("/run/d"));
+        assert_eq!(vm.cmdline, "vm=hello-1");
+        assert_eq!(vm.vsock.unwrap().uds, PathBuf::from("/run/d/hello-1.vsock"));
+    }
+}

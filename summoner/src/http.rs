@@ -1,0 +1,191 @@
+//! HTTP mode: one fresh VM per request. hyper serves the client (keep-alive supported) and,
+//! per request, speaks HTTP/1.1 to the guest over the vsock stream; bodies stream both ways.
+//! Every response carries `Server-Timing` (queue, spawn, boot, connect, respond, guest,
+//! total) and `X-Dust-Vm`. Guest crash -> 502, deadline -> 504, overload -> 503.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::metrics::{Outcome, Phase};
+use crate::service::ServiceInner;
+use crate::summon::{self, OutcomeGuard, SummonError};
+use crate::worker::RunningWorker;
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Response body type.
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+fn text(status: StatusCode, msg: String) -> Response<RespBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg + "\n"))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn error_response(svc: &ServiceInner, e: &SummonError) -> Response<RespBody> {
+    let mut r = match e {
+        SummonError::Shed(_) => text(StatusCode::SERVICE_UNAVAILABLE, format!("dust: {e}")),
+        SummonError::Guest(_) => text(StatusCode::BAD_GATEWAY, format!("dust: {e}")),
+        SummonError::Timeout => text(StatusCode::GATEWAY_TIMEOUT, format!("dust: {e}")),
+        SummonError::Internal(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("dust: {e}")),
+    };
+    if matches!(e, SummonError::Shed(_)) {
+        let secs = svc.config.queue_deadline.as_secs().max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// Serve one request in a fresh VM.
+pub async fn handle(
+    svc: Arc<ServiceInner>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let t0 = Instant::now();
+    let deadline = t0 + svc.config.request_deadline;
+    let mut outcome = OutcomeGuard::new(&svc);
+    let summoned = match summon::summon(&svc, t0, deadline).await {
+        Ok(s) => s,
+        Err(e) => {
+            outcome.settle(e.outcome());
+            return Ok(error_response(&svc, &e));
+        }
+    };
+    summon::record(&svc, &summoned.phases);
+    let phases = summoned.phases;
+    let mut vm = summoned.vm;
+    let t = Instant::now();
+    let result =
+        tokio::time::timeout_at(deadline.into(), forward(&mut vm, summoned.stream, req)).await;
+    let resp = match result {
+        Err(_) => Err(SummonError::Timeout),
+        Ok(r) => r,
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.settle(e.outcome());
+            return Ok(error_response(&svc, &e));
+        }
+    };
+    let respond = t.elapsed();
+    let guest = Duration::from_micros(vm.guest_us().await);
+    let total = t0.elapsed();
+    svc.metrics.phase(Phase::respond, respond);
+    svc.metrics.phase(Phase::guest, guest);
+    svc.metrics.phase(Phase::total, total);
+    outcome.settle(Outcome::ok);
+
+    let (mut parts, body) = resp.into_parts();
+    let timing = format!(
+        "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
+        ms(phases.queue),
+        ms(phases.spawn),
+        if phases.warm { "warm" } else { "cold" },
+        ms(phases.boot),
+        ms(phases.connect),
+        ms(respond),
+        ms(guest),
+        ms(total)
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        parts.headers.append("server-timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&vm.vm_id) {
+        parts.headers.insert("x-dust-vm", v);
+    }
+    let body = VmBody {
+        inner: body,
+        vm: Some(vm),
+        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Send the request to the guest; a guest that dies first is a 502.
+async fn forward(
+    vm: &mut RunningWorker,
+    stream: tokio::net::UnixStream,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, SummonError> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| SummonError::Guest(format!("HTTP handshake with the guest: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    tokio::select! {
+        r = sender.send_request(req) => r.map_err(|e| SummonError::Guest(format!("guest did not answer: {e}"))),
+        exit = vm.ended() => Err(SummonError::Guest(exit.to_string())),
+    }
+}
+
+/// The guest's response body; owns the VM, which is killed as soon as the body ends (or the
+/// client goes away, or the deadline passes).
+struct VmBody {
+    inner: Incoming,
+    vm: Option<RunningWorker>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for VmBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.vm = None;
+            return Poll::Ready(Some(
+                Err("request deadline exceeded while streaming".into()),
+            ));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                self.vm = None; // response complete: dissolve the VM now
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.vm = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,157 @@
+//! The summoner: dust's front proxy. For every request (HTTP mode) or connection (TCP mode)
+//! it holds the client while it summons a fresh microVM, forwards into it over vsock,
+//! streams the answer back, and dissolves the VM when the request is done.
+//!
+//! - [`config`]: services as plain serde data.
+//! - [`worker`]: worker processes (one VM each) and their typed lifecycle.
+//! - [`pool`]: pre-built idle VM shells per service.
+//! - [`admission`]: concurrency limit, bounded queue, deadlines.
+//! - [`summon`], [`http`], [`tcp`]: the per-request path.
+//! - [`metrics`]: counters and phase histograms.
+
+pub mod admission;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pool;
+pub mod service;
+pub mod summon;
+pub mod tcp;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use config::{FileConfig, Mode, ServiceConfig};
+pub use service::{Service, StartError};
+
+/// Why a service could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// A service of that name exists.
+    #[error("a service named {0:?} already exists")]
+    Duplicate(String),
+    /// It could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Counters of one service, read exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// VMs alive now.
+    pub running: usize,
+    /// Most VMs alive at once so far.
+    pub max_running: usize,
+    /// Idle shells ready.
+    pub idle: usize,
+    /// Requests waiting for admission.
+    pub waiting: usize,
+}
+
+/// All services of one dust daemon.
+pub struct Summoner {
+    spawner: worker::Spawner,
+    metrics: Arc<metrics::Metrics>,
+    services: Mutex<BTreeMap<String, Service>>,
+}
+
+/// The default directory for per-VM sockets: /run/dust as root, else
+/// $XDG_RUNTIME_DIR/dust, else /tmp/dust-<uid>.
+pub fn default_run_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/dust");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("dust"),
+        None => PathBuf::from(format!("/tmp/dust-{uid}")),
+    }
+}
+
+impl Summoner {
+    /// A summoner whose workers run `exe worker` and keep sockets in `run_dir` (created,
+    /// mode 0700).
+    pub fn new(exe: PathBuf, run_dir: PathBuf) -> std::io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&run_dir)?;
+        std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self {
+            spawner: worker::Spawner { exe, run_dir },
+            metrics: Arc::new(metrics::Metrics::default()),
+            services: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn services(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start a new service; returns its bound address.
+    pub fn add(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+        let mut services = self.services();
+        if services.contains_key(&config.name) {
+            return Err(AddError::Duplicate(config.name));
+        }
+        let name = config.name.clone();
+        let svc = Service::start(config, self.spawner.clone(), &self.metrics)?;
+        let addr = svc.local_addr();
+        services.insert(name, svc);
+        Ok(addr)
+    }
+
+    /// Stop and remove a service; false if there was none of that name.
+    pub async fn remove(&self, name: &str, grace: Duration) -> bool {
+        let svc = self.services().remove(name);
+        match svc {
+            Some(svc) => {
+                svc.stop(grace).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Configs and bound addresses of all services.
+    pub fn list(&self) -> Vec<(ServiceConfig, SocketAddr)> {
+        self.services()
+            .values()
+            .map(|s| (s.config().clone(), s.local_addr()))
+            .collect()
+    }
+
+    /// Exact counters of one service.
+    pub fn stats(&self, name: &str) -> Option<ServiceStats> {
+        self.services().get(name).map(|s| {
+            let i = s.inner();
+            ServiceStats {
+                running: i.metrics.running(),
+                max_running: i.metrics.max_running(),
+                idle: i.pool.idle_count(),
+                waiting: i.admission.waiting(),
+            }
+        })
+    }
+
+    /// Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// Stop every service within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let all: Vec<Service> = std::mem::take(&mut *self.services())
+            .into_values()
+            .collect();
+        for s in all {
+            s.stop(grace).await;
+        }
+    }
+}

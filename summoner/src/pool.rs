@@ -1,0 +1,131 @@
+//! The pool of idle workers of one service: VM shells built ahead of time (process started,
+//! /dev/kvm open, VM and vCPU created, image loaded, registers set) so that a request only
+//! has to run the vCPU. Refilled in the background, off the request path. Every request
+//! still gets a VM no one used before: a shell is used once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::ServiceConfig;
+use crate::metrics::ServiceMetrics;
+use crate::worker::{IdleWorker, Spawner, WorkerError};
+
+/// Idle shells of one service.
+pub struct Pool {
+    config: Arc<ServiceConfig>,
+    spawner: Spawner,
+    metrics: Arc<ServiceMetrics>,
+    idle: Mutex<VecDeque<IdleWorker>>,
+    refill: Notify,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+impl Pool {
+    /// An empty pool; call [`Pool::run`] to fill it.
+    pub fn new(config: Arc<ServiceConfig>, spawner: Spawner, metrics: Arc<ServiceMetrics>) -> Self {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            id_prefix: format!(
+                "{}-{:x}{:x}",
+                config.name,
+                epoch & 0xffff_ffff,
+                std::process::id()
+            ),
+            config,
+            spawner,
+            metrics,
+            idle: Mutex::new(VecDeque::new()),
+            refill: Notify::new(),
+            closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn new_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<IdleWorker>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Spawn a worker and build a shell now.
+    pub async fn spawn(&self) -> Result<IdleWorker, WorkerError> {
+        let id = self.new_id();
+        let config = self.config.vm_config(&id, &self.spawner.run_dir);
+        self.spawner.spawn(id, config).await
+    }
+
+    /// An idle shell if one is ready (warm), else a freshly built one (cold).
+    pub async fn take(&self) -> Result<(IdleWorker, bool), WorkerError> {
+        let warm = {
+            let mut idle = self.idle();
+            let w = idle.pop_front();
+            self.metrics.set_idle(idle.len());
+            w
+        };
+        self.refill.notify_one();
+        match warm {
+            Some(w) => Ok((w, true)),
+            None => Ok((self.spawn().await?, false)),
+        }
+    }
+
+    /// Keep `pool_size` shells ready until [`Pool::close`].
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.closed.load(Ordering::SeqCst) {
+            if self.idle().len() >= self.config.pool_size {
+                self.refill.notified().await;
+                continue;
+            }
+            match self.spawn().await {
+                Ok(w) => {
+                    backoff = Duration::from_millis(100);
+                    if self.closed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let mut idle = self.idle();
+                    idle.push_back(w);
+                    self.metrics.set_idle(idle.len());
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.drain();
+    }
+
+    /// Stop refilling and kill the idle workers.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.refill.notify_one();
+        self.drain();
+    }
+
+    fn drain(&self) {
+        let drained: Vec<_> = self.idle().drain(..).collect();
+        self.metrics.set_idle(0);
+        drop(drained);
+    }
+
+    /// Shells ready now.
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+}

@@ -1,0 +1,33 @@
+//! TCP mode: one fresh VM per connection; bytes are spliced both ways until either side
+//! closes or the request deadline passes. A connection that cannot get a VM is closed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use crate::metrics::{Outcome, Phase};
+use crate::service::ServiceInner;
+use crate::summon::{self, OutcomeGuard};
+
+/// Serve one connection.
+pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
+    let t0 = Instant::now();
+    let deadline = t0 + svc.config.request_deadline;
+    let mut outcome = OutcomeGuard::new(&svc);
+    let mut summoned = match summon::summon(&svc, t0, deadline).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(service = %svc.config.name, "connection refused: {e}");
+            outcome.settle(e.outcome());
+            return;
+        }
+    };
+    summon::record(&svc, &summoned.phases);
+    svc.metrics.phase(Phase::total, t0.elapsed());
+    let splice = tokio::io::copy_bidirectional(&mut client, &mut summoned.stream);
+    match tokio::time::timeout_at(deadline.into(), splice).await {
+        Ok(_) => outcome.settle(Outcome::ok),
+        Err(_) => outcome.settle(Outcome::timeout),
+    }
+}
