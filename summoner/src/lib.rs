@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod pool;
+pub mod registry;
 pub mod service;
 pub mod summon;
 pub mod tcp;
@@ -57,6 +58,7 @@ pub struct Summoner {
     spawner: worker::Spawner,
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
+    registry: Arc<registry::Registry>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -87,6 +89,7 @@ impl Summoner {
             spawner: worker::Spawner { exe, run_dir },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
+            registry: Arc::default(),
         })
     }
 
@@ -101,7 +104,12 @@ impl Summoner {
             return Err(AddError::Duplicate(config.name));
         }
         let name = config.name.clone();
-        let svc = Service::start(config, self.spawner.clone(), &self.metrics)?;
+        let svc = Service::start(
+            config,
+            self.spawner.clone(),
+            &self.metrics,
+            self.registry.clone(),
+        )?;
         let addr = svc.local_addr();
         services.insert(name, svc);
         Ok(addr)
@@ -138,6 +146,21 @@ impl Summoner {
                 waiting: i.admission.waiting(),
             }
         })
+    }
+
+    /// Live VMs (started, not yet reaped).
+    pub fn vms(&self) -> Vec<registry::VmInfo> {
+        self.registry.list()
+    }
+
+    /// One live VM.
+    pub fn vm(&self, id: &str) -> Option<registry::VmInfo> {
+        self.registry.get(id)
+    }
+
+    /// Kill a VM (its client gets 502); false if there is no such VM.
+    pub fn kill_vm(&self, id: &str) -> bool {
+        self.registry.kill(id)
     }
 
     /// Prometheus text.

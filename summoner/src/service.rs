@@ -26,6 +26,8 @@ pub struct ServiceInner {
     pub pool: Arc<Pool>,
     /// Metrics.
     pub metrics: Arc<ServiceMetrics>,
+    /// The summoner's live VMs.
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// Why a service could not start.
@@ -61,6 +63,7 @@ impl Service {
         config: ServiceConfig,
         spawner: Spawner,
         metrics: &Arc<Metrics>,
+        registry: Arc<crate::registry::Registry>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let bind_err = |source| StartError::Bind {
@@ -84,6 +87,7 @@ impl Service {
             config,
             pool,
             metrics: smetrics,
+            registry,
         });
         tokio::spawn(inner.pool.clone().run());
         let (stop, stop_rx) = watch::channel(false);

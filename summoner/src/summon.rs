@@ -97,7 +97,12 @@ pub async fn summon(
 
     let t = Instant::now();
     let mut vm = idle
-        .start(Some(permit), svc.metrics.clone())
+        .start(
+            Some(permit),
+            svc.metrics.clone(),
+            svc.registry.clone(),
+            &svc.config.name,
+        )
         .await
         .map_err(|e| SummonError::Internal(e.to_string()))?;
     tokio::time::timeout_at(by, vm.ready())

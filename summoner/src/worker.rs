@@ -22,6 +22,7 @@ use vmm::worker::{Command as Cmd, Event, CONTROL_FD};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;
+use crate::registry::{Registry, VmEntry, VmPhase};
 
 /// A worker that failed before or while starting its VM.
 #[derive(Debug, thiserror::Error)]
@@ -199,13 +200,19 @@ impl IdleWorker {
         mut self,
         permit: Option<OwnedSemaphorePermit>,
         metrics: Arc<ServiceMetrics>,
+        registry: Arc<Registry>,
+        service: &str,
     ) -> Result<RunningWorker, WorkerError> {
         metrics.vm_started();
+        let pid = self.proc.child.as_ref().and_then(Child::id).unwrap_or(0);
+        let entry = registry.insert(&self.vm_id, service, pid);
         let mut running = RunningWorker {
             vm_id: std::mem::take(&mut self.vm_id),
             proc: Some(self.proc),
             permit,
             metrics,
+            registry,
+            entry,
         };
         running.proc_mut()?.send(&Cmd::Start).await?;
         Ok(running)
@@ -219,6 +226,8 @@ pub struct RunningWorker {
     proc: Option<Process>,
     permit: Option<OwnedSemaphorePermit>,
     metrics: Arc<ServiceMetrics>,
+    registry: Arc<Registry>,
+    entry: Arc<VmEntry>,
 }
 
 impl RunningWorker {
@@ -235,7 +244,10 @@ impl RunningWorker {
     pub async fn ready(&mut self) -> Result<(), WorkerError> {
         loop {
             match self.proc_mut()?.next().await? {
-                Event::Ready { .. } => return Ok(()),
+                Event::Ready { .. } => {
+                    self.entry.set_phase(VmPhase::Serving);
+                    return Ok(());
+                }
                 Event::Exited { exit, .. } => return Err(WorkerError::Ended(exit)),
                 Event::Error { message } => return Err(WorkerError::Reported(message)),
                 _ => {}
@@ -284,7 +296,10 @@ impl Drop for RunningWorker {
     fn drop(&mut self) {
         let permit = self.permit.take();
         let metrics = self.metrics.clone();
+        let (registry, id) = (self.registry.clone(), std::mem::take(&mut self.vm_id));
+        self.entry.set_phase(VmPhase::Stopping);
         let after: Box<dyn FnOnce() + Send> = Box::new(move || {
+            registry.remove(&id);
             metrics.vm_stopped();
             drop(permit);
         });
