@@ -1,0 +1,280 @@
+//! The summoner end to end: real worker processes (the dust binary), real guests on
+//! /dev/kvm, a real TCP client. Each test runs its own summoner in this process.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{child_pids, fd_count, guest, http_get, read_reply, TempDir};
+use summoner::{Mode, ServiceConfig, Summoner};
+
+struct Env {
+    summoner: Summoner,
+    dir: TempDir,
+}
+
+fn env() -> Env {
+    let dir = TempDir::new("summoner");
+    let summoner = Summoner::new(
+        PathBuf::from(env!("CARGO_BIN_EXE_dust")),
+        dir.path().join("run"),
+    )
+    .expect("summoner");
+    Env { summoner, dir }
+}
+
+fn service(name: &str, image: &str) -> ServiceConfig {
+    let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest(image));
+    s.pool_size = 2;
+    s
+}
+
+impl Env {
+    fn add(&self, s: ServiceConfig) -> SocketAddr {
+        self.summoner.add(s).expect("add service")
+    }
+
+    /// Shut down and check that nothing is left: no workers, no sockets.
+    async fn finish(self) {
+        self.summoner.shutdown(Duration::from_secs(5)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !child_pids().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            child_pids(),
+            Vec::<u32>::new(),
+            "worker processes left behind"
+        );
+        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("run"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "files left in the run dir: {left:?}");
+    }
+}
+
+async fn get(addr: SocketAddr) -> common::HttpReply {
+    tokio::task::spawn_blocking(move || http_get(addr, "/").expect("http"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_requests_five_hundred_vms() {
+    require_kvm!();
+    let env = env();
+    let addr = env.add(service("hello", "http-hello"));
+    let fds = fd_count();
+    let mut ids = HashSet::new();
+    for i in 0..500 {
+        let r = get(addr).await;
+        assert_eq!(
+            r.status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let id = r.header("x-dust-vm").expect("X-Dust-Vm").to_string();
+        let timing = r.header("server-timing").expect("Server-Timing");
+        for phase in [
+            "queue", "spawn", "boot", "connect", "respond", "guest", "total",
+        ] {
+            assert!(timing.contains(&format!("{phase};dur=")), "{timing}");
+        }
+        assert!(
+            String::from_utf8_lossy(&r.body).contains(&id),
+            "body must name the VM"
+        );
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 500, "every request must get its own VM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Idle workers come and go; the summoner's own fds must not grow with traffic.
+    assert!(
+        fd_count() <= fds + 8,
+        "fds grew from {fds} to {}",
+        fd_count()
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_client_gets_a_fresh_vm_per_request() {
+    require_kvm!();
+    let env = env();
+    let addr = env.add(service("ka", "http-hello"));
+    let ids = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            write!(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let r = read_reply(&mut s).unwrap();
+            assert_eq!(r.status, 200);
+            ids.push(r.header("x-dust-vm").unwrap().to_string());
+        }
+        ids
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 3, "{ids:?}");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_holds_and_queue_drops_nothing() {
+    require_kvm!();
+    let env = env();
+    let mut s = service("busy", "http-hello");
+    s.max_concurrent = 4;
+    s.queue_depth = 64;
+    s.queue_deadline = Duration::from_secs(120);
+    s.request_deadline = Duration::from_secs(120);
+    let addr = env.add(s);
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            tokio::task::spawn_blocking(move || {
+                (0..10)
+                    .map(|_| http_get(addr, "/").map(|r| r.status).unwrap_or(0))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    assert_eq!(statuses.len(), 640);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "not all 200: {statuses:?}"
+    );
+    let stats = env.summoner.stats("busy").unwrap();
+    assert!(
+        stats.max_running >= 1 && stats.max_running <= 4,
+        "{stats:?}"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_shed_with_503_and_retry_after() {
+    require_kvm!();
+    let env = env();
+    let mut s = service("spinq", "spin");
+    s.max_concurrent = 1;
+    s.queue_depth = 0;
+    s.request_deadline = Duration::from_secs(3);
+    let addr = env.add(s);
+    let first = tokio::spawn(get(addr));
+    // Wait until the first request holds the only slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.summoner.stats("spinq").unwrap().running == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = get(addr).await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(first.await.unwrap().status, 504);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guest_gets_504_at_the_deadline() {
+    require_kvm!();
+    let env = env();
+    let mut s = service("spin", "spin");
+    s.request_deadline = Duration::from_secs(1);
+    let addr = env.add(s);
+    let t = Instant::now();
+    let r = get(addr).await;
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    let r = get(addr).await;
+    assert_eq!(r.status, 504, "the host keeps serving after a kill");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_guest_gets_502() {
+    require_kvm!();
+    let env = env();
+    let addr = env.add(service("crash", "crash"));
+    for _ in 0..3 {
+        let r = get(addr).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains("crash"));
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_leaves_during_boot_leaves_no_vm() {
+    require_kvm!();
+    let env = env();
+    let mut s = service("gone", "spin");
+    s.request_deadline = Duration::from_secs(30);
+    let addr = env.add(s);
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.summoner.stats("gone").unwrap().running > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        env.summoner.stats("gone").unwrap().running,
+        0,
+        "VM outlived its client"
+    );
+    assert!(env.summoner.vms().is_empty());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
+    require_kvm!();
+    let env = env();
+    let mut s = service("echo", "echo");
+    s.mode = Mode::Tcp;
+    s.guest_port = 5000;
+    s.request_deadline = Duration::from_secs(120);
+    let addr = env.add(s);
+    for round in 0..2u8 {
+        tokio::task::spawn_blocking(move || {
+            let data: Vec<u8> = (0..1 << 20)
+                .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8 ^ round)
+                .collect();
+            let mut s = TcpStream::connect(addr).unwrap();
+            let mut reader = s.try_clone().unwrap();
+            let expect = data.clone();
+            let rx = std::thread::spawn(move || {
+                let mut got = vec![0u8; expect.len()];
+                reader.read_exact(&mut got).unwrap();
+                assert!(got == expect, "echoed bytes differ");
+            });
+            s.write_all(&data).unwrap();
+            rx.join().unwrap();
+        })
+        .await
+        .unwrap();
+    }
+    let want = "dust_requests_total{service=\"echo\",outcome=\"ok\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.summoner.metrics_text().contains(want) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = env.summoner.metrics_text();
+    assert!(text.contains(want), "{text}");
+    env.finish().await;
+}
