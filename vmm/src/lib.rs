@@ -5,6 +5,7 @@
 //! returns a [`VmHandle`] to wait for or kill it.
 
 pub mod config;
+pub mod event_loop;
 pub mod loader;
 pub mod memory;
 pub mod timings;
