@@ -1,0 +1,595 @@
+//! One guest <-> host stream connection: its state machine, credit accounting (virtio 1.2
+//! section 5.10.6.3) and the host-side Unix stream.
+//!
+//! Guest -> host data is written straight from guest memory to the stream; what the stream
+//! cannot take waits in a [`TxBuf`] bounded by the credit we advertise. Host -> guest data is
+//! read straight from the stream into the guest's RX buffer, never more than the guest's
+//! advertised free space.
+
+use std::io;
+use std::net::Shutdown;
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+
+use event_manager::EventSet;
+use tracing::{debug, warn};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::{ReadVolatile, VolatileMemoryError, WriteVolatile};
+
+use super::txbuf::TxBuf;
+use super::CONN_BUF_SIZE;
+use crate::virtio::vsock::packet::{
+    RxHeader, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
+    OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND,
+};
+
+/// Send a credit update once the guest's view of our free space drops below this.
+const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 2;
+
+/// Packets owed to the guest (bit set).
+mod pending {
+    pub const REQUEST: u8 = 1;
+    pub const RESPONSE: u8 = 2;
+    pub const RW: u8 = 4;
+    pub const CREDIT_UPDATE: u8 = 8;
+}
+
+/// Where the handshake stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Host-initiated: OP_REQUEST owed or sent, waiting for the guest's OP_RESPONSE.
+    LocalInit { request_sent: bool },
+    /// Guest-initiated: connected to the host listener, OP_RESPONSE owed.
+    PeerInit,
+    /// Both sides agreed; data may flow.
+    Established,
+}
+
+/// What the muxer should do with the connection after an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep it.
+    Keep,
+    /// Remove it (closing the host stream) and send the guest this control packet, if any.
+    Close(Option<Ctrl>),
+}
+
+/// A control packet owed to the guest for a connection that is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ctrl {
+    /// OP_RST: the connection is broken.
+    Rst,
+    /// OP_SHUTDOWN with both flags: the host finished, orderly.
+    Shutdown,
+}
+
+impl Ctrl {
+    /// The header to send for connection `(local_port, peer_port)`.
+    pub fn header(self, local_port: u32, peer_port: u32) -> RxHeader {
+        match self {
+            Ctrl::Rst => RxHeader::control(local_port, peer_port, OP_RST, 0),
+            Ctrl::Shutdown => RxHeader {
+                buf_alloc: CONN_BUF_SIZE,
+                ..RxHeader::control(
+                    local_port,
+                    peer_port,
+                    OP_SHUTDOWN,
+                    SHUTDOWN_RCV | SHUTDOWN_SEND,
+                )
+            },
+        }
+    }
+}
+
+/// Result of asking a connection for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxOutcome {
+    /// Nothing to send now.
+    Nothing,
+    /// A packet with this much payload was written into the RX buffer.
+    Packet(u32, Verdict),
+}
+
+/// A live connection.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    local_port: u32,
+    peer_port: u32,
+    state: State,
+    pending: u8,
+    /// The guest will send no more (OP_SHUTDOWN with SEND).
+    peer_shut_send: bool,
+    /// The guest will receive no more (OP_SHUTDOWN with RCV).
+    peer_shut_rcv: bool,
+    /// The host stream reached EOF and the guest was told (OP_SHUTDOWN with SEND).
+    local_eof: bool,
+    /// The host stream hung up: drain what is left, then finish.
+    host_gone: bool,
+    /// We shut down the write half of the host stream.
+    write_shut: bool,
+    /// Bytes received from the guest.
+    tx_cnt: Wrapping<u32>,
+    /// Bytes of those written to the host stream.
+    fwd_cnt: Wrapping<u32>,
+    /// `fwd_cnt` as the guest last heard it.
+    last_fwd_cnt_sent: Wrapping<u32>,
+    /// The guest's receive buffer for this connection.
+    peer_buf_alloc: u32,
+    /// Bytes the guest has consumed from that buffer.
+    peer_fwd_cnt: Wrapping<u32>,
+    /// Bytes sent to the guest.
+    rx_cnt: Wrapping<u32>,
+    /// A credit request is outstanding (cleared when the guest's credit changes).
+    credit_requested: bool,
+    txbuf: TxBuf,
+    /// The muxer's RX queue holds this connection.
+    pub scheduled: bool,
+    /// The muxer's dirty list holds this connection (its epoll interest may change).
+    pub listed_dirty: bool,
+    /// What epoll watches for the stream now (`None`: not registered).
+    pub registered: Option<EventSet>,
+}
+
+fn would_block(e: &VolatileMemoryError) -> bool {
+    matches!(e, VolatileMemoryError::IOError(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted))
+}
+
+impl Connection {
+    fn new(stream: UnixStream, local_port: u32, peer_port: u32, state: State, pending: u8) -> Self {
+        Self {
+            stream,
+            local_port,
+            peer_port,
+            state,
+            pending,
+            peer_shut_send: false,
+            peer_shut_rcv: false,
+            local_eof: false,
+            host_gone: false,
+            write_shut: false,
+            tx_cnt: Wrapping(0),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            credit_requested: false,
+            txbuf: TxBuf::new(CONN_BUF_SIZE as usize),
+            scheduled: false,
+            listed_dirty: false,
+            registered: None,
+        }
+    }
+
+    /// A host-initiated connection to guest port `peer_port`; OP_REQUEST is owed.
+    pub fn local_init(stream: UnixStream, local_port: u32, peer_port: u32) -> Self {
+        Self::new(
+            stream,
+            local_port,
+            peer_port,
+            State::LocalInit {
+                request_sent: false,
+            },
+            pending::REQUEST,
+        )
+    }
+
+    /// A guest-initiated connection, already connected on the host; OP_RESPONSE is owed.
+    pub fn peer_init(
+        stream: UnixStream,
+        local_port: u32,
+        peer_port: u32,
+        peer_buf_alloc: u32,
+        peer_fwd_cnt: u32,
+    ) -> Self {
+        let mut c = Self::new(
+            stream,
+            local_port,
+            peer_port,
+            State::PeerInit,
+            pending::RESPONSE,
+        );
+        c.peer_buf_alloc = peer_buf_alloc;
+        c.peer_fwd_cnt = Wrapping(peer_fwd_cnt);
+        c
+    }
+
+    /// The host stream.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Give up the host stream (the connection is being removed).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
+    /// Whether the guest was told about this connection (so removing it needs an RST).
+    pub fn guest_knows(&self) -> bool {
+        self.state
+            != State::LocalInit {
+                request_sent: false,
+            }
+    }
+
+    /// Bytes we may still send the guest.
+    fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Host -> guest data may flow.
+    fn can_forward(&self) -> bool {
+        self.state == State::Established && !self.local_eof && !self.peer_shut_rcv
+    }
+
+    /// Whether the muxer should offer this connection an RX buffer.
+    pub fn wants_rx(&self) -> bool {
+        let control = pending::REQUEST | pending::RESPONSE | pending::CREDIT_UPDATE;
+        self.pending & control != 0
+            || (self.pending & pending::RW != 0
+                && self.can_forward()
+                && (self.peer_credit() > 0 || !self.credit_requested))
+    }
+
+    /// What epoll should watch the stream for (`None`: not at all).
+    pub fn interest(&self) -> Option<EventSet> {
+        if self.host_gone {
+            // The peer hung up: HUP would fire forever. What is left is read without epoll.
+            return None;
+        }
+        let mut set = EventSet::empty();
+        if !self.txbuf.is_empty() {
+            set |= EventSet::OUT;
+        }
+        if self.can_forward() && self.pending & pending::RW == 0 && self.peer_credit() > 0 {
+            set |= EventSet::IN;
+        }
+        Some(set)
+    }
+
+    /// Our free receive space, as the guest must respect it.
+    fn free_space(&self) -> u32 {
+        CONN_BUF_SIZE.saturating_sub((self.tx_cnt - self.fwd_cnt).0)
+    }
+
+    /// The guest's view of our free space is stale enough to warrant an update.
+    fn peer_needs_credit_update(&self) -> bool {
+        let seen_free = CONN_BUF_SIZE.saturating_sub((self.tx_cnt - self.last_fwd_cnt_sent).0);
+        self.fwd_cnt != self.last_fwd_cnt_sent && seen_free < CREDIT_UPDATE_THRESHOLD
+    }
+
+    /// A packet from the guest for this connection.
+    pub fn on_guest_packet(&mut self, pkt: &VsockPacket<'_, ()>) -> Verdict {
+        let fwd = Wrapping(pkt.fwd_cnt());
+        if fwd != self.peer_fwd_cnt || pkt.buf_alloc() != self.peer_buf_alloc {
+            self.credit_requested = false;
+        }
+        self.peer_fwd_cnt = fwd;
+        self.peer_buf_alloc = pkt.buf_alloc();
+        match pkt.op() {
+            OP_RW => self.on_data(pkt),
+            OP_RESPONSE => self.on_response(),
+            OP_RST => Verdict::Close(None),
+            OP_SHUTDOWN => self.on_shutdown(pkt.flags()),
+            OP_CREDIT_UPDATE => Verdict::Keep,
+            OP_CREDIT_REQUEST => {
+                self.pending |= pending::CREDIT_UPDATE;
+                Verdict::Keep
+            }
+            op => {
+                debug!(
+                    op,
+                    "vsock: unexpected op on an existing connection; resetting it"
+                );
+                Verdict::Close(Some(Ctrl::Rst))
+            }
+        }
+    }
+
+    fn on_response(&mut self) -> Verdict {
+        if !matches!(self.state, State::LocalInit { request_sent: true }) {
+            debug!("vsock: OP_RESPONSE outside a host-initiated handshake; resetting");
+            return Verdict::Close(Some(Ctrl::Rst));
+        }
+        self.state = State::Established;
+        // Tell the host client its port. A fresh socket's send buffer takes these few bytes
+        // whole; if it somehow does not, the connection cannot be used.
+        let mut line = [0u8; 24];
+        let len = format_ok_line(&mut line, self.local_port);
+        let mut w = &self.stream;
+        match io::Write::write(&mut w, &line[..len]) {
+            Ok(n) if n == len => Verdict::Keep,
+            Ok(_) | Err(_) => {
+                warn!(
+                    port = self.local_port,
+                    "vsock: cannot write the OK line to the host client"
+                );
+                Verdict::Close(Some(Ctrl::Rst))
+            }
+        }
+    }
+
+    fn on_shutdown(&mut self, flags: u32) -> Verdict {
+        if flags & SHUTDOWN_RCV != 0 && !self.peer_shut_rcv {
+            self.peer_shut_rcv = true;
+            self.pending &= !pending::RW;
+            // The host learns at once that nobody reads what it writes.
+            let _ = self.stream.shutdown(Shutdown::Read);
+        }
+        if flags & SHUTDOWN_SEND != 0 {
+            self.peer_shut_send = true;
+        }
+        self.after_tx_progress()
+    }
+
+    fn on_data(&mut self, pkt: &VsockPacket<'_, ()>) -> Verdict {
+        if self.state != State::Established || self.peer_shut_send {
+            debug!("vsock: data outside an established stream; resetting");
+            return Verdict::Close(Some(Ctrl::Rst));
+        }
+        let Some(data) = pkt.data_slice() else {
+            return Verdict::Keep;
+        };
+        let len = data.len() as u32;
+        if len > self.free_space() {
+            warn!(
+                len,
+                free = self.free_space(),
+                "vsock: guest sent more than its credit; resetting the connection"
+            );
+            return Verdict::Close(Some(Ctrl::Rst));
+        }
+        self.tx_cnt += Wrapping(len);
+        if self.host_gone {
+            // Nobody can read it any more; account for it so credit keeps flowing.
+            self.fwd_cnt += Wrapping(len);
+            return Verdict::Keep;
+        }
+        if self.txbuf.is_empty() {
+            let mut w = &self.stream;
+            let written = match w.write_volatile(data) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => 0,
+                Err(e) => {
+                    debug!("vsock: host stream write failed: {e}");
+                    return Verdict::Close(Some(Ctrl::Rst));
+                }
+            };
+            self.fwd_cnt += Wrapping(written as u32);
+            if written < data.len() {
+                let rest = data.len() - written;
+                let pushed = data
+                    .subslice(written, rest)
+                    .ok()
+                    .map(|s| self.txbuf.push(&s));
+                if !matches!(pushed, Some(Ok(()))) {
+                    return Verdict::Close(Some(Ctrl::Rst));
+                }
+            }
+        } else if self.txbuf.push(data).is_err() {
+            return Verdict::Close(Some(Ctrl::Rst));
+        }
+        if self.peer_needs_credit_update() {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
+        Verdict::Keep
+    }
+
+    /// Checks after guest -> host data moved or the guest shut down a direction.
+    fn after_tx_progress(&mut self) -> Verdict {
+        if !self.txbuf.is_empty() {
+            return Verdict::Keep;
+        }
+        if self.peer_shut_send && self.peer_shut_rcv {
+            // The guest closed its socket: confirm with RST (what Linux waits for).
+            return Verdict::Close(Some(Ctrl::Rst));
+        }
+        if self.peer_shut_send && !self.write_shut {
+            self.write_shut = true;
+            let _ = self.stream.shutdown(Shutdown::Write);
+        }
+        if self.peer_shut_send && self.local_eof {
+            // Both directions finished.
+            return Verdict::Close(Some(Ctrl::Shutdown));
+        }
+        Verdict::Keep
+    }
+
+    /// The stream is readable.
+    pub fn on_readable(&mut self) {
+        if self.can_forward() {
+            self.pending |= pending::RW;
+        }
+    }
+
+    /// The stream is writable: flush what the guest sent earlier.
+    pub fn on_writable(&mut self) -> Verdict {
+        match self.txbuf.flush_to(&self.stream) {
+            Ok(n) => self.fwd_cnt += Wrapping(n as u32),
+            Err(e) => {
+                debug!("vsock: host stream flush failed: {e}");
+                return Verdict::Close(Some(Ctrl::Rst));
+            }
+        }
+        if self.peer_needs_credit_update() {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
+        self.after_tx_progress()
+    }
+
+    /// The host side hung up (EPOLLHUP) or failed (EPOLLERR).
+    pub fn on_hangup(&mut self) -> Verdict {
+        match self.state {
+            State::LocalInit { request_sent } => Verdict::Close(request_sent.then_some(Ctrl::Rst)),
+            State::PeerInit | State::Established if !self.local_eof && !self.peer_shut_rcv => {
+                // Whatever the host wrote before hanging up still goes to the guest; then the
+                // connection finishes (see `host_eof`).
+                self.host_gone = true;
+                self.txbuf.clear();
+                self.pending |= pending::RW;
+                Verdict::Keep
+            }
+            State::PeerInit => Verdict::Close(Some(Ctrl::Rst)),
+            State::Established => Verdict::Close(Some(Ctrl::Shutdown)),
+        }
+    }
+
+    fn header(&mut self, op: u16, flags: u32, len: u32) -> RxHeader {
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        self.pending &= !pending::CREDIT_UPDATE;
+        RxHeader {
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            len,
+            op,
+            flags,
+            buf_alloc: CONN_BUF_SIZE,
+            fwd_cnt: self.fwd_cnt.0,
+        }
+    }
+
+    /// Fill `pkt` (an RX buffer) with the next packet owed to the guest, if any.
+    pub fn recv_pkt(
+        &mut self,
+        pkt: &mut VsockPacket<'_, ()>,
+    ) -> Result<RxOutcome, virtio_vsock::packet::Error> {
+        if self.pending & pending::REQUEST != 0 {
+            self.pending &= !pending::REQUEST;
+            self.state = State::LocalInit { request_sent: true };
+            return self.emit(pkt, OP_REQUEST, 0, Verdict::Keep);
+        }
+        if self.pending & pending::RESPONSE != 0 {
+            self.pending &= !pending::RESPONSE;
+            self.state = State::Established;
+            return self.emit(pkt, OP_RESPONSE, 0, Verdict::Keep);
+        }
+        if self.pending & pending::RW != 0 {
+            if let Some(outcome) = self.recv_data(pkt)? {
+                return Ok(outcome);
+            }
+        }
+        if self.pending & pending::CREDIT_UPDATE != 0 {
+            return self.emit(pkt, OP_CREDIT_UPDATE, 0, Verdict::Keep);
+        }
+        Ok(RxOutcome::Nothing)
+    }
+
+    fn emit(
+        &mut self,
+        pkt: &mut VsockPacket<'_, ()>,
+        op: u16,
+        flags: u32,
+        verdict: Verdict,
+    ) -> Result<RxOutcome, virtio_vsock::packet::Error> {
+        self.header(op, flags, 0).write_to(pkt)?;
+        Ok(RxOutcome::Packet(0, verdict))
+    }
+
+    fn recv_data(
+        &mut self,
+        pkt: &mut VsockPacket<'_, ()>,
+    ) -> Result<Option<RxOutcome>, virtio_vsock::packet::Error> {
+        if !self.can_forward() {
+            self.pending &= !pending::RW;
+            return Ok(None);
+        }
+        let credit = self.peer_credit();
+        if credit == 0 {
+            if self.credit_requested {
+                return Ok(None);
+            }
+            self.credit_requested = true;
+            return self
+                .emit(pkt, OP_CREDIT_REQUEST, 0, Verdict::Keep)
+                .map(Some);
+        }
+        let Some(data) = pkt.data_slice() else {
+            return Ok(None);
+        };
+        let max = data.len().min(credit as usize).min(MAX_PKT_DATA as usize);
+        let Ok(mut window) = data.subslice(0, max) else {
+            return Ok(None);
+        };
+        let mut r = &self.stream;
+        match r.read_volatile(&mut window) {
+            Ok(0) => Ok(Some(self.host_eof(pkt)?)),
+            Ok(n) => {
+                if n < max && !self.host_gone {
+                    // Drained for now; epoll reports more.
+                    self.pending &= !pending::RW;
+                }
+                self.rx_cnt += Wrapping(n as u32);
+                self.header(OP_RW, 0, n as u32).write_to(pkt)?;
+                Ok(Some(RxOutcome::Packet(n as u32, Verdict::Keep)))
+            }
+            Err(e) if would_block(&e) && !self.host_gone => {
+                self.pending &= !pending::RW;
+                Ok(None)
+            }
+            Err(e) if would_block(&e) => Ok(Some(self.host_eof(pkt)?)),
+            Err(e) => {
+                debug!("vsock: host stream read failed: {e}");
+                self.emit(pkt, OP_RST, 0, Verdict::Close(None)).map(Some)
+            }
+        }
+    }
+
+    /// The host stream has no more data for the guest.
+    fn host_eof(
+        &mut self,
+        pkt: &mut VsockPacket<'_, ()>,
+    ) -> Result<RxOutcome, virtio_vsock::packet::Error> {
+        self.pending &= !pending::RW;
+        self.local_eof = true;
+        let finished = self.host_gone || (self.peer_shut_send && self.txbuf.is_empty());
+        if finished {
+            self.emit(
+                pkt,
+                OP_SHUTDOWN,
+                SHUTDOWN_RCV | SHUTDOWN_SEND,
+                Verdict::Close(None),
+            )
+        } else {
+            // Half close: the host may still read what the guest sends.
+            self.emit(pkt, OP_SHUTDOWN, SHUTDOWN_SEND, Verdict::Keep)
+        }
+    }
+}
+
+/// Write `OK <port>\n` into `buf`; returns its length.
+fn format_ok_line(buf: &mut [u8; 24], port: u32) -> usize {
+    let mut digits = [0u8; 10];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let digits = &digits[i..];
+    buf[..3].copy_from_slice(b"OK ");
+    buf[3..3 + digits.len()].copy_from_slice(digits);
+    buf[3 + digits.len()] = b'\n';
+    4 + digits.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_line() {
+        let mut buf = [0u8; 24];
+        let n = format_ok_line(&mut buf, 1 << 30);
+        assert_eq!(&buf[..n], b"OK 1073741824\n");
+        let n = format_ok_line(&mut buf, 0);
+        assert_eq!(&buf[..n], b"OK 0\n");
+        let n = format_ok_line(&mut buf, u32::MAX);
+        assert_eq!(&buf[..n], b"OK 4294967295\n");
+    }
+}
