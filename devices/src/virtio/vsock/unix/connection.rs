@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use event_manager::EventSet;
 use tracing::{debug, warn};
 use virtio_vsock::packet::VsockPacket;
-use vm_memory::{ReadVolatile, VolatileMemoryError, WriteVolatile};
+use vm_memory::{ReadVolatile, VolatileMemoryError};
 
 use super::txbuf::TxBuf;
 use super::CONN_BUF_SIZE;
@@ -131,8 +131,15 @@ pub struct Connection {
     pub registered: Option<EventSet>,
 }
 
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 fn would_block(e: &VolatileMemoryError) -> bool {
-    matches!(e, VolatileMemoryError::IOError(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted))
+    matches!(e, VolatileMemoryError::IOError(io) if transient(io))
 }
 
 impl Connection {
@@ -298,8 +305,7 @@ impl Connection {
         // whole; if it somehow does not, the connection cannot be used.
         let mut line = [0u8; 24];
         let len = format_ok_line(&mut line, self.local_port);
-        let mut w = &self.stream;
-        match io::Write::write(&mut w, &line[..len]) {
+        match super::sys::send(&self.stream, &line[..len]) {
             Ok(n) if n == len => Verdict::Keep,
             Ok(_) | Err(_) => {
                 warn!(
@@ -348,10 +354,9 @@ impl Connection {
             return Verdict::Keep;
         }
         if self.txbuf.is_empty() {
-            let mut w = &self.stream;
-            let written = match w.write_volatile(data) {
+            let written = match super::sys::send_volatile(&self.stream, data) {
                 Ok(n) => n,
-                Err(e) if would_block(&e) => 0,
+                Err(e) if transient(&e) => 0,
                 Err(e) => {
                     debug!("vsock: host stream write failed: {e}");
                     return Verdict::Close(Some(Ctrl::Rst));

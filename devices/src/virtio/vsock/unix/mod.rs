@@ -9,6 +9,7 @@
 
 mod connection;
 mod muxer;
+mod sys;
 mod txbuf;
 
 pub use muxer::VsockMuxer;

@@ -10,8 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -21,6 +20,7 @@ use tracing::{debug, warn};
 use virtio_vsock::packet::VsockPacket;
 
 use super::connection::{Connection, Ctrl, RxOutcome, Verdict};
+use super::sys::{connect_nonblocking, peek};
 use super::{parse_connect_line, CONNECT_LINE_MAX, FIRST_LOCAL_PORT, MAX_CONNECTIONS};
 use crate::virtio::vsock::packet::{RxHeader, OP_REQUEST, OP_RST, TYPE_STREAM};
 use crate::virtio::vsock::VsockError;
@@ -506,68 +506,4 @@ impl Drop for VsockMuxer {
             debug!(path = ?self.uds_path, "vsock: cannot remove the socket: {e}");
         }
     }
-}
-
-/// `recv(MSG_PEEK)`: look at queued bytes without consuming them.
-fn peek(stream: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the descriptor is open for
-    // the duration of the call; recv writes at most that many bytes.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n.unsigned_abs())
-    }
-}
-
-/// Connect to a Unix stream listener without ever blocking: a listener whose backlog is full
-/// refuses (`EAGAIN`) instead of stalling the event thread.
-fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: `sockaddr_un` is plain old data, for which all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "unusable socket path",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: plain system call; no memory is handed over.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created socket that nothing else owns.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    // SAFETY: `addr` is a valid, NUL-terminated `sockaddr_un` at least `len` bytes long and
-    // `fd` is open.
-    let ret = unsafe {
-        libc::connect(
-            fd,
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stream)
 }

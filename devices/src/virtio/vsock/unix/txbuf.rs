@@ -2,7 +2,7 @@
 //! guest may have at most [`super::CONN_BUF_SIZE`] bytes unforwarded, which is exactly this
 //! buffer's capacity. Allocated on first use, so connections that never back up cost nothing.
 
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::os::unix::net::UnixStream;
 
 use vm_memory::VolatileSlice;
@@ -86,8 +86,7 @@ impl TxBuf {
         } else {
             (&self.data[self.head..], &self.data[..end - self.capacity])
         };
-        let mut writer = stream;
-        let written = match writer.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+        let written = match super::sys::send_vectored(stream, &[IoSlice::new(a), IoSlice::new(b)]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
