@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
 use event_manager::EventSet;
@@ -16,15 +15,13 @@ use tracing::{debug, warn};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::{ReadVolatile, VolatileMemoryError};
 
+use super::credit::Credit;
 use super::txbuf::TxBuf;
 use super::CONN_BUF_SIZE;
 use crate::virtio::vsock::packet::{
     RxHeader, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
     OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
-
-/// Send a credit update once the guest's view of our free space drops below this.
-const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 2;
 
 /// Packets owed to the guest (bit set).
 mod pending {
@@ -108,20 +105,7 @@ pub struct Connection {
     host_gone: bool,
     /// We shut down the write half of the host stream.
     write_shut: bool,
-    /// Bytes received from the guest.
-    tx_cnt: Wrapping<u32>,
-    /// Bytes of those written to the host stream.
-    fwd_cnt: Wrapping<u32>,
-    /// `fwd_cnt` as the guest last heard it.
-    last_fwd_cnt_sent: Wrapping<u32>,
-    /// The guest's receive buffer for this connection.
-    peer_buf_alloc: u32,
-    /// Bytes the guest has consumed from that buffer.
-    peer_fwd_cnt: Wrapping<u32>,
-    /// Bytes sent to the guest.
-    rx_cnt: Wrapping<u32>,
-    /// A credit request is outstanding (cleared when the guest's credit changes).
-    credit_requested: bool,
+    credit: Credit,
     txbuf: TxBuf,
     /// The muxer's RX queue holds this connection.
     pub scheduled: bool,
@@ -155,13 +139,7 @@ impl Connection {
             local_eof: false,
             host_gone: false,
             write_shut: false,
-            tx_cnt: Wrapping(0),
-            fwd_cnt: Wrapping(0),
-            last_fwd_cnt_sent: Wrapping(0),
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: Wrapping(0),
-            rx_cnt: Wrapping(0),
-            credit_requested: false,
+            credit: Credit::default(),
             txbuf: TxBuf::new(CONN_BUF_SIZE as usize),
             scheduled: false,
             listed_dirty: false,
@@ -197,8 +175,7 @@ impl Connection {
             State::PeerInit,
             pending::RESPONSE,
         );
-        c.peer_buf_alloc = peer_buf_alloc;
-        c.peer_fwd_cnt = Wrapping(peer_fwd_cnt);
+        c.credit = Credit::new(peer_buf_alloc, peer_fwd_cnt);
         c
     }
 
@@ -220,12 +197,6 @@ impl Connection {
             }
     }
 
-    /// Bytes we may still send the guest.
-    fn peer_credit(&self) -> u32 {
-        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
-        self.peer_buf_alloc.saturating_sub(in_flight)
-    }
-
     /// Host -> guest data may flow.
     fn can_forward(&self) -> bool {
         self.state == State::Established && !self.local_eof && !self.peer_shut_rcv
@@ -237,7 +208,7 @@ impl Connection {
         self.pending & control != 0
             || (self.pending & pending::RW != 0
                 && self.can_forward()
-                && (self.peer_credit() > 0 || !self.credit_requested))
+                && (self.credit.peer_free() > 0 || self.credit.should_request()))
     }
 
     /// What epoll should watch the stream for (`None`: not at all).
@@ -250,31 +221,15 @@ impl Connection {
         if !self.txbuf.is_empty() {
             set |= EventSet::OUT;
         }
-        if self.can_forward() && self.pending & pending::RW == 0 && self.peer_credit() > 0 {
+        if self.can_forward() && self.pending & pending::RW == 0 && self.credit.peer_free() > 0 {
             set |= EventSet::IN;
         }
         Some(set)
     }
 
-    /// Our free receive space, as the guest must respect it.
-    fn free_space(&self) -> u32 {
-        CONN_BUF_SIZE.saturating_sub((self.tx_cnt - self.fwd_cnt).0)
-    }
-
-    /// The guest's view of our free space is stale enough to warrant an update.
-    fn peer_needs_credit_update(&self) -> bool {
-        let seen_free = CONN_BUF_SIZE.saturating_sub((self.tx_cnt - self.last_fwd_cnt_sent).0);
-        self.fwd_cnt != self.last_fwd_cnt_sent && seen_free < CREDIT_UPDATE_THRESHOLD
-    }
-
     /// A packet from the guest for this connection.
     pub fn on_guest_packet(&mut self, pkt: &VsockPacket<'_, ()>) -> Verdict {
-        let fwd = Wrapping(pkt.fwd_cnt());
-        if fwd != self.peer_fwd_cnt || pkt.buf_alloc() != self.peer_buf_alloc {
-            self.credit_requested = false;
-        }
-        self.peer_fwd_cnt = fwd;
-        self.peer_buf_alloc = pkt.buf_alloc();
+        self.credit.peer_update(pkt.buf_alloc(), pkt.fwd_cnt());
         match pkt.op() {
             OP_RW => self.on_data(pkt),
             OP_RESPONSE => self.on_response(),
@@ -339,18 +294,18 @@ impl Connection {
             return Verdict::Keep;
         };
         let len = data.len() as u32;
-        if len > self.free_space() {
+        if len > self.credit.free() {
             warn!(
                 len,
-                free = self.free_space(),
+                free = self.credit.free(),
                 "vsock: guest sent more than its credit; resetting the connection"
             );
             return Verdict::Close(Some(Ctrl::Rst));
         }
-        self.tx_cnt += Wrapping(len);
+        self.credit.received(len);
         if self.host_gone {
             // Nobody can read it any more; account for it so credit keeps flowing.
-            self.fwd_cnt += Wrapping(len);
+            self.credit.forwarded(len);
             return Verdict::Keep;
         }
         if self.txbuf.is_empty() {
@@ -362,7 +317,7 @@ impl Connection {
                     return Verdict::Close(Some(Ctrl::Rst));
                 }
             };
-            self.fwd_cnt += Wrapping(written as u32);
+            self.credit.forwarded(written as u32);
             if written < data.len() {
                 let rest = data.len() - written;
                 let pushed = data
@@ -376,7 +331,7 @@ impl Connection {
         } else if self.txbuf.push(data).is_err() {
             return Verdict::Close(Some(Ctrl::Rst));
         }
-        if self.peer_needs_credit_update() {
+        if self.credit.peer_needs_update() {
             self.pending |= pending::CREDIT_UPDATE;
         }
         Verdict::Keep
@@ -412,13 +367,13 @@ impl Connection {
     /// The stream is writable: flush what the guest sent earlier.
     pub fn on_writable(&mut self) -> Verdict {
         match self.txbuf.flush_to(&self.stream) {
-            Ok(n) => self.fwd_cnt += Wrapping(n as u32),
+            Ok(n) => self.credit.forwarded(n as u32),
             Err(e) => {
                 debug!("vsock: host stream flush failed: {e}");
                 return Verdict::Close(Some(Ctrl::Rst));
             }
         }
-        if self.peer_needs_credit_update() {
+        if self.credit.peer_needs_update() {
             self.pending |= pending::CREDIT_UPDATE;
         }
         self.after_tx_progress()
@@ -442,16 +397,16 @@ impl Connection {
     }
 
     fn header(&mut self, op: u16, flags: u32, len: u32) -> RxHeader {
-        self.last_fwd_cnt_sent = self.fwd_cnt;
         self.pending &= !pending::CREDIT_UPDATE;
+        let (buf_alloc, fwd_cnt) = self.credit.advertise();
         RxHeader {
             src_port: self.local_port,
             dst_port: self.peer_port,
             len,
             op,
             flags,
-            buf_alloc: CONN_BUF_SIZE,
-            fwd_cnt: self.fwd_cnt.0,
+            buf_alloc,
+            fwd_cnt,
         }
     }
 
@@ -500,12 +455,12 @@ impl Connection {
             self.pending &= !pending::RW;
             return Ok(None);
         }
-        let credit = self.peer_credit();
+        let credit = self.credit.peer_free();
         if credit == 0 {
-            if self.credit_requested {
+            if !self.credit.should_request() {
                 return Ok(None);
             }
-            self.credit_requested = true;
+            self.credit.requested();
             return self
                 .emit(pkt, OP_CREDIT_REQUEST, 0, Verdict::Keep)
                 .map(Some);
@@ -525,7 +480,7 @@ impl Connection {
                     // Drained for now; epoll reports more.
                     self.pending &= !pending::RW;
                 }
-                self.rx_cnt += Wrapping(n as u32);
+                self.credit.sent(n as u32);
                 self.header(OP_RW, 0, n as u32).write_to(pkt)?;
                 Ok(Some(RxOutcome::Packet(n as u32, Verdict::Keep)))
             }

@@ -8,6 +8,7 @@
 //!   `<uds_path>_P`.
 
 mod connection;
+mod credit;
 mod muxer;
 mod sys;
 mod txbuf;
