@@ -94,8 +94,6 @@ pub struct Rx {
 }
 
 pub struct Harness {
-    /// Removed (with the sockets in it) when the harness drops.
-    _dir: TempDir,
     pub uds: PathBuf,
     pub vsock: Arc<Mutex<Vsock>>,
     pub transport: MmioTransport,
@@ -105,6 +103,8 @@ pub struct Harness {
     pub errors: Arc<Mutex<Vec<String>>>,
     /// `recv` posts a fresh RX buffer for every one it takes.
     pub repost: bool,
+    /// Removed (with the sockets in it) when the harness drops, after the device.
+    _dir: TempDir,
 }
 
 /// Data space of each RX buffer the harness posts.
@@ -129,7 +129,6 @@ impl Harness {
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(vsock.clone());
         Self {
-            _dir: dir,
             uds,
             vsock,
             transport,
@@ -138,6 +137,7 @@ impl Harness {
             irq,
             errors,
             repost: true,
+            _dir: dir,
         }
     }
 

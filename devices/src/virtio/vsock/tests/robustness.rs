@@ -300,3 +300,58 @@ fn a_reset_clears_the_failure() {
     h.send(Hdr::guest(1, 2, OP_REQUEST), &[]);
     assert_eq!(h.recv_some()[0].hdr.op, OP_RST);
 }
+
+#[test]
+fn indirect_descriptors_outside_memory_or_misaligned() {
+    const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+    // The feature is not offered, but a guest may set the flag anyway.
+    let mut h = Harness::new(4);
+    expect_failure(
+        &mut h,
+        TX_QUEUE,
+        0,
+        &[(0, 0x7fff_0000_0000, 32, VIRTQ_DESC_F_INDIRECT, 0)],
+    );
+    let mut h = Harness::new(4);
+    let table = h.drv.alloc(64);
+    expect_failure(
+        &mut h,
+        TX_QUEUE,
+        0,
+        &[(0, table, 17, VIRTQ_DESC_F_INDIRECT, 0)],
+    );
+}
+
+#[test]
+fn connections_beyond_the_cap_are_refused() {
+    use crate::virtio::vsock::unix::MAX_CONNECTIONS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `limit`.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if limit.rlim_cur < 3 * MAX_CONNECTIONS as u64 {
+        eprintln!("skipped: RLIMIT_NOFILE {} too low", limit.rlim_cur);
+        return;
+    }
+    let mut h = Harness::new(0);
+    let mut clients: Vec<_> = (0..MAX_CONNECTIONS).map(|i| h.client(i as u32)).collect();
+    h.pump();
+    let mut extra = h.client(1);
+    h.pump();
+    assert!(
+        super::harness::is_closed(&mut extra),
+        "over the cap: refused"
+    );
+    assert_eq!(
+        h.vsock.lock().unwrap().muxer.connection_count(),
+        MAX_CONNECTIONS
+    );
+    // A guest connect is refused too.
+    h.post_rx(4);
+    h.send(Hdr::guest(1, 4242, OP_REQUEST), &[]);
+    h.pump();
+    clients.truncate(0);
+    assert!(h.errors().is_empty());
+}
