@@ -41,9 +41,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Locking: the vCPU thread locks the device only for config-space accesses, DRIVER_OK
-//! (activation) and reset; queue notifications go through eventfds. The event thread locks it
-//! while it serves events. Neither ever blocks on a socket.
+//! # Contract
+//!
+//! - Locking: the vCPU thread locks the device only for config-space accesses, FEATURES_OK,
+//!   DRIVER_OK (activation) and reset; queue notifications go through eventfds. The event
+//!   thread locks it while it serves one event. Neither ever blocks on a socket.
+//! - `on_error` is called with the device locked, on the event thread: it must not block or
+//!   lock the device (set a flag, write an eventfd, send on a channel). The device stays
+//!   stopped until the driver resets it. Register-level failures (a queue outside guest
+//!   memory at DRIVER_OK) come back from the bus write as [`crate::BusAction::DeviceError`].
+//! - The socket path must not exist: [`vsock::Vsock::new`] fails with `VsockError::Bind`
+//!   rather than unlink someone else's socket. Use a fresh path per VM.
+//! - Guests must advertise credit as they consume (Linux does; with virtio-drivers call
+//!   `VsockConnectionManager::update_credit` after `recv`): the device asks once with
+//!   OP_CREDIT_REQUEST when the guest's buffer is full and then waits for the guest's
+//!   `fwd_cnt` to move, instead of ping-ponging requests.
+//! - Offered features: `VIRTIO_F_VERSION_1` only (no event index, no indirect descriptors,
+//!   no packed rings), so every used buffer raises the interrupt: in no-irqchip mode that is
+//!   also what wakes a halted vCPU.
 
 mod mmio;
 #[cfg(test)]
