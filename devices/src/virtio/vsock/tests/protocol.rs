@@ -512,3 +512,26 @@ fn bulk_transfer_both_ways_keeps_every_byte() {
     r.join().unwrap();
     assert!(h.errors().is_empty());
 }
+
+#[test]
+fn host_gone_and_guest_not_reading_finishes_the_connection() {
+    // One RX buffer: the request takes it, so what the host writes cannot be delivered.
+    let mut h = Harness::new(1);
+    h.repost = false;
+    let (mut c, local) = host_connect(&mut h, 31, 64 * 1024);
+    c.write_all(b"unread").unwrap();
+    drop(c);
+    h.pump();
+    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 1);
+    h.send(
+        Hdr {
+            flags: SHUTDOWN_RCV,
+            ..Hdr::guest(31, local, OP_SHUTDOWN)
+        },
+        &[],
+    );
+    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    h.post_rx(1);
+    let last = h.recv_some();
+    assert_eq!(last[0].hdr.op, OP_SHUTDOWN);
+}

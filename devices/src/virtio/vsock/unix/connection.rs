@@ -354,6 +354,10 @@ impl Connection {
             // Both directions finished.
             return Verdict::Close(Some(Ctrl::Shutdown));
         }
+        if self.host_gone && self.peer_shut_rcv {
+            // The host left and the guest takes nothing more: nothing can flow any more.
+            return Verdict::Close(Some(Ctrl::Shutdown));
+        }
         Verdict::Keep
     }
 
