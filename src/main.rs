@@ -28,6 +28,8 @@ enum Command {
     /// With no arguments, serves the built-in `hello` demo (the http-hello guest) on
     /// 127.0.0.1:8080: `curl -i localhost:8080/` answers from a VM that did not exist before.
     Serve(cli::serve::ServeArgs),
+    /// Measure cold starts: drive a service, or compare boots with peers (`bench boot`).
+    Bench(cli::bench::BenchArgs),
     /// Internal: one VM per process, driven by the summoner over fd 3.
     #[command(hide = true)]
     Worker,
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => cli::run::run(args),
         Command::Serve(args) => cli::serve::serve(args),
+        Command::Bench(args) => cli::bench::bench(args),
         Command::Worker => ExitCode::from(vmm::worker::serve()),
     }
 }

@@ -8,6 +8,9 @@ use common::{fd_count, guest, thread_count};
 use devices::legacy::SerialSink;
 use vmm::{VmConfig, VmExit};
 
+/// The tests count the whole process's fds and threads, so they must not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn boot_once(config: &VmConfig) {
     let vm = vmm::build(config, Some(SerialSink::Discard)).expect("build");
     let report = vm.start().expect("start").wait();
@@ -21,6 +24,7 @@ fn boot_once(config: &VmConfig) {
 #[test]
 fn two_hundred_boots_leave_fds_and_threads_as_they_were() {
     require_kvm!();
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let config = VmConfig {
         cmdline: "leak check".into(),
         ..VmConfig::new(guest("hello"))
@@ -42,6 +46,7 @@ fn two_hundred_boots_leave_fds_and_threads_as_they_were() {
 #[test]
 fn a_killed_vm_is_freed_too() {
     require_kvm!();
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let config = VmConfig::new(guest("spin"));
     boot_once(&VmConfig::new(guest("hello")));
     let (fds, threads) = (fd_count(), thread_count());

@@ -94,11 +94,11 @@ fn spin_is_killed_at_its_timeout() {
 
 #[test]
 fn usage_errors_have_their_own_status() {
-    let o = dust_run(&["run"]);
+    let o = dust_run(&[]);
     assert_eq!(o.status.code(), Some(i32::from(status::USAGE)));
-    let o = dust_run(&["run", "x", "--timeout", "soon"]);
+    let o = dust_run(&["x", "--timeout", "soon"]);
     assert_eq!(o.status.code(), Some(i32::from(status::USAGE)));
-    let o = dust_run(&["--help"]);
+    let o = common::dust().arg("--help").output().unwrap();
     assert_eq!(o.status.code(), Some(0));
     assert!(stdout(&o).contains("run"));
 }

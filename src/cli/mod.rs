@@ -1,5 +1,6 @@
 //! Command-line front ends. Each verb turns its flags into the crates' plain config types.
 
+pub mod bench;
 pub mod run;
 pub mod serve;
 

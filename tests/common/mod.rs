@@ -57,9 +57,9 @@ pub fn dust() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dust"))
 }
 
-/// Run `dust` with `args`, returning its output.
+/// Run `dust run <args>`, returning its output.
 pub fn dust_run(args: &[&str]) -> Output {
-    dust().args(args).output().expect("spawn dust")
+    dust().arg("run").args(args).output().expect("spawn dust")
 }
 
 /// A scratch directory removed on drop.

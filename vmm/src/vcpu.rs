@@ -86,6 +86,8 @@ pub struct Shared {
     pub guest_ns: AtomicU64,
     /// Called (once) when the guest signals ready.
     pub on_ready: Mutex<Option<ReadyCallback>>,
+    /// The vCPU threads, once started: whoever ends the VM kicks them out of KVM_RUN.
+    pub kicks: OnceLock<Vec<Kick>>,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
             first_entry: OnceLock::new(),
             guest_ns: AtomicU64::new(0),
             on_ready: Mutex::new(None),
+            kicks: OnceLock::new(),
         }
     }
 
@@ -109,8 +112,16 @@ impl Shared {
             *outcome = Some(exit);
         }
         self.stop.store(true, Ordering::SeqCst);
-        // Resume a vCPU parked on HLT so it sees the flag.
+        // Resume a vCPU parked on HLT so it sees the flag, and interrupt any in KVM_RUN.
         let _ = devices::Interrupt::trigger(&*self.wake);
+        self.kick_all();
+    }
+
+    /// Interrupt KVM_RUN on every live vCPU thread.
+    pub fn kick_all(&self) {
+        for k in self.kicks.get().into_iter().flatten() {
+            k.kick();
+        }
     }
 
     /// The recorded outcome.

@@ -7,15 +7,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use devices::legacy::{BootTimer, DebugExit, Serial, SerialSink, I8042};
+use devices::virtio::vsock::Vsock;
+use devices::virtio::{MmioTransport, NOTIFY_REG_OFFSET};
 use devices::{Bus, BusDevice, EventFdInterrupt, Interrupt};
 use dust_abi::devices as dev;
 use dust_abi::layout::{CMDLINE, CMDLINE_MAX};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::config::{ConfigError, SerialConfig, VmConfig};
+use crate::event_loop::EventLoop;
 use crate::loader::{self, ImageError};
 use crate::memory::{self, GuestMem, MemoryError};
 use crate::timings::{since, us, Timings};
@@ -106,6 +109,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     shared: Arc<Shared>,
     serial: Arc<Mutex<Serial>>,
+    events: Option<EventLoop>,
     timeout: Option<Duration>,
     timings: Timings,
 }
@@ -143,7 +147,7 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
         Some(s) => s,
         None => sink_from_config(&config.serial)?,
     };
-    let (pio, mmio, serial) = create_devices(&vm_fd, config, &shared, serial_sink)?;
+    let (pio, mmio, serial, events) = create_devices(&vm_fd, config, &mem, &shared, serial_sink)?;
     timings.devices_us = since(t);
 
     let t = Instant::now();
@@ -182,6 +186,7 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
         vcpus,
         shared,
         serial,
+        events,
         timeout: config.timeout,
         timings,
     })
@@ -219,6 +224,14 @@ fn guest_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX)?;
     if !config.cmdline.trim().is_empty() {
         cmdline.insert_str(config.cmdline.trim())?;
+    }
+    if config.vsock.is_some() {
+        cmdline.add_virtio_mmio_device(
+            dev::VIRTIO_MMIO_SIZE,
+            GuestAddress(dev::VIRTIO_MMIO_BASE),
+            dev::VIRTIO_MMIO_FIRST_IRQ,
+            None,
+        )?;
     }
     Ok(cmdline)
 }
@@ -267,25 +280,37 @@ fn sink_from_config(serial: &SerialConfig) -> Result<SerialSink, BuildError> {
     })
 }
 
-type Buses = (Arc<Bus>, Arc<Bus>, Arc<Mutex<Serial>>);
+type Devices = (Arc<Bus>, Arc<Bus>, Arc<Mutex<Serial>>, Option<EventLoop>);
+
+/// The interrupt of a device on `gsi`: an irqfd with the in-kernel irqchip, else the
+/// polling guest's wake-up.
+fn device_irq(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    shared: &Shared,
+    gsi: u32,
+) -> Result<Arc<dyn Interrupt>, BuildError> {
+    if config.irqchip {
+        let irq = EventFdInterrupt::new().map_err(|e| BuildError::Devices(e.to_string()))?;
+        vm_fd
+            .register_irqfd(irq.eventfd(), gsi)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        Ok(Arc::new(irq))
+    } else {
+        Ok(shared.wake.clone())
+    }
+}
 
 fn create_devices(
     vm_fd: &VmFd,
     config: &VmConfig,
+    mem: &GuestMem,
     shared: &Arc<Shared>,
     sink: SerialSink,
-) -> Result<Buses, BuildError> {
+) -> Result<Devices, BuildError> {
     let dev_err = |e: devices::BusError| BuildError::Devices(e.to_string());
-    let serial_irq: Arc<dyn Interrupt> = if config.irqchip {
-        let irq = EventFdInterrupt::new().map_err(|e| BuildError::Devices(e.to_string()))?;
-        vm_fd
-            .register_irqfd(irq.eventfd(), dev::COM1_IRQ)
-            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-        Arc::new(irq)
-    } else {
-        // Unikernels do not take serial interrupts; the wake-up is harmless.
-        shared.wake.clone()
-    };
+    // Unikernels do not take serial interrupts; without an irqchip the wake-up is harmless.
+    let serial_irq = device_irq(vm_fd, config, shared, dev::COM1_IRQ)?;
     let serial = Arc::new(Mutex::new(Serial::new(serial_irq, sink)));
     let mut pio = Bus::new();
     pio.insert(serial.clone(), u64::from(dev::COM1), 8)
@@ -300,7 +325,43 @@ fn create_devices(
     let timer: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BootTimer));
     mmio.insert(timer, dev::BOOT_TIMER, dev::BOOT_TIMER_SIZE)
         .map_err(dev_err)?;
-    Ok((Arc::new(pio), Arc::new(mmio), serial))
+    let events = match &config.vsock {
+        Some(v) => Some(create_vsock(vm_fd, config, mem, shared, &mut mmio, &v.uds)?),
+        None => None,
+    };
+    Ok((Arc::new(pio), Arc::new(mmio), serial, events))
+}
+
+/// The vsock device at the first virtio-mmio slot, served by its own event loop.
+fn create_vsock(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    mem: &GuestMem,
+    shared: &Arc<Shared>,
+    mmio: &mut Bus,
+    uds: &std::path::Path,
+) -> Result<EventLoop, BuildError> {
+    let dev_err = |e: String| BuildError::Devices(format!("vsock: {e}"));
+    let on_error: devices::virtio::ErrorHandler = {
+        let shared = shared.clone();
+        Arc::new(move |msg: &str| shared.finish(VmExit::DeviceError(format!("vsock: {msg}"))))
+    };
+    let vsock = Arc::new(Mutex::new(
+        Vsock::new(uds.to_path_buf(), on_error).map_err(|e| dev_err(e.to_string()))?,
+    ));
+    let irq = device_irq(vm_fd, config, shared, dev::VIRTIO_MMIO_FIRST_IRQ)?;
+    let transport =
+        MmioTransport::new(mem.clone(), vsock.clone(), irq).map_err(|e| dev_err(e.to_string()))?;
+    let notify = IoEventAddress::Mmio(dev::VIRTIO_MMIO_BASE + NOTIFY_REG_OFFSET);
+    for (index, evt) in transport.queue_evts().iter().enumerate() {
+        vm_fd
+            .register_ioevent(evt, &notify, index as u32)
+            .map_err(kvm_err("KVM_IOEVENTFD (vsock queue)"))?;
+    }
+    let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
+    mmio.insert(transport, dev::VIRTIO_MMIO_BASE, dev::VIRTIO_MMIO_SIZE)
+        .map_err(|e| dev_err(e.to_string()))?;
+    EventLoop::start(vec![vsock]).map_err(|e| dev_err(e.to_string()))
 }
 
 /// Stops a running VM from any thread.
@@ -347,7 +408,7 @@ pub struct VmHandle {
     deadline: Option<Instant>,
     started: Instant,
     timings: Timings,
-    resources: Option<(VmFd, GuestMem, Arc<Mutex<Serial>>)>,
+    resources: Option<(VmFd, GuestMem, Arc<Mutex<Serial>>, Option<EventLoop>)>,
 }
 
 impl Vm {
@@ -395,6 +456,7 @@ impl Vm {
             });
             joins.push(join);
         }
+        let _ = self.shared.kicks.set(kicks.clone());
         Ok(VmHandle {
             killer: Killer {
                 shared: self.shared,
@@ -405,7 +467,7 @@ impl Vm {
             deadline,
             started,
             timings: self.timings,
-            resources: Some((self.vm_fd, self.mem, self.serial)),
+            resources: Some((self.vm_fd, self.mem, self.serial, self.events)),
         })
     }
 }
@@ -474,8 +536,11 @@ impl VmHandle {
             timings.run_us = us(run_end.saturating_duration_since(first));
         }
         timings.guest_us = shared.guest_ns.load(Ordering::Relaxed) / 1000;
-        if let Some((vm_fd, mem, serial)) = self.resources.take() {
+        if let Some((vm_fd, mem, serial, events)) = self.resources.take() {
             let _ = serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            // The event loop owns the vsock device: stopping it closes every connection and
+            // removes the socket file.
+            drop(events);
             drop(vm_fd);
             drop(mem);
         }

@@ -1,0 +1,179 @@
+//! `dust bench`: cold-start numbers that are easy to reproduce and honest.
+//!
+//! - `dust bench [URL]`: drive a service (or, without a URL, an embedded `serve` of the
+//!   built-in hello service) and report client latency and the server's phases.
+//! - `dust bench boot [--peers]`: process spawn -> guest ready, dust vs QEMU microvm.
+
+mod boot;
+mod http;
+mod report;
+mod stats;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use dust_abi::status;
+
+/// Flags of `dust bench`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+    /// Service URL (http://host:port/path). Without it, dust starts the built-in hello
+    /// service itself on a free port and drives that.
+    pub url: Option<String>,
+    /// Measured requests.
+    #[arg(short = 'n', long, default_value_t = 500)]
+    pub requests: usize,
+    /// Concurrent clients.
+    #[arg(short = 'c', long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Unmeasured requests first.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// JSON report path (schema dust-bench/1, docs/benchmarks.md).
+    #[arg(long, default_value = "dust-bench.json")]
+    pub json: PathBuf,
+    /// SVG plot path.
+    #[arg(long, default_value = "dust-bench.svg")]
+    pub svg: PathBuf,
+    /// Embedded service: pre-built shells kept ready.
+    #[arg(long, default_value_t = 2)]
+    pub pool: usize,
+    /// Embedded service: concurrency limit.
+    #[arg(long, default_value_t = 4)]
+    pub max_concurrent: usize,
+}
+
+/// `dust bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Process spawn -> guest ready and -> exit, dust vs. peers.
+    Boot(BootArgs),
+}
+
+/// Flags of `dust bench boot`.
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    /// Guest image (default: the hello guest).
+    pub image: Option<PathBuf>,
+    /// Boots per contender.
+    #[arg(short = 'n', long, default_value_t = 50)]
+    pub runs: usize,
+    /// Also boot the image with QEMU -M microvm (when installed).
+    #[arg(long)]
+    pub peers: bool,
+    /// JSON output path.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn fail(msg: String) -> ExitCode {
+    eprintln!("dust bench: {msg}");
+    ExitCode::from(status::VMM_ERROR)
+}
+
+/// Entry point.
+pub fn bench(args: BenchArgs) -> ExitCode {
+    if let Some(BenchCmd::Boot(b)) = args.cmd {
+        let Some(image) = b.image.or_else(|| super::serve::find_guest("hello")) else {
+            return fail(
+                "no image given and the hello guest is not built (scripts/build-guests)".into(),
+            );
+        };
+        return match boot::run(&image, b.runs.max(1), b.peers) {
+            Ok(rows) => {
+                boot::print(&rows);
+                if let Some(path) = b.json {
+                    let text = serde_json::to_string_pretty(&rows).unwrap_or_default();
+                    if let Err(e) = std::fs::write(&path, text) {
+                        return fail(format!("{}: {e}", path.display()));
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.to_string()),
+    };
+    rt.block_on(drive(args))
+}
+
+async fn drive(args: BenchArgs) -> ExitCode {
+    let mut embedded = None;
+    let url = match &args.url {
+        Some(u) => u.clone(),
+        None => match start_embedded(&args) {
+            Ok((summoner, url, dir)) => {
+                embedded = Some((summoner, dir));
+                url
+            }
+            Err(e) => return fail(e),
+        },
+    };
+    let target = match http::Target::parse(&url) {
+        Ok(t) => Arc::new(t),
+        Err(e) => return fail(e),
+    };
+    if args.warmup > 0 {
+        http::drive(target.clone(), args.warmup, args.concurrency, || {}).await;
+    }
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(args.requests as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let tick = bar.clone();
+    let (samples, took) =
+        http::drive(target, args.requests, args.concurrency, move || tick.inc(1)).await;
+    bar.finish_and_clear();
+    if let Some((summoner, dir)) = embedded {
+        summoner.shutdown(Duration::from_secs(5)).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let report = report::Report::new(
+        url,
+        args.concurrency,
+        args.warmup,
+        samples,
+        took.as_secs_f64(),
+    );
+    print!("{}", report.table());
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(j) => j,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = std::fs::write(&args.json, json) {
+        return fail(format!("{}: {e}", args.json.display()));
+    }
+    if let Err(e) = report.svg(&args.svg) {
+        return fail(e);
+    }
+    println!("report: {} and {}", args.json.display(), args.svg.display());
+    ExitCode::SUCCESS
+}
+
+fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String, PathBuf), String> {
+    let image = super::serve::find_guest("http-hello")
+        .ok_or("the embedded service needs the http-hello guest: run scripts/build-guests")?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("dust-bench-{}", std::process::id()));
+    let summoner = summoner::Summoner::new(exe, dir.clone()).map_err(|e| e.to_string())?;
+    let listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    let mut svc = summoner::ServiceConfig::new("hello", listen, image);
+    svc.pool_size = args.pool;
+    svc.max_concurrent = args.max_concurrent;
+    let addr = summoner.add(svc).map_err(|e| e.to_string())?;
+    Ok((summoner, format!("http://{addr}/"), dir))
+}
