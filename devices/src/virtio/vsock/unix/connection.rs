@@ -61,19 +61,10 @@ pub enum Ctrl {
 }
 
 impl Ctrl {
-    /// The header to send for connection `(local_port, peer_port)`.
-    pub fn header(self, local_port: u32, peer_port: u32) -> RxHeader {
+    fn op_flags(self) -> (u16, u32) {
         match self {
-            Ctrl::Rst => RxHeader::control(local_port, peer_port, OP_RST, 0),
-            Ctrl::Shutdown => RxHeader {
-                buf_alloc: CONN_BUF_SIZE,
-                ..RxHeader::control(
-                    local_port,
-                    peer_port,
-                    OP_SHUTDOWN,
-                    SHUTDOWN_RCV | SHUTDOWN_SEND,
-                )
-            },
+            Ctrl::Rst => (OP_RST, 0),
+            Ctrl::Shutdown => (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND),
         }
     }
 }
@@ -398,6 +389,12 @@ impl Connection {
             State::PeerInit => Verdict::Close(Some(Ctrl::Rst)),
             State::Established => Verdict::Close(Some(Ctrl::Shutdown)),
         }
+    }
+
+    /// The last packet of a connection being removed, with its final credit counters.
+    pub fn final_header(&mut self, ctrl: Ctrl) -> RxHeader {
+        let (op, flags) = ctrl.op_flags();
+        self.header(op, flags, 0)
     }
 
     fn header(&mut self, op: u16, flags: u32, len: u32) -> RxHeader {

@@ -163,7 +163,7 @@ impl VsockMuxer {
 
     /// Remove a connection; its stream closes in the next `sync`.
     fn close(&mut self, key: ConnKey, ctrl: Option<Ctrl>) {
-        let Some(conn) = self.conns.remove(&key) else {
+        let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
         debug!(
@@ -174,7 +174,8 @@ impl VsockMuxer {
         );
         self.fd_map.remove(&conn.stream().as_raw_fd());
         if let Some(ctrl) = ctrl {
-            self.push_ctrl(ctrl.header(key.local_port, key.peer_port));
+            let header = conn.final_header(ctrl);
+            self.push_ctrl(header);
         }
         let registered = conn.registered.is_some();
         self.graveyard.push((conn.into_stream(), registered));
