@@ -62,7 +62,7 @@ fn boot_until(image: &str, extra: &[&str], want: &str) -> (Vec<String>, Option<i
 fn vmlinux_prints_the_linux_banner() {
     require_kvm!();
     let k = kernel("vmlinux");
-    let (lines, status) = boot_until(k.to_str().unwrap(), &[], "Linux version");
+    let (lines, status) = boot_until(k.to_str().unwrap(), &[], "Command line:");
     assert!(
         lines.iter().any(|l| l.contains("Linux version")),
         "no banner; serial: {lines:?}"
