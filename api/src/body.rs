@@ -1,0 +1,231 @@
+//! Request bodies: Content-Type, size limit, read deadline, JSON, and the `PUT` service
+//! config (whose `name` may be left out: the path supplies it).
+//!
+//! The split of status codes: 415 wrong media type, 413 too large, 408 too slow, 400 when
+//! serde refuses the body (bad JSON, unknown or missing field, wrong type), 422 when serde
+//! accepts it but the config does not hold up ([`ServiceConfig::validate`], name mismatch).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+use summoner::ServiceConfig;
+
+use crate::error::HttpError;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest a client may take to send its body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// 415 unless the Content-Type is `application/json` (parameters such as charset allowed).
+pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let is_json = got.as_deref().is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if is_json {
+        return Ok(());
+    }
+    let got = match got {
+        Some(ct) => format!("got {ct:?}"),
+        None => "got none".to_string(),
+    };
+    Err(HttpError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("the request body must be JSON: send Content-Type: application/json ({got})"),
+    ))
+}
+
+fn too_large() -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`], within `timeout`.
+pub async fn read<B>(headers: &HeaderMap, body: B, timeout: Duration) -> Result<Bytes, HttpError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(HttpError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            format!("cannot read the request body: {e}"),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The service config of `PUT /v1/services/{name}`: JSON, `name` filled from the path when
+/// missing, a different `name` refused (422). Not yet validated.
+pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, HttpError> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!(
+                "the request body must be a JSON object (a service config), not {}",
+                kind(&value)
+            ),
+        ));
+    };
+    match obj.get("name") {
+        None => {
+            obj.insert("name".into(), Value::String(path_name.to_string()));
+        }
+        Some(Value::String(n)) if n != path_name => {
+            return Err(HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "name_mismatch",
+                format!(
+                    "the body names service {n:?} but the path names {path_name:?}; \
+                     leave \"name\" out or make them match"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(value).map_err(|e| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("the request body is not a valid service config: {e}"),
+        )
+    })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_body_util::Full;
+
+    fn headers(ct: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        h
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        assert!(require_json(&headers(Some("application/json"))).is_ok());
+        assert!(require_json(&headers(Some("Application/JSON; charset=utf-8"))).is_ok());
+        for ct in [None, Some("text/plain"), Some("application/jsonx")] {
+            let e = require_json(&headers(ct)).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn body_limit_is_enforced_with_and_without_content_length() {
+        let big = Bytes::from(vec![b' '; MAX_BODY_BYTES + 1]);
+        let e = read(&HeaderMap::new(), Full::new(big.clone()), BODY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999999"));
+        let e = read(&h, Full::new(Bytes::new()), BODY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = Bytes::from(vec![b' '; MAX_BODY_BYTES]);
+        assert_eq!(
+            read(&HeaderMap::new(), Full::new(ok), BODY_TIMEOUT)
+                .await
+                .unwrap()
+                .len(),
+            MAX_BODY_BYTES
+        );
+    }
+
+    #[test]
+    fn name_comes_from_the_path_when_missing() {
+        let c = service_config("hello", br#"{"listen":"127.0.0.1:1","image":"/x"}"#).unwrap();
+        assert_eq!(c.name, "hello");
+        let c = service_config(
+            "hello",
+            br#"{"name":"hello","listen":"127.0.0.1:1","image":"/x"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.name, "hello");
+        let e = service_config(
+            "hello",
+            br#"{"name":"other","listen":"127.0.0.1:1","image":"/x"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.code, "name_mismatch");
+    }
+
+    #[test]
+    fn serde_errors_are_400_with_serdes_message() {
+        let e = service_config("a", b"{\"listen\": ").unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
+        assert!(e.message.contains("line 1"), "{}", e.message);
+        let e =
+            service_config("a", br#"{"listen":"127.0.0.1:1","image":"/x","port":3}"#).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_body")
+        );
+        assert!(e.message.contains("unknown field `port`"), "{}", e.message);
+        let e = service_config("a", br#"{"image":"/x"}"#).unwrap_err();
+        assert!(e.message.contains("listen"), "{}", e.message);
+        let e = service_config("a", b"[1]").unwrap_err();
+        assert!(e.message.contains("an array"), "{}", e.message);
+    }
+}

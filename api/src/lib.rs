@@ -1,0 +1,45 @@
+//! dust's control API: HTTP/1.1 (hyper) with JSON bodies, on a Unix socket (mode 0600) and,
+//! optionally, on TCP with a bearer token. `docs/api/openapi.yaml` is the contract; a test
+//! holds [`routes::ROUTES`] and the spec to each other.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /v1/health` | `{"status":"ok"}` |
+//! | `GET /v1/version` | `{"version":"0.1.0","api":"v1"}` |
+//! | `GET /v1/services` | `{"services":[...]}`: config, bound `address`, live `stats` |
+//! | `GET /v1/services/{name}` | one service (404 `service_not_found`) |
+//! | `PUT /v1/services/{name}` | create (201) or replace live (200); body = service config, `name` optional |
+//! | `DELETE /v1/services/{name}` | drain and stop (204); the port is closed when it answers |
+//! | `GET /v1/vms` | `{"vms":[...]}`: id, service, phase, age_ms, pid |
+//! | `GET /v1/vms/{id}` | one VM (404 `vm_not_found`) |
+//! | `DELETE /v1/vms/{id}` | kill it (204; its client gets 502) |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Every error is `{"error":{"code":"snake_case","message":"a sentence"}}`.
+//!
+//! - [`control`]: the [`Control`] trait, the seam to the summoner ([`summoner_impl`]).
+//! - [`server`]: [`ApiServer`], the listeners and graceful stop.
+//! - [`router`], [`routes`], [`services`]: dispatch, the route table, create/replace.
+//! - [`body`], [`auth`], [`error`], [`models`]: bodies, tokens, errors, JSON types.
+
+pub mod auth;
+pub mod body;
+pub mod control;
+pub mod error;
+pub mod models;
+pub mod router;
+pub mod routes;
+pub mod server;
+pub mod services;
+pub mod summoner_impl;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod router_tests;
+
+pub use control::{Control, ServiceStatus};
+pub use error::{ApiError, HttpError};
+pub use router::{Router, Settings};
+pub use routes::{Endpoint, Route, ROUTES};
+pub use server::{default_socket_path, ApiServer};

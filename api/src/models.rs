@@ -1,0 +1,159 @@
+//! The JSON bodies of the API's answers (see `docs/api/openapi.yaml`). They deserialize too,
+//! so clients (the CLI verbs) can read them with the same types.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use summoner::registry::{VmInfo, VmPhase};
+use summoner::{ServiceConfig, ServiceStats};
+
+use crate::control::ServiceStatus;
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always "ok".
+    pub status: String,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// dust's version.
+    pub version: String,
+    /// API version prefix ("v1").
+    pub api: String,
+}
+
+/// Live counters of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// VMs alive now.
+    pub running: usize,
+    /// Most VMs alive at once since the service started.
+    pub max_running: usize,
+    /// Pre-built idle VM shells ready.
+    pub idle: usize,
+    /// Requests waiting for admission.
+    pub waiting: usize,
+}
+
+impl From<ServiceStats> for Stats {
+    fn from(s: ServiceStats) -> Self {
+        Self {
+            running: s.running,
+            max_running: s.max_running,
+            idle: s.idle,
+            waiting: s.waiting,
+        }
+    }
+}
+
+/// A service: its config (the fields of a `PUT` body), where it is bound, and counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// The config.
+    #[serde(flatten)]
+    pub config: ServiceConfig,
+    /// The bound address (the real port when `listen` has port 0).
+    pub address: SocketAddr,
+    /// Live counters.
+    pub stats: Stats,
+}
+
+impl From<ServiceStatus> for Service {
+    fn from(s: ServiceStatus) -> Self {
+        Self {
+            config: s.config,
+            address: s.address,
+            stats: s.stats.into(),
+        }
+    }
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    /// Ordered by name.
+    pub services: Vec<Service>,
+}
+
+/// A live VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    /// VM id.
+    pub id: String,
+    /// Its service.
+    pub service: String,
+    /// `booting`, `serving` or `stopping`.
+    pub phase: String,
+    /// Milliseconds since it was started.
+    pub age_ms: u64,
+    /// Worker process id.
+    pub pid: u32,
+}
+
+impl From<VmInfo> for Vm {
+    fn from(v: VmInfo) -> Self {
+        let phase = match v.phase {
+            VmPhase::Booting => "booting",
+            VmPhase::Serving => "serving",
+            VmPhase::Stopping => "stopping",
+        };
+        Self {
+            id: v.id,
+            service: v.service,
+            phase: phase.to_string(),
+            age_ms: v.age_ms,
+            pid: v.pid,
+        }
+    }
+}
+
+/// `GET /v1/vms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmList {
+    /// Ordered by id.
+    pub vms: Vec<Vm>,
+}
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: String,
+    /// A sentence naming the problem.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_round_trips_through_json() {
+        let s = Service {
+            config: ServiceConfig::new("hello", "127.0.0.1:0".parse().unwrap(), "/x/img"),
+            address: "127.0.0.1:4242".parse().unwrap(),
+            stats: Stats {
+                running: 1,
+                max_running: 2,
+                idle: 3,
+                waiting: 4,
+            },
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""name":"hello""#), "{text}");
+        assert!(text.contains(r#""address":"127.0.0.1:4242""#), "{text}");
+        assert!(text.contains(r#""queue_deadline":"5s""#), "{text}");
+        let back: Service = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,213 @@
+//! One request in, one response out: auth, route lookup ([`crate::routes::ROUTES`]),
+//! handlers. No sockets here, so it is tested with plain `Request` values.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::body;
+use crate::control::Control;
+use crate::error::HttpError;
+use crate::models;
+use crate::routes::{self, Endpoint};
+
+/// The Prometheus text exposition content type.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Timing knobs of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long `DELETE /v1/services/{name}` lets in-flight requests finish.
+    pub drain_grace: Duration,
+    /// How long a replaced service's in-flight requests may finish (`PUT` on an existing
+    /// name) before the new config takes over.
+    pub replace_grace: Duration,
+    /// Longest a client may take to send a request body.
+    pub body_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            drain_grace: Duration::from_secs(10),
+            replace_grace: Duration::from_secs(2),
+            body_timeout: body::BODY_TIMEOUT,
+        }
+    }
+}
+
+/// The API's request handler over a [`Control`].
+pub struct Router<C> {
+    pub(crate) control: Arc<C>,
+    pub(crate) settings: Settings,
+    /// Serializes changes (PUT, DELETE of services) so a replacement is never interleaved.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+}
+
+/// A JSON response.
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(mut text) => {
+            text.push(b'\n');
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("cannot encode the response: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+fn no_content() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+pub(crate) fn service_not_found(name: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "service_not_found",
+        format!("there is no service named {name:?}"),
+    )
+}
+
+fn vm_not_found(id: &str) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        "vm_not_found",
+        format!("there is no live VM with id {id:?}"),
+    )
+}
+
+impl<C: Control> Router<C> {
+    /// A router over `control`.
+    pub fn new(control: Arc<C>, settings: Settings) -> Self {
+        Self {
+            control,
+            settings,
+            changes: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Answer one request. With `token`, the request must carry `Authorization: Bearer
+    /// <token>` (the TCP listener); without, no auth (the Unix socket).
+    pub async fn handle<B>(&self, req: Request<B>, token: Option<&str>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let resp = self
+            .dispatch(req, token)
+            .await
+            .unwrap_or_else(HttpError::into_response);
+        let status = resp.status().as_u16();
+        let us = started.elapsed().as_micros() as u64;
+        if resp.status().is_server_error() {
+            tracing::warn!(%method, %path, status, us, "control API request failed");
+        } else {
+            tracing::debug!(%method, %path, status, us, "control API request");
+        }
+        resp
+    }
+
+    async fn dispatch<B>(
+        &self,
+        req: Request<B>,
+        token: Option<&str>,
+    ) -> Result<Response<Full<Bytes>>, HttpError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(token) = token {
+            if !crate::auth::authorized(req.headers(), token) {
+                return Err(HttpError::unauthorized());
+            }
+        }
+        let path = req.uri().path().to_string();
+        let matched = routes::find(req.method().as_str(), &path)?;
+        let param = matched.param.unwrap_or_default();
+        let c = &*self.control;
+        Ok(match matched.endpoint {
+            Endpoint::Health => json(
+                StatusCode::OK,
+                &models::Health {
+                    status: "ok".into(),
+                },
+            ),
+            Endpoint::Version => json(
+                StatusCode::OK,
+                &models::Version {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    api: "v1".into(),
+                },
+            ),
+            Endpoint::ListServices => json(
+                StatusCode::OK,
+                &models::ServiceList {
+                    services: c.services().into_iter().map(Into::into).collect(),
+                },
+            ),
+            Endpoint::GetService => {
+                let s = c.service(param).ok_or_else(|| service_not_found(param))?;
+                json(StatusCode::OK, &models::Service::from(s))
+            }
+            Endpoint::PutService => {
+                body::require_json(req.headers())?;
+                let (parts, b) = req.into_parts();
+                let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
+                let config = body::service_config(param, &bytes)?;
+                self.put_service(config).await?
+            }
+            Endpoint::DeleteService => {
+                let _change = self.changes.lock().await;
+                if !c.remove_service(param, self.settings.drain_grace).await {
+                    return Err(service_not_found(param));
+                }
+                tracing::info!(service = %param, "service removed through the control API");
+                no_content()
+            }
+            Endpoint::ListVms => {
+                let mut vms: Vec<models::Vm> = c.vms().into_iter().map(Into::into).collect();
+                vms.sort_by(|a, b| a.id.cmp(&b.id));
+                json(StatusCode::OK, &models::VmList { vms })
+            }
+            Endpoint::GetVm => {
+                let vm = c.vm(param).ok_or_else(|| vm_not_found(param))?;
+                json(StatusCode::OK, &models::Vm::from(vm))
+            }
+            Endpoint::DeleteVm => {
+                if !c.kill_vm(param) {
+                    return Err(vm_not_found(param));
+                }
+                tracing::info!(vm = %param, "VM killed through the control API");
+                no_content()
+            }
+            Endpoint::Metrics => {
+                let mut resp = Response::new(Full::new(Bytes::from(c.metrics_text())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(METRICS_CONTENT_TYPE),
+                );
+                resp
+            }
+        })
+    }
+}

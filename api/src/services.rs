@@ -1,0 +1,156 @@
+//! `PUT /v1/services/{name}`: create, or replace live without ever losing a working service
+//! to a bad config.
+//!
+//! Order of a replacement:
+//! 1. validate the new config (422 and nothing touched if it fails);
+//! 2. if the listen address changes, check that the new one can be bound (409 and nothing
+//!    touched if not) — the summoner keys services by name, so the new service cannot
+//!    literally run beside the old one;
+//! 3. stop the old service (in-flight requests get `replace_grace`);
+//! 4. start the new one; if that still fails, start the old config again (rollback) and
+//!    answer with the new config's error.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
+
+use crate::control::{Control, ServiceStatus};
+use crate::error::HttpError;
+use crate::models;
+use crate::router::{json, Router};
+
+/// 409/422 for a service that could not be added.
+pub(crate) fn add_error(e: AddError) -> HttpError {
+    let message = e.to_string();
+    match e {
+        AddError::Duplicate(_) => HttpError::new(StatusCode::CONFLICT, "already_exists", message),
+        AddError::Start(StartError::Config(_)) => {
+            HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+        }
+        AddError::Start(StartError::Bind { source, .. }) => bind_error(source.kind(), message),
+    }
+}
+
+fn bind_error(kind: ErrorKind, message: String) -> HttpError {
+    let code = if kind == ErrorKind::AddrInUse {
+        "address_in_use"
+    } else {
+        "cannot_listen"
+    };
+    HttpError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// Can `addr` be bound now? (Bound and released at once.)
+fn probe(name: &str, addr: SocketAddr) -> Result<(), HttpError> {
+    std::net::TcpListener::bind(addr).map(drop).map_err(|e| {
+        bind_error(
+            e.kind(),
+            format!("service {name}: cannot listen on {addr}: {e}"),
+        )
+    })
+}
+
+/// Is this a bind failure because the port is (still) taken?
+fn addr_in_use(e: &AddError) -> bool {
+    matches!(e, AddError::Start(StartError::Bind { source, .. }) if source.kind() == ErrorKind::AddrInUse)
+}
+
+impl<C: Control> Router<C> {
+    pub(crate) async fn put_service(
+        &self,
+        config: ServiceConfig,
+    ) -> Result<Response<Full<Bytes>>, HttpError> {
+        config.validate().map_err(|e| {
+            HttpError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_config",
+                e.to_string(),
+            )
+        })?;
+        let _change = self.changes.lock().await;
+        let name = config.name.clone();
+        let c = &*self.control;
+        let (status, address) = match c.service(&name) {
+            None => {
+                let address = c.add_service(config.clone()).map_err(add_error)?;
+                tracing::info!(service = %name, %address, "service created through the control API");
+                (StatusCode::CREATED, address)
+            }
+            Some(old) => {
+                let address = self.replace(old, config.clone()).await?;
+                tracing::info!(service = %name, %address, "service replaced through the control API");
+                (StatusCode::OK, address)
+            }
+        };
+        let now = c.service(&name).unwrap_or(ServiceStatus {
+            config,
+            address,
+            stats: ServiceStats {
+                running: 0,
+                max_running: 0,
+                idle: 0,
+                waiting: 0,
+            },
+        });
+        let mut resp = json(status, &models::Service::from(now));
+        if status == StatusCode::CREATED {
+            if let Ok(loc) = HeaderValue::from_str(&format!("/v1/services/{name}")) {
+                resp.headers_mut().insert(header::LOCATION, loc);
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn replace(
+        &self,
+        old: ServiceStatus,
+        new: ServiceConfig,
+    ) -> Result<SocketAddr, HttpError> {
+        let c = &*self.control;
+        let name = new.name.clone();
+        let same_address = new.listen == old.config.listen;
+        if !same_address {
+            probe(&name, new.listen)?;
+        }
+        c.remove_service(&name, self.settings.replace_grace).await;
+        let mut tries = 0;
+        let err = loop {
+            match c.add_service(new.clone()) {
+                Ok(address) => return Ok(address),
+                // The old listener may take a moment to close after its drain.
+                Err(e) if same_address && addr_in_use(&e) && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(e) => break add_error(e),
+            }
+        };
+        let mut previous = old.config;
+        if previous.listen.port() == 0 {
+            // Keep the port clients know.
+            previous.listen = old.address;
+        }
+        match c.add_service(previous) {
+            Ok(address) => {
+                tracing::warn!(service = %name, %address, "new config failed to start ({}); the previous one runs again", err.message);
+                Err(err)
+            }
+            Err(e) => {
+                tracing::error!(service = %name, "new config failed to start ({}) and the previous one could not be restarted: {e}", err.message);
+                Err(HttpError {
+                    message: format!(
+                        "{}; the previous config could not be restarted either ({e}), so the \
+                         service is gone",
+                        err.message
+                    ),
+                    ..err
+                })
+            }
+        }
+    }
+}
