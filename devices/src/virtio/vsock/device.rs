@@ -61,8 +61,12 @@ impl std::fmt::Debug for Vsock {
 /// Outcome of one pass over a queue.
 #[derive(Default)]
 struct Pass {
+    /// Buffers were used: the guest should look.
     used: bool,
+    /// TX waits for RX to drain control packets.
     blocked: bool,
+    /// The pass stopped at its budget with work left.
+    more: bool,
 }
 
 impl Vsock {
@@ -112,28 +116,37 @@ impl Vsock {
             return;
         };
         match run(&mut self.muxer, active) {
-            Ok(true) => {
-                if let Err(e) = active.interrupt.signal_used_queue() {
-                    warn!("virtio-vsock: cannot raise the interrupt: {e}");
+            Ok(pass) => {
+                if pass.used {
+                    if let Err(e) = active.interrupt.signal_used_queue() {
+                        warn!("virtio-vsock: cannot raise the interrupt: {e}");
+                    }
+                }
+                // A busy guest (or host) must not keep the event thread from its other
+                // sockets: work beyond the budget waits for the next round of the loop.
+                if pass.more {
+                    if let Err(e) = self.kick_evt.write(1) {
+                        warn!("virtio-vsock: cannot reschedule queue work: {e}");
+                    }
                 }
             }
-            Ok(false) => {}
             Err(e) => self.fail(&e),
         }
     }
 }
 
-fn run(muxer: &mut VsockMuxer, active: &mut Active) -> Result<bool, VsockError> {
-    let mut used = false;
+fn run(muxer: &mut VsockMuxer, active: &mut Active) -> Result<Pass, VsockError> {
+    let mut total = Pass::default();
     for _ in 0..MAX_ROUNDS {
         let tx = process_tx(muxer, active)?;
         let rx = process_rx(muxer, active)?;
-        used |= tx.used | rx.used;
+        total.used |= tx.used | rx.used;
+        total.more = tx.more || rx.more;
         if !(tx.blocked && rx.used) {
             break;
         }
     }
-    Ok(used)
+    Ok(total)
 }
 
 fn process_tx(muxer: &mut VsockMuxer, active: &mut Active) -> Result<Pass, VsockError> {
@@ -141,13 +154,18 @@ fn process_tx(muxer: &mut VsockMuxer, active: &mut Active) -> Result<Pass, Vsock
     let Some(queue) = active.queues.get_mut(TX_QUEUE) else {
         return Ok(Pass::default());
     };
-    let mut pass = Pass::default();
-    loop {
+    let mut pass = Pass {
+        more: true,
+        ..Pass::default()
+    };
+    for _ in 0..queue.size() {
         if muxer.tx_must_wait() {
             pass.blocked = true;
+            pass.more = false;
             break;
         }
         let Some(mut chain) = queue.iter(mem)?.next() else {
+            pass.more = false;
             break;
         };
         let head = chain.head_index();
@@ -165,9 +183,12 @@ fn process_rx(muxer: &mut VsockMuxer, active: &mut Active) -> Result<Pass, Vsock
         return Ok(Pass::default());
     };
     let mut pass = Pass::default();
-    while muxer.has_pending_rx() {
+    for _ in 0..queue.size() {
+        if !muxer.has_pending_rx() {
+            return Ok(pass);
+        }
         let Some(mut chain) = queue.iter(mem)?.next() else {
-            break;
+            return Ok(pass);
         };
         let head = chain.head_index();
         let mut pkt = VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA)?;
@@ -179,10 +200,11 @@ fn process_rx(muxer: &mut VsockMuxer, active: &mut Active) -> Result<Pass, Vsock
             None => {
                 // Nothing owed after all: the buffer stays available.
                 queue.go_to_previous_position();
-                break;
+                return Ok(pass);
             }
         }
     }
+    pass.more = muxer.has_pending_rx();
     Ok(pass)
 }
 
