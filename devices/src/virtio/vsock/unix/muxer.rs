@@ -49,6 +49,8 @@ pub struct VsockMuxer {
     uds_path: PathBuf,
     listener: UnixListener,
     listener_paused: bool,
+    /// A descriptor was closed since the listener paused (it may accept again).
+    fd_freed: bool,
     clients: HashMap<RawFd, PendingClient>,
     conns: HashMap<ConnKey, Connection>,
     fd_map: HashMap<RawFd, ConnKey>,
@@ -81,6 +83,7 @@ impl VsockMuxer {
             uds_path,
             listener,
             listener_paused: false,
+            fd_freed: false,
             clients: HashMap::new(),
             conns: HashMap::new(),
             fd_map: HashMap::new(),
@@ -234,7 +237,10 @@ impl VsockMuxer {
                     // a connection closes, rather than spinning on it.
                     warn!("vsock: accept failed, pausing the listener: {e}");
                     match ops.modify(Events::new(&self.listener, EventSet::empty())) {
-                        Ok(()) => self.listener_paused = true,
+                        Ok(()) => {
+                            self.listener_paused = true;
+                            self.fd_freed = false;
+                        }
                         Err(e) => warn!("vsock: cannot pause the listener: {e}"),
                     }
                     break;
@@ -246,6 +252,7 @@ impl VsockMuxer {
     fn drop_client(&mut self, fd: RawFd, ops: &mut EventOps, why: &str) {
         if let Some(client) = self.clients.remove(&fd) {
             debug!("vsock: host client dropped: {why}");
+            self.fd_freed = true;
             if let Err(e) = ops.remove(Events::empty(&client.stream)) {
                 debug!("vsock: cannot unwatch a host client: {e}");
             }
@@ -472,7 +479,7 @@ impl VsockMuxer {
                 }
             }
         }
-        let closed_any = !self.graveyard.is_empty();
+        self.fd_freed |= !self.graveyard.is_empty();
         for (stream, registered) in self.graveyard.drain(..) {
             if registered {
                 if let Err(e) = ops.remove(Events::empty(&stream)) {
@@ -480,9 +487,12 @@ impl VsockMuxer {
                 }
             }
         }
-        if self.listener_paused && closed_any {
+        if self.listener_paused && self.fd_freed {
             match ops.modify(Events::new(&self.listener, EventSet::IN)) {
-                Ok(()) => self.listener_paused = false,
+                Ok(()) => {
+                    self.listener_paused = false;
+                    self.fd_freed = false;
+                }
                 Err(e) => warn!("vsock: cannot resume the listener: {e}"),
             }
         }
