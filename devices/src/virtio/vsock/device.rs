@@ -91,6 +91,11 @@ impl Vsock {
         self.failed
     }
 
+    /// Live guest connections (host clients still sending `CONNECT` not included).
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
     /// Whether the driver has activated the device.
     pub fn is_active(&self) -> bool {
         self.active.is_some()

@@ -8,7 +8,7 @@
 //!   listening socket and every connection's stream are served on the VMM's event thread.
 //! - [`packet`]: header constants and building; parsing descriptor chains is
 //!   `virtio_vsock::packet::VsockPacket`'s.
-//! - `unix/`: the backend ([`unix::VsockMuxer`], one `Connection` per stream, credit flow
+//! - `unix/`: the backend (the muxer, one connection object per stream, credit flow
 //!   control, `CONNECT <port>\n` / `OK <port>\n`, `<uds_path>_<port>` for guest connects).
 //!
 //! Only stream sockets (`VIRTIO_VSOCK_TYPE_STREAM`) are supported; the event queue is never

@@ -56,7 +56,7 @@ fn host_initiated_connect_data_credit_and_rst() {
 
     h.send(Hdr::guest(1234, local, OP_RST), &[]);
     assert!(is_closed(&mut c));
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
     assert!(h.errors().is_empty());
 }
 
@@ -152,7 +152,7 @@ fn guest_initiated_connect_to_uds_port() {
     });
     assert_eq!(data, b"bye");
     assert_eq!(last.map(|l| l.flags), Some(SHUTDOWN_RCV | SHUTDOWN_SEND));
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
 
     // Nobody listens on port 5001: refused.
     h.send(Hdr::guest(778, 5001, OP_REQUEST), &[]);
@@ -249,7 +249,7 @@ fn guest_sending_beyond_our_credit_is_reset() {
     }
     assert!(reset, "no RST after {sent} unread bytes");
     assert!(sent > CONN_BUF_SIZE as usize);
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
     assert!(h.errors().is_empty());
     drop(c);
 }
@@ -313,7 +313,7 @@ fn half_close_from_the_host_then_guest_close() {
     let last = h.recv_some();
     assert_eq!(last.last().map(|p| p.hdr.op), Some(OP_RST), "{last:?}");
     assert!(is_closed(&mut c));
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn clients_wait_for_the_driver_and_reset_drops_connections() {
     w32(&mut h.transport, 0x70, 0);
     h.pump();
     assert!(is_closed(&mut early));
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
     assert!(!h.vsock.lock().unwrap().is_active());
 
     // The driver brings it up again on fresh rings; host clients are served again.
@@ -522,7 +522,7 @@ fn host_gone_and_guest_not_reading_finishes_the_connection() {
     c.write_all(b"unread").unwrap();
     drop(c);
     h.pump();
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 1);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 1);
     h.send(
         Hdr {
             flags: SHUTDOWN_RCV,
@@ -530,7 +530,7 @@ fn host_gone_and_guest_not_reading_finishes_the_connection() {
         },
         &[],
     );
-    assert_eq!(h.vsock.lock().unwrap().muxer.connection_count(), 0);
+    assert_eq!(h.vsock.lock().unwrap().connection_count(), 0);
     h.post_rx(1);
     let last = h.recv_some();
     assert_eq!(last[0].hdr.op, OP_SHUTDOWN);

@@ -13,7 +13,7 @@ mod muxer;
 mod sys;
 mod txbuf;
 
-pub use muxer::VsockMuxer;
+pub(crate) use muxer::VsockMuxer;
 
 /// Receive buffer we advertise per connection (`buf_alloc`): guest -> host bytes that may be
 /// in flight, unforwarded to the host stream.
