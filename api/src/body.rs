@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 use summoner::ServiceConfig;
 
-use crate::error::HttpError;
+use crate::error::{ErrorCode, HttpError};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,16 +40,14 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
         None => "got none".to_string(),
     };
     Err(HttpError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        ErrorCode::UnsupportedMediaType,
         format!("the request body must be JSON: send Content-Type: application/json ({got})"),
     ))
 }
 
 fn too_large() -> HttpError {
     HttpError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
     )
 }
@@ -69,8 +67,7 @@ where
     }
     match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
         Err(_) => Err(HttpError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             format!(
                 "the request body did not arrive within {} s",
                 timeout.as_secs()
@@ -78,8 +75,7 @@ where
         )),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "unreadable_body",
+            ErrorCode::UnreadableBody,
             format!("cannot read the request body: {e}"),
         )),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
@@ -91,15 +87,13 @@ where
 pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, HttpError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
     let Some(obj) = value.as_object_mut() else {
         return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!(
                 "the request body must be a JSON object (a service config), not {}",
                 kind(&value)
@@ -112,8 +106,7 @@ pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, Ht
         }
         Some(Value::String(n)) if n != path_name => {
             return Err(HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "name_mismatch",
+                ErrorCode::NameMismatch,
                 format!(
                     "the body names service {n:?} but the path names {path_name:?}; \
                      leave \"name\" out or make them match"
@@ -124,8 +117,7 @@ pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, Ht
     }
     serde_json::from_value(value).map_err(|e| {
         HttpError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("the request body is not a valid service config: {e}"),
         )
     })
@@ -145,7 +137,7 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderValue, StatusCode};
     use http_body_util::Full;
 
     fn headers(ct: Option<&'static str>) -> HeaderMap {
@@ -162,7 +154,7 @@ mod tests {
         assert!(require_json(&headers(Some("Application/JSON; charset=utf-8"))).is_ok());
         for ct in [None, Some("text/plain"), Some("application/jsonx")] {
             let e = require_json(&headers(ct)).unwrap_err();
-            assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
+            assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{ct:?}");
         }
     }
 
@@ -172,13 +164,13 @@ mod tests {
         let e = read(&HeaderMap::new(), Full::new(big.clone()), BODY_TIMEOUT)
             .await
             .unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999999"));
         let e = read(&h, Full::new(Bytes::new()), BODY_TIMEOUT)
             .await
             .unwrap_err();
-        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let ok = Bytes::from(vec![b' '; MAX_BODY_BYTES]);
         assert_eq!(
             read(&HeaderMap::new(), Full::new(ok), BODY_TIMEOUT)
@@ -204,24 +196,18 @@ mod tests {
             br#"{"name":"other","listen":"127.0.0.1:1","image":"/x"}"#,
         )
         .unwrap_err();
-        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(e.code, "name_mismatch");
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.code(), ErrorCode::NameMismatch);
     }
 
     #[test]
     fn serde_errors_are_400_with_serdes_message() {
         let e = service_config("a", b"{\"listen\": ").unwrap_err();
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, "invalid_json")
-        );
+        assert_eq!(e.code(), ErrorCode::InvalidJson);
         assert!(e.message.contains("line 1"), "{}", e.message);
         let e =
             service_config("a", br#"{"listen":"127.0.0.1:1","image":"/x","port":3}"#).unwrap_err();
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::BAD_REQUEST, "invalid_body")
-        );
+        assert_eq!(e.code(), ErrorCode::InvalidBody);
         assert!(e.message.contains("unknown field `port`"), "{}", e.message);
         let e = service_config("a", br#"{"image":"/x"}"#).unwrap_err();
         assert!(e.message.contains("listen"), "{}", e.message);

@@ -53,17 +53,122 @@ pub enum ApiError {
     BadToken,
 }
 
+/// The `code` of an error answer. Each has one HTTP status; `docs/api/openapi.yaml` lists
+/// them all (a test checks that against [`ErrorCode::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 404: no route serves the path.
+    NotFound,
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed,
+    /// 401: TCP request without the right bearer token.
+    Unauthorized,
+    /// 404: no service of that name.
+    ServiceNotFound,
+    /// 404: no live VM with that id.
+    VmNotFound,
+    /// 415: the body is not `application/json`.
+    UnsupportedMediaType,
+    /// 413: the body is too large.
+    PayloadTooLarge,
+    /// 408: the body came too slowly.
+    RequestTimeout,
+    /// 400: the body could not be read.
+    UnreadableBody,
+    /// 400: the body is not JSON.
+    InvalidJson,
+    /// 400: the JSON is not a service config (serde refused it).
+    InvalidBody,
+    /// 422: the config parses but cannot run.
+    InvalidConfig,
+    /// 422: the body's name is not the path's.
+    NameMismatch,
+    /// 409: the service exists (lost a race with another request).
+    AlreadyExists,
+    /// 409: the listen address is taken.
+    AddressInUse,
+    /// 409: the listen address cannot be bound for another reason.
+    CannotListen,
+    /// 500: a bug.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthorized,
+        ErrorCode::ServiceNotFound,
+        ErrorCode::VmNotFound,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
+        ErrorCode::UnreadableBody,
+        ErrorCode::InvalidJson,
+        ErrorCode::InvalidBody,
+        ErrorCode::InvalidConfig,
+        ErrorCode::NameMismatch,
+        ErrorCode::AlreadyExists,
+        ErrorCode::AddressInUse,
+        ErrorCode::CannotListen,
+        ErrorCode::Internal,
+    ];
+
+    /// The snake_case word sent as `code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::ServiceNotFound => "service_not_found",
+            ErrorCode::VmNotFound => "vm_not_found",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::UnreadableBody => "unreadable_body",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::NameMismatch => "name_mismatch",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::AddressInUse => "address_in_use",
+            ErrorCode::CannotListen => "cannot_listen",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Its HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::NotFound | ErrorCode::ServiceNotFound | ErrorCode::VmNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::UnreadableBody | ErrorCode::InvalidJson | ErrorCode::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::InvalidConfig | ErrorCode::NameMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::AlreadyExists | ErrorCode::AddressInUse | ErrorCode::CannotListen => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 /// One request's error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable snake_case code for programs.
-    pub code: &'static str,
+    code: ErrorCode,
     /// A sentence for people, naming the problem.
     pub message: String,
     /// `Allow` header value (405 only).
-    pub allow: Option<String>,
+    allow: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -78,31 +183,40 @@ struct ErrorObject<'a> {
 }
 
 impl HttpError {
-    /// An error with `status`, `code` and `message`.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with `code` (which sets the status) and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             allow: None,
         }
     }
 
+    /// Its code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// Its HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// The `Allow` header (405 only).
+    pub fn allow(&self) -> Option<&str> {
+        self.allow.as_deref()
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no such endpoint: {path}"),
-        )
+        Self::new(ErrorCode::NotFound, format!("no such endpoint: {path}"))
     }
 
     /// 405 with the methods the path accepts.
     pub fn method_not_allowed(method: &str, path: &str, allowed: &[&str]) -> Self {
         let allow = allowed.join(", ");
         Self {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "method_not_allowed",
+            code: ErrorCode::MethodNotAllowed,
             message: format!("{method} is not allowed on {path}; use {allow}"),
             allow: Some(allow),
         }
@@ -111,8 +225,7 @@ impl HttpError {
     /// 401 for a missing or wrong bearer token.
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "this listener needs an \"Authorization: Bearer <token>\" header with the daemon's API token",
         )
     }
@@ -121,7 +234,7 @@ impl HttpError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = ErrorBody {
             error: ErrorObject {
-                code: self.code,
+                code: self.code.as_str(),
                 message: &self.message,
             },
         };
@@ -130,7 +243,7 @@ impl HttpError {
         });
         text.push(b'\n');
         let mut resp = Response::new(Full::new(Bytes::from(text)));
-        *resp.status_mut() = self.status;
+        *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -138,10 +251,29 @@ impl HttpError {
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             resp.headers_mut().insert(header::ALLOW, allow);
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if self.code == ErrorCode::Unauthorized {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in ErrorCode::ALL {
+            let s = c.as_str();
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            assert!(seen.insert(s), "{s}");
+            assert!(c.status().is_client_error() || c.status().is_server_error());
+        }
     }
 }

@@ -39,7 +39,7 @@ mod fake;
 mod router_tests;
 
 pub use control::{Control, ServiceStatus};
-pub use error::{ApiError, HttpError};
+pub use error::{ApiError, ErrorCode, HttpError};
 pub use router::{Router, Settings};
 pub use routes::{Endpoint, Route, ROUTES};
 pub use server::{default_socket_path, ApiServer};

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::body;
 use crate::control::Control;
-use crate::error::HttpError;
+use crate::error::{ErrorCode, HttpError};
 use crate::models;
 use crate::routes::{self, Endpoint};
 
@@ -63,8 +63,7 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full
             resp
         }
         Err(e) => HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("cannot encode the response: {e}"),
         )
         .into_response(),
@@ -79,16 +78,14 @@ fn no_content() -> Response<Full<Bytes>> {
 
 pub(crate) fn service_not_found(name: &str) -> HttpError {
     HttpError::new(
-        StatusCode::NOT_FOUND,
-        "service_not_found",
+        ErrorCode::ServiceNotFound,
         format!("there is no service named {name:?}"),
     )
 }
 
 fn vm_not_found(id: &str) -> HttpError {
     HttpError::new(
-        StatusCode::NOT_FOUND,
-        "vm_not_found",
+        ErrorCode::VmNotFound,
         format!("there is no live VM with id {id:?}"),
     )
 }

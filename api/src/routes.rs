@@ -146,17 +146,17 @@ mod tests {
             "//v1/health",
         ] {
             let e = find("GET", p).unwrap_err();
-            assert_eq!(e.status, StatusCode::NOT_FOUND, "{p}");
+            assert_eq!(e.status(), StatusCode::NOT_FOUND, "{p}");
         }
     }
 
     #[test]
     fn wrong_method_is_405_with_allow() {
         let e = find("POST", "/v1/services/x").unwrap_err();
-        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(e.allow.as_deref(), Some("GET, PUT, DELETE"));
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(e.allow(), Some("GET, PUT, DELETE"));
         let e = find("DELETE", "/v1/health").unwrap_err();
-        assert_eq!(e.allow.as_deref(), Some("GET"));
+        assert_eq!(e.allow(), Some("GET"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
 
 use crate::control::{Control, ServiceStatus};
-use crate::error::HttpError;
+use crate::error::{ErrorCode, HttpError};
 use crate::models;
 use crate::router::{json, Router};
 
@@ -28,21 +28,19 @@ use crate::router::{json, Router};
 pub(crate) fn add_error(e: AddError) -> HttpError {
     let message = e.to_string();
     match e {
-        AddError::Duplicate(_) => HttpError::new(StatusCode::CONFLICT, "already_exists", message),
-        AddError::Start(StartError::Config(_)) => {
-            HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
-        }
+        AddError::Duplicate(_) => HttpError::new(ErrorCode::AlreadyExists, message),
+        AddError::Start(StartError::Config(_)) => HttpError::new(ErrorCode::InvalidConfig, message),
         AddError::Start(StartError::Bind { source, .. }) => bind_error(source.kind(), message),
     }
 }
 
 fn bind_error(kind: ErrorKind, message: String) -> HttpError {
     let code = if kind == ErrorKind::AddrInUse {
-        "address_in_use"
+        ErrorCode::AddressInUse
     } else {
-        "cannot_listen"
+        ErrorCode::CannotListen
     };
-    HttpError::new(StatusCode::CONFLICT, code, message)
+    HttpError::new(code, message)
 }
 
 /// Can `addr` be bound now? (Bound and released at once.)
@@ -65,13 +63,9 @@ impl<C: Control> Router<C> {
         &self,
         config: ServiceConfig,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        config.validate().map_err(|e| {
-            HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_config",
-                e.to_string(),
-            )
-        })?;
+        config
+            .validate()
+            .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
         let _change = self.changes.lock().await;
         let name = config.name.clone();
         let c = &*self.control;
@@ -142,14 +136,14 @@ impl<C: Control> Router<C> {
             }
             Err(e) => {
                 tracing::error!(service = %name, "new config failed to start ({}) and the previous one could not be restarted: {e}", err.message);
-                Err(HttpError {
-                    message: format!(
+                Err(HttpError::new(
+                    err.code(),
+                    format!(
                         "{}; the previous config could not be restarted either ({e}), so the \
                          service is gone",
                         err.message
                     ),
-                    ..err
-                })
+                ))
             }
         }
     }
