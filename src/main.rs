@@ -30,6 +30,22 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Measure cold starts: drive a service, or compare boots with peers (`bench boot`).
     Bench(cli::bench::BenchArgs),
+    /// List the daemon's live VMs.
+    Ps(cli::client::Conn),
+    /// Manage the daemon's services.
+    Services {
+        #[command(flatten)]
+        conn: cli::client::Conn,
+        #[command(subcommand)]
+        cmd: cli::client::ServicesCmd,
+    },
+    /// Kill one of the daemon's VMs (its client gets 502).
+    Kill {
+        #[command(flatten)]
+        conn: cli::client::Conn,
+        /// VM id (see `dust ps`).
+        vm: String,
+    },
     /// Internal: one VM per process, driven by the summoner over fd 3.
     #[command(hide = true)]
     Worker,
@@ -52,6 +68,9 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Serve(args) => cli::serve::serve(args),
         Command::Bench(args) => cli::bench::bench(args),
+        Command::Ps(conn) => cli::client::ps(conn),
+        Command::Services { conn, cmd } => cli::client::services(conn, cmd),
+        Command::Kill { conn, vm } => cli::client::kill(conn, vm),
         Command::Worker => ExitCode::from(vmm::worker::serve()),
     }
 }

@@ -1,6 +1,7 @@
 //! Command-line front ends. Each verb turns its flags into the crates' plain config types.
 
 pub mod bench;
+pub mod client;
 pub mod run;
 pub mod serve;
 

@@ -58,6 +58,14 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// Control API socket (default: /run/dust/api.sock as root, else
+    /// $XDG_RUNTIME_DIR/dust/api.sock).
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// Also serve the control API on TCP at this address; every request then needs
+    /// `Authorization: Bearer <token>` with the token from $DUST_API_TOKEN.
+    #[arg(long)]
+    pub api_tcp: Option<SocketAddr>,
 }
 
 /// Service mode flag.
@@ -152,7 +160,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         let summoner = match Summoner::new(exe, run_dir.clone()) {
-            Ok(s) => s,
+            Ok(s) => std::sync::Arc::new(s),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);
@@ -176,14 +184,60 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
+        let api = match bind_api(&args) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("dust: control API: {e}");
+                summoner.shutdown(Duration::ZERO).await;
+                return ExitCode::from(status::VMM_ERROR);
+            }
+        };
+        eprintln!("dust: control API on {}", api.unix_path().display());
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = tokio::spawn(api.serve(summoner.clone(), async move {
+            let _ = api_stopped.await;
+        }));
+        notify_systemd();
         wait_for_stop().await;
-        eprintln!(
-            "dust: stopping (grace {})",
-            humantime::format_duration(args.grace)
-        );
+        let grace = humantime::format_duration(args.grace);
+        eprintln!("dust: stopping (grace {grace})");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // New connections are refused at once; in-flight requests get the grace period.
         summoner.shutdown(args.grace).await;
+        let _ = stop_api.send(());
+        let _ = api_task.await;
         ExitCode::SUCCESS
     })
+}
+
+fn bind_api(args: &ServeArgs) -> Result<api::ApiServer, String> {
+    let path = args
+        .api_socket
+        .clone()
+        .unwrap_or_else(api::default_socket_path);
+    let tcp = match args.api_tcp {
+        Some(addr) => {
+            let token = std::env::var("DUST_API_TOKEN")
+                .map_err(|_| "--api-tcp needs a token in $DUST_API_TOKEN".to_string())?;
+            Some((addr, token))
+        }
+        None => None,
+    };
+    api::ApiServer::bind(&path, tcp).map_err(|e| e.to_string())
+}
+
+/// Tell systemd (Type=notify) we are ready, and keep its watchdog fed if it has one.
+fn notify_systemd() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
 }
 
 async fn wait_for_stop() {

@@ -408,7 +408,17 @@ pub struct VmHandle {
     deadline: Option<Instant>,
     started: Instant,
     timings: Timings,
-    resources: Option<(VmFd, GuestMem, Arc<Mutex<Serial>>, Option<EventLoop>)>,
+    resources: Option<Resources>,
+}
+
+/// What a running VM owns besides its vCPU threads; dropped at teardown (event loop first,
+/// so every vsock connection closes and the socket file goes, then the VM, then its RAM).
+/// Fields drop in declaration order.
+struct Resources {
+    _events: Option<EventLoop>,
+    _vm_fd: VmFd,
+    _mem: GuestMem,
+    serial: Arc<Mutex<Serial>>,
 }
 
 impl Vm {
@@ -467,7 +477,12 @@ impl Vm {
             deadline,
             started,
             timings: self.timings,
-            resources: Some((self.vm_fd, self.mem, self.serial, self.events)),
+            resources: Some(Resources {
+                _events: self.events,
+                _vm_fd: self.vm_fd,
+                _mem: self.mem,
+                serial: self.serial,
+            }),
         })
     }
 }
@@ -536,13 +551,9 @@ impl VmHandle {
             timings.run_us = us(run_end.saturating_duration_since(first));
         }
         timings.guest_us = shared.guest_ns.load(Ordering::Relaxed) / 1000;
-        if let Some((vm_fd, mem, serial, events)) = self.resources.take() {
-            let _ = serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
-            // The event loop owns the vsock device: stopping it closes every connection and
-            // removes the socket file.
-            drop(events);
-            drop(vm_fd);
-            drop(mem);
+        if let Some(r) = self.resources.take() {
+            let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            drop(r);
         }
         timings.teardown_us = since(t);
         let exit = shared
