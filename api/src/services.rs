@@ -3,9 +3,9 @@
 //!
 //! Order of a replacement:
 //! 1. validate the new config (422 and nothing touched if it fails);
-//! 2. if the listen address changes, check that the new one can be bound (409 and nothing
-//!    touched if not) — the summoner keys services by name, so the new service cannot
-//!    literally run beside the old one;
+//! 2. if the listen address moves to another port, check that the new one can be bound
+//!    (409 and nothing touched if not) — the summoner keys services by name, so the new
+//!    service cannot literally run beside the old one;
 //! 3. stop the old service (in-flight requests get `replace_grace`);
 //! 4. start the new one; if that still fails, start the old config again (rollback) and
 //!    answer with the new config's error.
@@ -107,8 +107,11 @@ impl<C: Control> Router<C> {
     ) -> Result<SocketAddr, HttpError> {
         let c = &*self.control;
         let name = new.name.clone();
-        let same_address = new.listen == old.config.listen;
-        if !same_address {
+        // Same address, or the same port on another IP (0.0.0.0:P conflicts with
+        // 127.0.0.1:P): the old service must let go of it first.
+        let shares_port = new.listen == old.config.listen
+            || (new.listen.port() != 0 && new.listen.port() == old.address.port());
+        if !shares_port {
             probe(&name, new.listen)?;
         }
         c.remove_service(&name, self.settings.replace_grace).await;
@@ -117,7 +120,7 @@ impl<C: Control> Router<C> {
             match c.add_service(new.clone()) {
                 Ok(address) => return Ok(address),
                 // The old listener may take a moment to close after its drain.
-                Err(e) if same_address && addr_in_use(&e) && tries < 20 => {
+                Err(e) if shares_port && addr_in_use(&e) && tries < 20 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
