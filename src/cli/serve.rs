@@ -223,7 +223,13 @@ fn bind_api(args: &ServeArgs) -> Result<api::ApiServer, String> {
         }
         None => None,
     };
-    api::ApiServer::bind(&path, tcp).map_err(|e| e.to_string())
+    let settings = api::Settings {
+        drain_grace: args.grace,
+        ..Default::default()
+    };
+    api::ApiServer::bind(&path, tcp)
+        .map(|a| a.with_settings(settings))
+        .map_err(|e| e.to_string())
 }
 
 /// Tell systemd (Type=notify) we are ready, and keep its watchdog fed if it has one.

@@ -22,7 +22,6 @@ pub struct Pool {
     idle: Mutex<VecDeque<IdleWorker>>,
     refill: Notify,
     closed: AtomicBool,
-    next_id: AtomicU64,
     id_prefix: String,
 }
 
@@ -45,16 +44,15 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             refill: Notify::new(),
             closed: AtomicBool::new(false),
-            next_id: AtomicU64::new(0),
         }
     }
 
     fn new_id(&self) -> String {
-        format!(
-            "{}-{}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        // One counter for the whole process: a service replaced within the same second must
+        // not hand out the ids of VMs its predecessor still has alive.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.id_prefix)
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<IdleWorker>> {

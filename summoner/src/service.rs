@@ -120,8 +120,12 @@ impl Service {
     pub async fn stop(self, grace: Duration) {
         let _ = self.stop.send(true);
         self.inner.pool.close();
-        if tokio::time::timeout(grace, self.accept).await.is_err() {
+        let mut accept = self.accept;
+        if tokio::time::timeout(grace, &mut accept).await.is_err() {
             tracing::warn!(service = %self.inner.config.name, "grace period over: killing in-flight VMs");
+            // Aborting the accept task drops its connection tasks, whose VMs are killed.
+            accept.abort();
+            let _ = accept.await;
         }
     }
 }
