@@ -60,12 +60,13 @@ static CMDLINE: Global<&'static str> = Global::new("");
 /// Once, before `main`; `zero_page` must point at a valid `boot_params`.
 #[cfg(not(test))]
 pub(crate) unsafe fn init_linux(zero_page: usize) {
-    // SAFETY: start-up, nothing reads these yet; the caller vouches for the zero page.
-    unsafe {
-        SOURCE.set(Source::ZeroPage(zero_page));
+    SOURCE.set(Source::ZeroPage(zero_page));
+    // SAFETY: the caller vouches for the zero page, and the VMM for the command line.
+    let line = unsafe {
         let ptr = read::<u32>(zero_page + zero_page::CMD_LINE_PTR) as usize;
-        CMDLINE.set(c_str(ptr, dust_abi::layout::CMDLINE_MAX));
-    }
+        c_str(ptr, dust_abi::layout::CMDLINE_MAX)
+    };
+    CMDLINE.set(line);
 }
 
 /// The whole command line as the VMM passed it (empty if none, or if it is not UTF-8 the
@@ -151,31 +152,28 @@ unsafe fn read<T: Copy>(addr: usize) -> T {
     unsafe { core::ptr::read_unaligned(addr as *const T) }
 }
 
-/// The NUL-terminated string at `ptr` (at most `max` bytes), as UTF-8.
+/// The NUL-terminated command line at `ptr` (at most `max` bytes), as UTF-8 (the valid
+/// prefix), with tabs and line breaks turned into spaces so that words split at spaces.
 ///
 /// # Safety
-/// `ptr` must be readable up to its NUL or `max` bytes, and never written afterwards.
+/// `ptr` must be writable for `max` bytes, and never written by anyone else afterwards.
 #[cfg(not(test))]
 unsafe fn c_str(ptr: usize, max: usize) -> &'static str {
     if ptr == 0 {
         return "";
     }
-    let rest: usize;
-    // `repne scasb` finds the NUL at one emulated step per byte, cheaper than a loop.
-    // SAFETY: reads at most `max` bytes from `ptr`, which the caller vouches for.
-    unsafe {
-        core::arch::asm!(
-            "repne scasb",
-            inout("rdi") ptr => _,
-            inout("rcx") max => rest,
-            in("al") 0u8,
-            options(nostack, readonly),
-        );
+    // SAFETY: the caller vouches for `max` bytes at `ptr`.
+    let area = unsafe { core::slice::from_raw_parts_mut(ptr as *mut u8, max) };
+    let len = crate::scan::find(area, 0).unwrap_or(max);
+    let bytes = &mut area[..len];
+    for sep in [b'\t', b'\n', b'\r'] {
+        let mut from = 0;
+        while let Some(i) = crate::scan::find(&bytes[from..], sep) {
+            bytes[from + i] = b' ';
+            from += i + 1;
+        }
     }
-    // Found: rcx = max - (len + 1). Not found: rcx = 0 and the string fills `max`.
-    let len = if rest == 0 { max } else { max - rest - 1 };
-    // SAFETY: readable for `len` bytes (above); never written after boot.
-    let bytes = unsafe { core::slice::from_raw_parts(ptr as *const u8, len) };
+    let bytes: &'static [u8] = bytes;
     match core::str::from_utf8(bytes) {
         Ok(s) => s,
         Err(e) => {

@@ -1,12 +1,12 @@
-//! A global written once, before `main`, and read afterwards.
+//! A global of a `Copy` type, read and written by value.
 
 use core::cell::UnsafeCell;
 
-/// A static the runtime sets during start-up. dust guests run one vCPU with interrupts
-/// off, so there is no concurrent access; writes happen only before `main` runs.
+/// A static the runtime reads and writes by value. dust guests run one vCPU with interrupts
+/// off, and no reference to the value ever escapes, so accesses cannot overlap.
 pub(crate) struct Global<T>(UnsafeCell<T>);
 
-// SAFETY: one CPU, no interrupts; `set` is only called during start-up (see `Global`).
+// SAFETY: one CPU, no interrupts, and access only by copying in and out (see `Global`).
 unsafe impl<T> Sync for Global<T> {}
 
 impl<T: Copy> Global<T> {
@@ -15,15 +15,13 @@ impl<T: Copy> Global<T> {
     }
 
     pub(crate) fn get(&self) -> T {
-        // SAFETY: no write can be in progress (see the type's contract).
+        // SAFETY: no other access can be in progress (see the type's contract).
         unsafe { *self.0.get() }
     }
 
-    /// # Safety
-    /// Only during start-up, before anything reads the value through a reference.
     #[cfg_attr(test, allow(dead_code))]
-    pub(crate) unsafe fn set(&self, value: T) {
-        // SAFETY: the caller guarantees no reader exists yet.
+    pub(crate) fn set(&self, value: T) {
+        // SAFETY: no other access can be in progress (see the type's contract).
         unsafe { *self.0.get() = value }
     }
 }

@@ -28,13 +28,17 @@ pub mod cmdline;
 mod devices;
 #[cfg(not(test))]
 mod heap;
+pub mod http;
 #[cfg(not(test))]
 mod mem;
 #[cfg(not(test))]
 mod panic;
+mod scan;
 pub mod serial;
 #[cfg(not(test))]
 mod start;
+pub mod virtio;
+pub mod vsock;
 
 pub use cmdline::{arg_value, args, cmdline, params};
 pub use devices::{PANIC_STATUS, exit, halt, ready};

@@ -48,6 +48,25 @@ fn heap() -> Result<(), &'static str> {
         "64 KiB allocation",
     )?;
     drop(big);
+    // Zeroed blocks are zero whether the memory is fresh or reused (the heap skips
+    // clearing memory it never handed out).
+    let mut dirty = black_box(vec![0xffu8; 4096]);
+    dirty[100] = 1;
+    drop(black_box(dirty));
+    let reused = black_box(vec![0u8; 4096]);
+    check(
+        reused.iter().all(|&b| b == 0),
+        "zeroed block over freed memory",
+    )?;
+    let fresh = black_box(vec![0u8; 256 << 10]);
+    let sampled = (0..fresh.len())
+        .step_by(251)
+        .chain(fresh.len() - 64..fresh.len());
+    check(
+        sampled.into_iter().all(|i| fresh[i] == 0),
+        "zeroed block over fresh memory",
+    )?;
+    drop((reused, fresh));
     let b = Box::new([7u32; 64]);
     check(b[63] == 7, "box")?;
     let mut s = String::from("dust");

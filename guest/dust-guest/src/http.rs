@@ -1,0 +1,289 @@
+//! A minimal HTTP/1.1 server side over [`vsock`](crate::vsock) streams: read one request
+//! (head parsed by httparse, then a `Content-Length` body), write one response.
+//!
+//! Parsing is the expensive part on an emulating KVM (a few ms for a small head), so the
+//! head is parsed once, when its blank line has arrived, never on every partial read.
+
+use alloc::vec::Vec;
+use core::fmt::{self, Write as _};
+use core::ops::Range;
+
+use crate::vsock::{self, Stream, Vsock};
+
+/// Largest request head accepted.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Most headers in a request.
+const MAX_HEADERS: usize = 32;
+
+/// Why no request could be read.
+#[derive(Debug)]
+pub enum Error {
+    /// Not valid HTTP/1.x (answer 400).
+    Malformed(&'static str),
+    /// Head or body larger than [`MAX_HEAD`] / [`MAX_BODY`] (answer 413 or 431).
+    TooLarge,
+    /// The peer closed the stream before a whole request arrived (nothing to answer).
+    Closed,
+    /// The stream failed.
+    Vsock(vsock::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(why) => write!(f, "malformed request: {why}"),
+            Self::TooLarge => f.write_str("request too large"),
+            Self::Closed => f.write_str("connection closed before a whole request arrived"),
+            Self::Vsock(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<vsock::Error> for Error {
+    fn from(e: vsock::Error) -> Self {
+        Self::Vsock(e)
+    }
+}
+
+/// One request; its strings borrow from the bytes it was read into.
+pub struct Request {
+    bytes: Vec<u8>,
+    method: Range<usize>,
+    path: Range<usize>,
+    /// HTTP/1.`minor`.
+    minor: u8,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    body: Range<usize>,
+}
+
+impl Request {
+    /// `GET`, `POST`, ...
+    pub fn method(&self) -> &str {
+        self.str(&self.method)
+    }
+
+    /// The request target, e.g. `/index.html?x=1`.
+    pub fn path(&self) -> &str {
+        self.str(&self.path)
+    }
+
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub fn minor_version(&self) -> u8 {
+        self.minor
+    }
+
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.bytes[v.clone()])
+    }
+
+    /// All headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (self.str(n), &self.bytes[v.clone()]))
+    }
+
+    /// The body (`Content-Length` bytes).
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.body.clone()]
+    }
+
+    fn str(&self, r: &Range<usize>) -> &str {
+        // httparse only hands out tokens and header names, which are ASCII.
+        core::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("")
+    }
+}
+
+/// Reads one request from `stream`, waiting for its bytes.
+pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error> {
+    let mut bytes = Vec::new();
+    let mut scanned = 0;
+    let head_len = loop {
+        if let Some(end) = find_head_end(&bytes, scanned) {
+            break end;
+        }
+        if bytes.len() > MAX_HEAD {
+            return Err(Error::TooLarge);
+        }
+        scanned = bytes.len().saturating_sub(3);
+        let room = MAX_HEAD + 1 - bytes.len();
+        if vsock_read(vsock, stream, &mut bytes, room)? == 0 {
+            return Err(if bytes.is_empty() {
+                Error::Closed
+            } else {
+                Error::Malformed("truncated head")
+            });
+        }
+    };
+    let mut request = parse_head(bytes, head_len)?;
+    let body_len = match request.header("content-length") {
+        None => 0,
+        Some(v) => core::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or(Error::Malformed("bad Content-Length"))?,
+    };
+    if request.header("transfer-encoding").is_some() {
+        return Err(Error::Malformed("Transfer-Encoding is not supported"));
+    }
+    if body_len > MAX_BODY {
+        return Err(Error::TooLarge);
+    }
+    let end = head_len + body_len;
+    while request.bytes.len() < end {
+        let want = end - request.bytes.len();
+        if vsock_read(vsock, stream, &mut request.bytes, want)? == 0 {
+            return Err(Error::Malformed("truncated body"));
+        }
+    }
+    // Bytes past the body (a pipelined request) are dropped: responses close the stream.
+    request.bytes.truncate(end);
+    request.body = head_len..end;
+    Ok(request)
+}
+
+fn vsock_read(
+    vsock: &mut Vsock,
+    stream: Stream,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, Error> {
+    loop {
+        match vsock.read_append(stream, out, max) {
+            Err(vsock::Error::WouldBlock) => {
+                vsock.wait()?;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The length of the head (through its blank line), searching from `from`.
+fn find_head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    bytes
+        .get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4)
+}
+
+fn parse_head(bytes: Vec<u8>, head_len: usize) -> Result<Request, Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    match parsed.parse(&bytes[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooLarge),
+        Err(_) => return Err(Error::Malformed("bad request head")),
+    }
+    let base = bytes.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let method = range(parsed.method.unwrap_or("").as_bytes());
+    let path = range(parsed.path.unwrap_or("").as_bytes());
+    let minor = parsed.version.unwrap_or(1);
+    let headers = parsed
+        .headers
+        .iter()
+        .map(|h| (range(h.name.as_bytes()), range(h.value)))
+        .collect();
+    Ok(Request {
+        bytes,
+        method,
+        path,
+        minor,
+        headers,
+        body: head_len..head_len,
+    })
+}
+
+/// The reason phrase of the common status codes.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// Writes a whole response (head with `Content-Length` and `Connection: close`, then
+/// `body`) in as few packets as possible. The caller then closes the stream.
+pub fn write_response(
+    vsock: &mut Vsock,
+    stream: Stream,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), vsock::Error> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    let _ = write!(
+        VecWriter(&mut out),
+        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in headers {
+        let _ = write!(VecWriter(&mut out), "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    vsock.write_all(stream, &out)
+}
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_blank_line() {
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r\nbody", 0), Some(18));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\n\r", 0), None);
+        assert_eq!(find_head_end(b"ab", 5), None);
+    }
+
+    #[test]
+    fn parses_a_head() {
+        let raw = b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n".to_vec();
+        let n = raw.len();
+        let r = parse_head(raw, n).unwrap();
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.path(), "/x?y=1");
+        assert_eq!(r.minor_version(), 1);
+        assert_eq!(r.header("content-length"), Some(&b"3"[..]));
+        assert_eq!(r.header("HOST"), Some(&b"a"[..]));
+        assert_eq!(r.headers().count(), 2);
+        assert!(r.body().is_empty());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let raw = b"\x01\x02 nonsense\r\n\r\n".to_vec();
+        let n = raw.len();
+        assert!(matches!(parse_head(raw, n), Err(Error::Malformed(_))));
+    }
+}
