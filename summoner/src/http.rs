@@ -57,6 +57,32 @@ fn error_response(svc: &ServiceInner, e: &SummonError) -> Response<RespBody> {
     r
 }
 
+/// Remove hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, and
+/// the client's connection is not the guest's. Forwarding the guest's `Connection: close`
+/// would end a keep-alive client's connection after every request.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -102,6 +128,7 @@ pub async fn handle(
     outcome.settle(Outcome::ok);
 
     let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     let timing = format!(
         "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
         ms(phases.queue),
@@ -131,8 +158,9 @@ pub async fn handle(
 async fn forward(
     vm: &mut RunningWorker,
     stream: tokio::net::UnixStream,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, SummonError> {
+    strip_hop_by_hop(req.headers_mut());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| SummonError::Guest(format!("HTTP handshake with the guest: {e}")))?;
@@ -187,5 +215,22 @@ impl Body for VmBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
     }
 }
