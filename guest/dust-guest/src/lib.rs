@@ -4,7 +4,9 @@
 //! and stack ([`entry!`]), the boot information (command line, memory map; see [`boot`]),
 //! the serial console ([`print!`], [`println!`]), a heap (`alloc` works), the pseudo
 //! devices ([`ready`], [`exit`]), the panic handler (message on serial, status
-//! [`PANIC_STATUS`]) and the C memory functions the compiler calls.
+//! [`PANIC_STATUS`]) and the C memory functions the compiler calls. On top of that:
+//! virtio-mmio discovery ([`virtio`]), vsock stream sockets ([`vsock`]) and a small
+//! HTTP/1.1 server side ([`http`]).
 //!
 //! The guest/host contract (addresses, ports, magic values) comes from `dust-abi`; see
 //! `docs/guest-contract.md` in the repository and `guest/README.md`.
