@@ -1,10 +1,12 @@
 //! Boot information the VMM hands over: where the command line is, the memory map and
 //! the initrd.
 //!
-//! dust (like Firecracker) enters the guest through the Linux 64-bit boot protocol with RSI
-//! pointing at the zero page (`struct boot_params`, [`ZERO_PAGE`](dust_abi::layout::ZERO_PAGE)):
-//! the e820 table, `setup_header.cmd_line_ptr` and the initrd fields are read from there,
-//! at the offsets of Linux's `arch/x86/include/uapi/asm/bootparam.h`.
+//! dust enters the guest through the Linux 64-bit boot protocol with RSI pointing at the
+//! zero page (`struct boot_params`, [`ZERO_PAGE`](dust_abi::layout::ZERO_PAGE)): the e820
+//! table, `setup_header.cmd_line_ptr` and the initrd fields are read from there, at the
+//! offsets of Linux's `arch/x86/include/uapi/asm/bootparam.h`. QEMU and Firecracker enter
+//! through the PVH note instead, with EBX pointing at Xen's `hvm_start_info`
+//! (`xen/include/public/arch-x86/hvm/start_info.h`), which carries the same three things.
 
 use crate::cell::Global;
 
@@ -22,7 +24,24 @@ mod zero_page {
     pub const E820_MAX: u8 = 128;
 }
 
-/// e820 type of usable RAM.
+/// `struct hvm_start_info` offsets.
+#[cfg_attr(test, allow(dead_code))]
+mod start_info {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 4;
+    pub const NR_MODULES: usize = 12;
+    pub const MODLIST_PADDR: usize = 16;
+    pub const CMDLINE_PADDR: usize = 24;
+    /// Version 1 and later.
+    pub const MEMMAP_PADDR: usize = 40;
+    pub const MEMMAP_ENTRIES: usize = 48;
+    /// `struct hvm_memmap_table_entry { u64 addr; u64 size; u32 type; u32 reserved; }`
+    pub const MEMMAP_ENTRY_SIZE: usize = 24;
+    /// `XEN_HVM_START_MAGIC_VALUE`.
+    pub const MAGIC_VALUE: u32 = 0x336e_c578;
+}
+
+/// e820 type of usable RAM (the PVH memory map uses the same numbers).
 const E820_RAM: u32 = 1;
 
 /// A range of guest-physical memory.
@@ -49,6 +68,9 @@ enum Source {
     /// Linux boot protocol: guest-physical address of the zero page.
     #[cfg_attr(test, allow(dead_code))]
     ZeroPage(usize),
+    /// PVH: guest-physical address of `hvm_start_info`.
+    #[cfg_attr(test, allow(dead_code))]
+    Pvh(usize),
 }
 
 static SOURCE: Global<Source> = Global::new(Source::None);
@@ -67,6 +89,33 @@ pub(crate) unsafe fn init_linux(zero_page: usize) {
         c_str(ptr, dust_abi::layout::CMDLINE_MAX)
     };
     CMDLINE.set(line);
+}
+
+/// Records the `hvm_start_info` the PVH loader passed in EBX and reads the command line.
+///
+/// # Safety
+/// Once, before `main`; `start_info` must point at a valid `hvm_start_info`.
+#[cfg(not(test))]
+pub(crate) unsafe fn init_pvh(start_info: usize) {
+    // SAFETY: the caller vouches for the structure.
+    if unsafe { read::<u32>(start_info + start_info::MAGIC) } != start_info::MAGIC_VALUE {
+        return;
+    }
+    SOURCE.set(Source::Pvh(start_info));
+    // SAFETY: as above; the loader vouches for the command line.
+    let line = unsafe {
+        let ptr = read::<u64>(start_info + start_info::CMDLINE_PADDR) as usize;
+        c_str(ptr, dust_abi::layout::CMDLINE_MAX)
+    };
+    CMDLINE.set(line);
+}
+
+/// Whether `hlt` with interrupts off returns when the VMM has work for the guest. True
+/// under dust (without an irqchip: it parks the vCPU and resumes it after the `hlt`); false
+/// under the VMMs that boot through PVH (QEMU, Firecracker), where it would halt forever,
+/// so there a waiting guest polls instead.
+pub fn halt_resumes() -> bool {
+    matches!(SOURCE.get(), Source::ZeroPage(_))
 }
 
 /// The whole command line as the VMM passed it (empty if none, or if it is not UTF-8 the
@@ -88,6 +137,18 @@ pub fn ram() -> impl Iterator<Item = Region> {
                 zero_page::E820_ENTRY_SIZE,
             )
         }
+        // SAFETY: the structure was vouched for in `init_pvh`.
+        Source::Pvh(si) => unsafe {
+            if read::<u32>(si + start_info::VERSION) >= 1 {
+                (
+                    read::<u64>(si + start_info::MEMMAP_PADDR) as usize,
+                    read::<u32>(si + start_info::MEMMAP_ENTRIES) as usize,
+                    start_info::MEMMAP_ENTRY_SIZE,
+                )
+            } else {
+                (0, 0, 0)
+            }
+        },
     };
     (0..count).filter_map(move |i| {
         let entry = table + i * stride;
@@ -121,6 +182,16 @@ pub fn initrd() -> Option<Region> {
                 size: size.into(),
             })
         }
+        // The first module is the initrd: `hvm_modlist_entry { u64 paddr; u64 size; .. }`.
+        // SAFETY: the structure was vouched for in `init_pvh`.
+        Source::Pvh(si) => unsafe {
+            if read::<u32>(si + start_info::NR_MODULES) == 0 {
+                return None;
+            }
+            let entry = read::<u64>(si + start_info::MODLIST_PADDR) as usize;
+            let (addr, size) = (read::<u64>(entry), read::<u64>(entry + 8));
+            (size != 0).then_some(Region { addr, size })
+        },
     }
 }
 

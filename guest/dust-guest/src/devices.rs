@@ -44,10 +44,13 @@ pub fn exit(status: u32) -> ! {
 
 /// Waits for the VMM: `hlt` with interrupts off. Without an irqchip, dust parks the vCPU
 /// until a device has work and then resumes it after the `hlt`; poll loops call this when
-/// a round made no progress.
+/// a round made no progress. Under a VMM where that `hlt` would never return (booted
+/// through PVH: QEMU, Firecracker) it returns at once, and the caller polls again.
 pub fn halt() {
-    // SAFETY: `hlt` only pauses the vCPU.
-    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) }
+    if crate::boot::halt_resumes() {
+        // SAFETY: `hlt` only pauses the vCPU.
+        unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) }
+    }
 }
 
 /// Writes `byte` to I/O `port`.

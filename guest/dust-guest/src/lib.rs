@@ -35,6 +35,8 @@ pub mod http;
 mod mem;
 #[cfg(not(test))]
 mod panic;
+#[cfg(not(test))]
+mod pvh;
 mod scan;
 pub mod serial;
 #[cfg(not(test))]

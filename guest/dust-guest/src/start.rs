@@ -1,16 +1,17 @@
 //! The entry point: the VMM jumps to `_start` (the ELF entry, first in `.text`) in 64-bit
-//! mode with RSI = zero page and a tiny boot stack. `_start` switches to the runtime's
+//! mode with RSI = zero page and a tiny boot stack (the PVH entry for other VMMs is in
+//! `pvh.rs`). `_start` switches to the runtime's
 //! stack in `.bss` (zeroed by the VMM, never cleared here), records the boot information
 //! and calls the guest's `main` (declared with [`entry!`](crate::entry)).
 
 /// Size of the guest's stack.
-const STACK_SIZE: usize = 256 * 1024;
+pub(crate) const STACK_SIZE: usize = 256 * 1024;
 
 #[repr(C, align(4096))]
-struct Stack([u8; STACK_SIZE]);
+pub(crate) struct Stack([u8; STACK_SIZE]);
 
-/// The stack. Only `_start` names it; it lives in `.bss`, so it costs no image bytes.
-static mut STACK: Stack = Stack([0; STACK_SIZE]);
+/// The stack. Only the entry stubs name it; it lives in `.bss`, so it costs no image bytes.
+pub(crate) static mut STACK: Stack = Stack([0; STACK_SIZE]);
 
 core::arch::global_asm!(
     ".section .text.dust_entry, \"ax\"",
@@ -37,6 +38,11 @@ unsafe extern "Rust" {
 extern "C" fn start_linux(zero_page: usize) -> ! {
     // SAFETY: called once by `_start` with the RSI the VMM set: the zero page.
     unsafe { crate::boot::init_linux(zero_page) };
+    run_main()
+}
+
+/// Calls the guest's `main`, once the boot information is recorded.
+pub(crate) fn run_main() -> ! {
     // SAFETY: the guest binary defines it with `entry!`; the runtime is set up.
     unsafe { __dust_guest_main() }
 }
