@@ -222,16 +222,7 @@ impl Vcpu {
             let spent = entered.elapsed().as_nanos() as u64;
             shared.guest_ns.fetch_add(spent, Ordering::Relaxed);
             let action = match exit {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    // `rep outsb` hands over many bytes at once; devices take one access at a time.
-                    if data.len() > 4 {
-                        data.chunks(1)
-                            .filter_map(|b| self.pio.write(u64::from(port), b))
-                            .find(|a| *a != BusAction::None)
-                    } else {
-                        self.pio.write(u64::from(port), data)
-                    }
-                }
+                Ok(VcpuExit::IoOut(port, data)) => self.pio.write(u64::from(port), data),
                 Ok(VcpuExit::IoIn(port, data)) => {
                     data.fill(0xff);
                     self.pio.read(u64::from(port), data);

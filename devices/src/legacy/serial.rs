@@ -66,9 +66,13 @@ impl BusDevice for Serial {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
-        if let (Ok(off), [b]) = (u8::try_from(offset), data) {
-            // A sink that fails (closed pipe, full disk) loses output, never the VM.
-            let _ = self.uart.write(off, *b);
+        // The UART's registers are all one byte wide, so a wider access is a string write
+        // (`rep outsb` hands over several bytes in one exit): feed it to the register byte
+        // by byte. A sink that fails (closed pipe, full disk) loses output, never the VM.
+        if let Ok(off) = u8::try_from(offset) {
+            for b in data {
+                let _ = self.uart.write(off, *b);
+            }
         }
         BusAction::None
     }
@@ -100,7 +104,8 @@ mod tests {
         for b in b"hi\n" {
             assert_eq!(s.write(0, &[*b]), BusAction::None);
         }
-        assert_eq!(&*cap.0.lock().unwrap(), b"hi\n");
+        assert_eq!(s.write(0, b"ya!"), BusAction::None);
+        assert_eq!(&*cap.0.lock().unwrap(), b"hi\nya!");
         // Line status register: transmitter empty.
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
