@@ -263,6 +263,18 @@ fn bad_requests_get_documented_statuses_and_harm_nothing() {
     let taken = format!(r#"{{"listen":"{addr}","image":"{}"}}"#, image.display());
     let r = d.call("PUT", "/v1/services/other", Some(&taken));
     assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let dup = format!(
+        r#"{{"name":"hello","listen":"127.0.0.1:0","image":"{}"}}"#,
+        image.display()
+    );
+    let r = d.call("POST", "/v1/services", Some(&dup));
+    assert_eq!(
+        r.status,
+        409,
+        "a duplicate name: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(error_code(&r), "already_exists");
     let r = d.call("GET", "/v1/nowhere", None);
     assert_eq!(r.status, 404);
     let r = d.call("POST", "/v1/health", None);

@@ -84,6 +84,23 @@ where
 
 /// The service config of `PUT /v1/services/{name}`: JSON, `name` filled from the path when
 /// missing, a different `name` refused (422). Not yet validated.
+/// The `name` a `POST /v1/services` body must carry.
+pub fn name_in(bytes: &[u8]) -> Result<String, HttpError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        HttpError::new(
+            ErrorCode::InvalidJson,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    match value.get("name") {
+        Some(Value::String(n)) => Ok(n.clone()),
+        _ => Err(HttpError::new(
+            ErrorCode::InvalidBody,
+            "the body must name the service: \"name\" is a required string".to_string(),
+        )),
+    }
+}
+
 pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, HttpError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(|e| {
         HttpError::new(

@@ -7,6 +7,7 @@
 //! | `GET /v1/health` | `{"status":"ok"}` |
 //! | `GET /v1/version` | `{"version":"0.1.0","api":"v1"}` |
 //! | `GET /v1/services` | `{"services":[...]}`: config, bound `address`, live `stats` |
+//! | `POST /v1/services` | create only: 201, or 409 `already_exists` if the name exists |
 //! | `GET /v1/services/{name}` | one service (404 `service_not_found`) |
 //! | `PUT /v1/services/{name}` | create (201) or replace live (200); body = service config, `name` optional |
 //! | `DELETE /v1/services/{name}` | drain and stop (204); the port is closed when it answers |

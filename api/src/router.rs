@@ -171,7 +171,15 @@ impl<C: Control> Router<C> {
                 let (parts, b) = req.into_parts();
                 let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
                 let config = body::service_config(param, &bytes)?;
-                self.put_service(config).await?
+                self.put_service(config, false).await?
+            }
+            Endpoint::CreateService => {
+                body::require_json(req.headers())?;
+                let (parts, b) = req.into_parts();
+                let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
+                let name = body::name_in(&bytes)?;
+                let config = body::service_config(&name, &bytes)?;
+                self.put_service(config, true).await?
             }
             Endpoint::DeleteService => {
                 let _change = self.changes.lock().await;

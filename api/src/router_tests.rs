@@ -144,17 +144,45 @@ async fn unknown_route_is_404_and_wrong_method_is_405_with_allow() {
     assert_eq!(a.code(), "not_found");
     assert!(a.message().contains("/v1/nope"));
     let a = t
-        .req(Method::POST, "/v1/services", &[], Bytes::new(), None)
+        .req(Method::DELETE, "/v1/services", &[], Bytes::new(), None)
         .await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(a.code(), "method_not_allowed");
-    assert_eq!(a.headers[header::ALLOW], "GET");
+    assert_eq!(a.headers[header::ALLOW], "GET, POST");
     let a = t
         .req(Method::PATCH, "/v1/services/x", &[], Bytes::new(), None)
         .await;
     assert_eq!(a.headers[header::ALLOW], "GET, PUT, DELETE");
     let a = t.put("/metrics", &json!({})).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn post_creates_and_refuses_a_duplicate_name() {
+    let t = T::new(Fake::default());
+    let post = |body: Value| {
+        t.req(
+            Method::POST,
+            "/v1/services",
+            &[("content-type", "application/json")],
+            body.to_string(),
+            None,
+        )
+    };
+    let mut body = config("127.0.0.1:0");
+    body["name"] = json!("hello");
+    let a = post(body.clone()).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    let a = post(body).await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert_eq!(a.code(), "already_exists");
+    assert!(a.message().contains("hello"), "{}", a.message());
+    let a = post(config("127.0.0.1:0")).await;
+    assert_eq!(
+        a.status,
+        StatusCode::BAD_REQUEST,
+        "a POST body must carry the name"
+    );
 }
 
 #[tokio::test]

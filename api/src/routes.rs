@@ -12,6 +12,8 @@ pub enum Endpoint {
     Version,
     /// All services.
     ListServices,
+    /// Create a service; 409 if the name exists (`POST /v1/services`).
+    CreateService,
     /// One service.
     GetService,
     /// Create or replace a service.
@@ -53,6 +55,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/health", Endpoint::Health),
     route("GET", "/v1/version", Endpoint::Version),
     route("GET", "/v1/services", Endpoint::ListServices),
+    route("POST", "/v1/services", Endpoint::CreateService),
     route("GET", "/v1/services/{name}", Endpoint::GetService),
     route("PUT", "/v1/services/{name}", Endpoint::PutService),
     route("DELETE", "/v1/services/{name}", Endpoint::DeleteService),

@@ -59,9 +59,12 @@ fn addr_in_use(e: &AddError) -> bool {
 }
 
 impl<C: Control> Router<C> {
+    /// Create the service, or (unless `create_only`, as for `POST /v1/services`) replace
+    /// the one of that name.
     pub(crate) async fn put_service(
         &self,
         config: ServiceConfig,
+        create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
         config
             .validate()
@@ -74,6 +77,14 @@ impl<C: Control> Router<C> {
                 let address = c.add_service(config.clone()).map_err(add_error)?;
                 tracing::info!(service = %name, %address, "service created through the control API");
                 (StatusCode::CREATED, address)
+            }
+            Some(_) if create_only => {
+                return Err(HttpError::new(
+                    ErrorCode::AlreadyExists,
+                    format!(
+                        "a service named {name:?} already exists; PUT /v1/services/{name} replaces it"
+                    ),
+                ));
             }
             Some(old) => {
                 let address = self.replace(old, config.clone()).await?;

@@ -35,7 +35,7 @@ pub enum ServicesCmd {
         /// Service name.
         name: String,
     },
-    /// Add (or replace) a service.
+    /// Add a service (fails if the name exists; the API's PUT replaces).
     Add(AddArgs),
     /// Stop and remove a service (in-flight requests finish first).
     Rm {
@@ -265,17 +265,10 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                 cfg.max_concurrent = a.max_concurrent;
                 cfg.cmdline = a.cmdline;
                 let body = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
-                let r = request(
-                    &conn,
-                    "PUT",
-                    &format!("/v1/services/{}", a.name),
-                    Some(body),
-                )
-                .await?;
+                let r = request(&conn, "POST", "/v1/services", Some(body)).await?;
                 match r.status {
-                    200 | 201 if conn.json => Ok(text(&r.body)),
+                    201 if conn.json => Ok(text(&r.body)),
                     201 => Ok(format!("added {}\n", a.name)),
-                    200 => Ok(format!("replaced {}\n", a.name)),
                     _ => Err(api_error(&r)),
                 }
             }
