@@ -25,6 +25,12 @@ pub struct Timings {
     pub run_us: u64,
     /// Time inside KVM_RUN, summed over vCPUs: guest execution (emulated on dev machines).
     pub guest_us: u64,
+    /// Time vCPUs sat parked on HLT until a device had work (no-irqchip mode).
+    #[serde(default)]
+    pub parked_us: u64,
+    /// VM exits handled by the VMM.
+    #[serde(default)]
+    pub exits: u64,
     /// Stopping vCPU threads and freeing the VM.
     pub teardown_us: u64,
 }
@@ -59,7 +65,7 @@ impl Timings {
         format!(
             "create_vm    {} us\nmemory       {} us\nload         {} us\ndevices      {} us\n\
              vcpu_setup   {} us\nfirst_entry  {} us\nready        {}\nrun          {} us\n\
-             guest        {} us\nteardown     {} us\n",
+             guest        {} us\nparked       {} us\nexits        {}\nteardown     {} us\n",
             self.create_vm_us,
             self.memory_us,
             self.load_us,
@@ -69,6 +75,8 @@ impl Timings {
             ready,
             self.run_us,
             self.guest_us,
+            self.parked_us,
+            self.exits,
             self.teardown_us
         )
     }

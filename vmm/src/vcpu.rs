@@ -84,6 +84,14 @@ pub struct Shared {
     pub first_entry: OnceLock<Instant>,
     /// Wall time spent inside KVM_RUN, summed over vCPUs, in nanoseconds.
     pub guest_ns: AtomicU64,
+    /// When the boot vCPU's current KVM_RUN began (ns since [`epoch`]), 0 outside KVM_RUN:
+    /// a guest that signals its devices through ioeventfds can run a whole request inside
+    /// one KVM_RUN, which must count as guest time before it returns.
+    pub run_since_ns: AtomicU64,
+    /// Wall time vCPUs spent parked on HLT waiting for a device (no-irqchip mode), ns.
+    pub parked_ns: AtomicU64,
+    /// VM exits handled in userspace.
+    pub exits: AtomicU64,
     /// Called (once) when the guest signals ready.
     pub on_ready: Mutex<Option<ReadyCallback>>,
     /// The vCPU threads, once started: whoever ends the VM kicks them out of KVM_RUN.
@@ -100,6 +108,9 @@ impl Shared {
             ready_at: OnceLock::new(),
             first_entry: OnceLock::new(),
             guest_ns: AtomicU64::new(0),
+            run_since_ns: AtomicU64::new(0),
+            parked_ns: AtomicU64::new(0),
+            exits: AtomicU64::new(0),
             on_ready: Mutex::new(None),
             kicks: OnceLock::new(),
         }
@@ -124,6 +135,15 @@ impl Shared {
         }
     }
 
+    /// Guest time so far, including the boot vCPU's KVM_RUN in progress, in nanoseconds.
+    pub fn guest_ns_now(&self) -> u64 {
+        let done = self.guest_ns.load(Ordering::Relaxed);
+        match self.run_since_ns.load(Ordering::Relaxed) {
+            0 => done,
+            since => done + since_epoch_ns().saturating_sub(since),
+        }
+    }
+
     /// The recorded outcome.
     pub fn outcome(&self) -> Option<VmExit> {
         self.outcome
@@ -145,6 +165,17 @@ impl Shared {
             }
         }
     }
+}
+
+/// A process-wide origin for the nanosecond timestamps kept in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since [`epoch`] (never 0 once the epoch exists).
+fn since_epoch_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64 + 1
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -217,10 +248,17 @@ impl Vcpu {
             let entered = Instant::now();
             if self.id == 0 {
                 let _ = shared.first_entry.set(entered);
+                shared
+                    .run_since_ns
+                    .store(since_epoch_ns(), Ordering::Relaxed);
             }
             let exit = self.fd.run();
             let spent = entered.elapsed().as_nanos() as u64;
+            if self.id == 0 {
+                shared.run_since_ns.store(0, Ordering::Relaxed);
+            }
             shared.guest_ns.fetch_add(spent, Ordering::Relaxed);
+            shared.exits.fetch_add(1, Ordering::Relaxed);
             let action = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => self.pio.write(u64::from(port), data),
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -312,6 +350,7 @@ fn park(shared: &Shared) {
     if shared.wake.take() || shared.stop.load(Ordering::SeqCst) {
         return;
     }
+    let parked = Instant::now();
     let mut pfd = libc::pollfd {
         fd: shared.wake.as_raw_fd(),
         events: libc::POLLIN,
@@ -320,4 +359,6 @@ fn park(shared: &Shared) {
     // SAFETY: one valid pollfd for the duration of the call. EINTR (a kick) just returns.
     unsafe { libc::poll(&mut pfd, 1, -1) };
     shared.wake.take();
+    let ns = parked.elapsed().as_nanos() as u64;
+    shared.parked_ns.fetch_add(ns, Ordering::Relaxed);
 }

@@ -385,9 +385,10 @@ impl Killer {
         self.stop(VmExit::Killed);
     }
 
-    /// Time the vCPUs have spent inside KVM_RUN so far, in microseconds.
+    /// Time the vCPUs have spent inside KVM_RUN so far, including a run in progress, in
+    /// microseconds.
     pub fn guest_us(&self) -> u64 {
-        self.shared.guest_ns.load(Ordering::Relaxed) / 1000
+        self.shared.guest_ns_now() / 1000
     }
 }
 
@@ -551,6 +552,8 @@ impl VmHandle {
             timings.run_us = us(run_end.saturating_duration_since(first));
         }
         timings.guest_us = shared.guest_ns.load(Ordering::Relaxed) / 1000;
+        timings.parked_us = shared.parked_ns.load(Ordering::Relaxed) / 1000;
+        timings.exits = shared.exits.load(Ordering::Relaxed);
         if let Some(r) = self.resources.take() {
             let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
             drop(r);
