@@ -5,17 +5,15 @@ pub mod client;
 pub mod run;
 pub mod serve;
 
-/// Logs through `tracing` to stderr; `RUST_LOG` / `DUST_LOG` pick the level (default: warn).
+/// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
+/// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level
+/// filter keeps `dust run` start-up short.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("DUST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| {
-            EnvFilter::from_default_env().add_directive(tracing::Level::WARN.into())
-        });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let spec = std::env::var("DUST_LOG").or_else(|_| std::env::var("RUST_LOG"));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let _ = match spec.ok().and_then(|v| EnvFilter::try_new(v).ok()) {
+        Some(filter) => builder.with_env_filter(filter).try_init(),
+        None => builder.with_max_level(tracing::Level::WARN).try_init(),
+    };
 }

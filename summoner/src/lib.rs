@@ -64,15 +64,7 @@ pub struct Summoner {
 /// The default directory for per-VM sockets: /run/dust as root, else
 /// $XDG_RUNTIME_DIR/dust, else /tmp/dust-<uid>.
 pub fn default_run_dir() -> PathBuf {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
-        return PathBuf::from("/run/dust");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("dust"),
-        None => PathBuf::from(format!("/tmp/dust-{uid}")),
-    }
+    vmm::runtime_dir()
 }
 
 impl Summoner {

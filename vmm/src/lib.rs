@@ -14,6 +14,20 @@ mod vm;
 pub mod worker;
 pub mod x86_64;
 
+/// dust's per-user runtime directory: /run/dust as root, $XDG_RUNTIME_DIR/dust otherwise,
+/// else /tmp/dust-<uid>. Per-VM sockets, the API socket and caches live here.
+pub fn runtime_dir() -> std::path::PathBuf {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        return std::path::PathBuf::from("/run/dust");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => std::path::PathBuf::from(d).join("dust"),
+        None => std::path::PathBuf::from(format!("/tmp/dust-{uid}")),
+    }
+}
+
 pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};
 pub use loader::ImageError;
 pub use timings::Timings;
