@@ -64,3 +64,34 @@ fn bench_against_the_default_hello_service_writes_json_and_svg() {
         "CDF line missing"
     );
 }
+
+#[test]
+fn bench_boot_with_peers_prints_the_ratio() {
+    require_kvm!();
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output();
+    assert!(
+        qemu.is_ok(),
+        "QEMU is required (scripts/install-deps installs qemu-system-x86)"
+    );
+    let out = dust()
+        .args(["bench", "boot", "--peers", "-n", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in ["dust", "qemu-microvm", "static-process"] {
+        assert!(stdout.contains(row), "missing row {row}: {stdout}");
+    }
+    let ratio = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ratio qemu/dust spawn->ready: "))
+        .and_then(|r| r.trim_end_matches('x').parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no ratio line: {stdout}"));
+    assert!(ratio > 0.0);
+}

@@ -324,3 +324,121 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     assert!(!api.exists(), "API socket left behind");
     let _ = &d.services;
 }
+
+#[test]
+fn cli_verbs_talk_to_the_daemon() {
+    require_kvm!();
+    let (d, _) = daemon("base", "spin", &[]);
+    let verb = |args: &[&str]| {
+        let o = dust()
+            .args(args)
+            .arg("--socket")
+            .arg(&d.api)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = verb(&["services", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("SERVICE") && out.contains("base"), "{out}");
+    let image = guest("http-hello");
+    let (code, out, err) = verb(&[
+        "services",
+        "add",
+        "web",
+        "--image",
+        image.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = verb(&[
+        "services",
+        "add",
+        "web",
+        "--image",
+        image.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    let (code, out, _) = verb(&["services", "show", "web", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], "web");
+
+    // A spinning VM to list and kill.
+    let base: SocketAddr = d.json("/v1/services/base")["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let slow = std::thread::spawn(move || http_get(base, "/").map(|r| r.status));
+    let t = Instant::now();
+    let id = loop {
+        let (_, out, _) = verb(&["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if let Some(vm) = v["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["service"] == "base")
+        {
+            break vm["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no VM appeared in dust ps"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (_, table, _) = verb(&["ps"]);
+    assert!(table.contains(&id), "{table}");
+    let (code, out, _) = verb(&["kill", &id]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(slow.join().unwrap().unwrap(), 502);
+    let (code, _, err) = verb(&["kill", "no-such-vm"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no-such-vm"), "{err}");
+    let (code, _, _) = verb(&["services", "rm", "web"]);
+    assert_eq!(code, Some(0));
+    let (_, out, _) = verb(&["services", "list"]);
+    assert!(!out.contains("web"), "{out}");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("systemd-analyze is required (scripts/install-deps installs systemd)");
+        }
+        eprintln!("*** SKIPPED: systemd-analyze not installed ***");
+        return;
+    };
+    assert!(probe.status.success());
+    // Verify the shipped unit, pointing ExecStart at the binary under test (the unit's
+    // /usr/local/bin/dust need not exist on a build machine).
+    let dir = TempDir::new("unit");
+    let unit = std::fs::read_to_string(common::root().join("dist/dust.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/dust", env!("CARGO_BIN_EXE_dust"));
+    let path = dir.file("dust.service", unit.as_bytes());
+    let o = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let own: Vec<&str> = err.lines().filter(|l| l.contains("dust.service")).collect();
+    assert!(
+        o.status.success() && own.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}

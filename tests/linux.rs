@@ -87,3 +87,31 @@ fn vmlinux_with_two_vcpus_reads_the_mp_table() {
         "no banner; serial: {lines:?}"
     );
 }
+
+#[test]
+fn bzimage_loads_and_runs_until_stopped() {
+    require_kvm!();
+    // The bzImage decompresses itself under emulation, which takes far longer than a test
+    // may; what this checks is the loader path: accepted, entered at its 64-bit entry, and
+    // still running (no crash, no VMM error) when the timeout stops it.
+    let k = kernel("bzImage");
+    let o = dust()
+        .args([
+            "run",
+            k.to_str().unwrap(),
+            "--mem",
+            "256",
+            "--irqchip",
+            "--timeout",
+            "2s",
+        ])
+        .args(["--cmdline", "console=ttyS0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(dust_abi::status::TIMEOUT)),
+        "{err}"
+    );
+}
