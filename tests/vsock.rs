@@ -13,11 +13,18 @@ use common::{guest, TempDir};
 use devices::legacy::SerialSink;
 use vmm::{VmConfig, VmExit, VmHandle, VsockConfig};
 
-/// A VM with a vsock device at `dir/vm.vsock`, started and ready.
+/// A VM with a vsock device at `dir/vm.vsock`, started and ready (no irqchip: the guest
+/// polls and parks on HLT).
 fn boot(image: &str, cmdline: &str, dir: &Path) -> (VmHandle, PathBuf) {
+    boot_in(image, cmdline, dir, false)
+}
+
+/// As [`boot`], in the given interrupt mode (`irqchip`: in-kernel irqchip, irqfd wake-ups).
+fn boot_in(image: &str, cmdline: &str, dir: &Path, irqchip: bool) -> (VmHandle, PathBuf) {
     let uds = dir.join("vm.vsock");
     let config = VmConfig {
         cmdline: cmdline.into(),
+        irqchip,
         vsock: Some(VsockConfig { uds: uds.clone() }),
         timeout: Some(Duration::from_secs(60)),
         ..VmConfig::new(guest(image))
@@ -91,36 +98,43 @@ fn echo_round_trip(s: UnixStream, data: Vec<u8>) -> Vec<u8> {
 #[test]
 fn a_mebibyte_of_random_bytes_comes_back_identical() {
     require_kvm!();
-    let dir = TempDir::new("vsock-mib");
-    let (h, uds) = boot("echo", "", dir.path());
-    let data = random(1 << 20, 42);
-    let got = echo_round_trip(connect(&uds, 5000).unwrap(), data.clone());
-    assert_eq!(checksum(&got), checksum(&data));
-    h.killer().kill();
-    h.wait();
-    assert!(!uds.exists(), "the vsock socket must go with the VM");
+    for irqchip in [false, true] {
+        let dir = TempDir::new("vsock-mib");
+        let (h, uds) = boot_in("echo", "", dir.path(), irqchip);
+        let data = random(1 << 20, 42);
+        let got = echo_round_trip(connect(&uds, 5000).unwrap(), data.clone());
+        assert_eq!(checksum(&got), checksum(&data), "irqchip={irqchip}");
+        h.killer().kill();
+        h.wait();
+        assert!(!uds.exists(), "the vsock socket must go with the VM");
+    }
 }
 
 #[test]
 fn eight_concurrent_connections_each_round_trip() {
     require_kvm!();
-    let dir = TempDir::new("vsock-8");
-    let (h, uds) = boot("echo", "", dir.path());
-    let clients: Vec<_> = (0..8u64)
-        .map(|i| {
-            let s = connect(&uds, 5000).unwrap();
-            std::thread::spawn(move || {
-                let data = random(64 * 1024, i + 1);
-                let got = echo_round_trip(s, data.clone());
-                checksum(&got) == checksum(&data)
+    for irqchip in [false, true] {
+        let dir = TempDir::new("vsock-8");
+        let (h, uds) = boot_in("echo", "", dir.path(), irqchip);
+        let clients: Vec<_> = (0..8u64)
+            .map(|i| {
+                let s = connect(&uds, 5000).unwrap();
+                std::thread::spawn(move || {
+                    let data = random(64 * 1024, i + 1);
+                    let got = echo_round_trip(s, data.clone());
+                    checksum(&got) == checksum(&data)
+                })
             })
-        })
-        .collect();
-    for c in clients {
-        assert!(c.join().unwrap(), "a connection's echo differed");
+            .collect();
+        for c in clients {
+            assert!(
+                c.join().unwrap(),
+                "a connection's echo differed (irqchip={irqchip})"
+            );
+        }
+        h.killer().kill();
+        h.wait();
     }
-    h.killer().kill();
-    h.wait();
 }
 
 #[test]

@@ -42,15 +42,14 @@ pub fn exit(status: u32) -> ! {
     }
 }
 
-/// Waits for the VMM: `hlt` with interrupts off. Without an irqchip, dust parks the vCPU
-/// until a device has work and then resumes it after the `hlt`; poll loops call this when
-/// a round made no progress. Under a VMM where that `hlt` would never return (booted
-/// through PVH: QEMU, Firecracker) it returns at once, and the caller polls again.
+/// Waits until the VMM has work for the guest; poll loops call this when a round made no
+/// progress, and poll again when it returns. Without an irqchip (dust's default) it is `hlt`
+/// with interrupts off: dust parks the vCPU until a device has work and resumes it after the
+/// `hlt`. With dust's in-kernel irqchip (`--irqchip`) it is `sti; hlt; cli`, woken by the
+/// device interrupts the runtime routes (the first call sets them up and returns at once).
+/// Booted through PVH (QEMU, Firecracker) it returns at once, and the caller polls.
 pub fn halt() {
-    if crate::boot::halt_resumes() {
-        // SAFETY: `hlt` only pauses the vCPU.
-        unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) }
-    }
+    crate::irq::halt()
 }
 
 /// Writes `byte` to I/O `port`.

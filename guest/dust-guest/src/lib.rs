@@ -31,6 +31,7 @@ mod devices;
 #[cfg(not(test))]
 mod heap;
 pub mod http;
+mod irq;
 #[cfg(not(test))]
 mod mem;
 #[cfg(not(test))]

@@ -24,7 +24,7 @@ pub struct MmioDevice {
     pub base: u64,
     /// Size of the window.
     pub size: u64,
-    /// Its interrupt line (unused: dust guests poll).
+    /// Its interrupt line (with an irqchip, routed to wake [`halt`](crate::halt)).
     pub irq: u32,
 }
 
@@ -86,7 +86,12 @@ pub fn find(kind: DeviceType) -> Option<MmioTransport<'static>> {
         // SAFETY: the VMM announced an MMIO window of `size` bytes at `base`; the identity
         // map covers it and nothing else in the guest touches it.
         let transport = unsafe { MmioTransport::new(header, size) }.ok()?;
-        (transport.device_type() == kind).then_some(transport)
+        if transport.device_type() != kind {
+            return None;
+        }
+        // Its interrupt wakes `halt` when the VM has an irqchip.
+        crate::irq::enable_line(d.irq);
+        Some(transport)
     })
 }
 
