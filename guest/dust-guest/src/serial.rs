@@ -41,15 +41,56 @@ impl fmt::Write for Serial {
     }
 }
 
+/// Collects one `print!`'s pieces so that they leave in one `rep outsb` (one exit to the
+/// VMM) instead of one per formatted piece; flushes early only when full.
+struct Buffered {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Buffered {
+    const fn new() -> Self {
+        Self {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        Serial.write_bytes(&self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl fmt::Write for Buffered {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut bytes = s.as_bytes();
+        while !bytes.is_empty() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            let n = bytes.len().min(self.buf.len() - self.len);
+            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}
+
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
-    let _ = fmt::Write::write_fmt(&mut Serial, args);
+    let mut out = Buffered::new();
+    let _ = fmt::Write::write_fmt(&mut out, args);
+    out.flush();
 }
 
 #[doc(hidden)]
 pub fn _println(args: fmt::Arguments) {
-    _print(args);
-    Serial.write_bytes(b"\n");
+    let mut out = Buffered::new();
+    let _ = fmt::Write::write_fmt(&mut out, args);
+    let _ = fmt::Write::write_str(&mut out, "\n");
+    out.flush();
 }
 
 /// Prints to the serial console, like `std::print!`.

@@ -2,16 +2,23 @@
 #![no_std]
 #![no_main]
 
-use dust_guest::{print, println};
+use core::fmt;
+
+use dust_guest::println;
 
 dust_guest::entry!(main);
 
-fn main() {
-    println!("Hello from dust!");
-    print!("args:");
-    for arg in dust_guest::args() {
-        print!(" {arg}");
+/// The arguments, each after a space.
+struct Args;
+
+impl fmt::Display for Args {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        dust_guest::args().try_for_each(|arg| write!(f, " {arg}"))
     }
-    println!();
+}
+
+fn main() {
+    // One `println!`: one exit to the VMM for the whole greeting.
+    println!("Hello from dust!\nargs:{Args}");
     dust_guest::ready();
 }
