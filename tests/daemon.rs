@@ -61,7 +61,8 @@ fn daemon(name: &str, image: &str, extra: &[&str]) -> (Daemon, SocketAddr) {
         .recv_timeout(Duration::from_secs(30))
         .expect("daemon did not start");
     let t = Instant::now();
-    while !api.exists() && t.elapsed() < Duration::from_secs(10) {
+    // The socket file appears at bind(), a moment before listen(): wait until it accepts.
+    while UnixStream::connect(&api).is_err() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(10));
     }
     (
