@@ -13,19 +13,29 @@ use std::time::{Duration, Instant};
 use common::{child_pids, fd_count, guest, http_get, read_reply, TempDir};
 use summoner::{Mode, ServiceConfig, Summoner};
 
+/// Every test checks that the whole process has no worker children and no stray fds left,
+/// so two tests must never overlap: each holds this for its whole run.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Env {
     summoner: Summoner,
     dir: TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
-fn env() -> Env {
+async fn env() -> Env {
+    let serial = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("summoner");
     let summoner = Summoner::new(
         PathBuf::from(env!("CARGO_BIN_EXE_dust")),
         dir.path().join("run"),
     )
     .expect("summoner");
-    Env { summoner, dir }
+    Env {
+        summoner,
+        dir,
+        _serial: serial,
+    }
 }
 
 fn service(name: &str, image: &str) -> ServiceConfig {
@@ -37,6 +47,19 @@ fn service(name: &str, image: &str) -> ServiceConfig {
 impl Env {
     fn add(&self, s: ServiceConfig) -> SocketAddr {
         self.summoner.add(s).expect("add service")
+    }
+
+    /// Wait until the service's pool is full and none of its VMs runs.
+    async fn settle(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.summoner.stats(name).expect("service exists");
+            if s.running == 0 && s.idle == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pool never settled: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Shut down and check that nothing is left: no workers, no sockets.
@@ -69,8 +92,11 @@ async fn get(addr: SocketAddr) -> common::HttpReply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_requests_five_hundred_vms() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let addr = env.add(service("hello", "http-hello"));
+    // Count fds only when the pool is full and no VM runs, before and after, so the idle
+    // workers' sockets are in both counts.
+    env.settle("hello").await;
     let fds = fd_count();
     let mut ids = HashSet::new();
     for i in 0..500 {
@@ -95,20 +121,16 @@ async fn five_hundred_requests_five_hundred_vms() {
         ids.insert(id);
     }
     assert_eq!(ids.len(), 500, "every request must get its own VM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Idle workers come and go; the summoner's own fds must not grow with traffic.
-    assert!(
-        fd_count() <= fds + 8,
-        "fds grew from {fds} to {}",
-        fd_count()
-    );
+    env.settle("hello").await;
+    // The summoner's own fds must not grow with traffic.
+    assert_eq!(fd_count(), fds, "fds changed over 500 requests");
     env.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_client_gets_a_fresh_vm_per_request() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let addr = env.add(service("ka", "http-hello"));
     let ids = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -130,7 +152,7 @@ async fn keep_alive_client_gets_a_fresh_vm_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_holds_and_queue_drops_nothing() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let mut s = service("busy", "http-hello");
     s.max_concurrent = 4;
     s.queue_depth = 64;
@@ -166,7 +188,7 @@ async fn concurrency_limit_holds_and_queue_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_shed_with_503_and_retry_after() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let mut s = service("spinq", "spin");
     s.max_concurrent = 1;
     s.queue_depth = 0;
@@ -188,7 +210,7 @@ async fn full_queue_is_shed_with_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinning_guest_gets_504_at_the_deadline() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let mut s = service("spin", "spin");
     s.request_deadline = Duration::from_secs(1);
     let addr = env.add(s);
@@ -204,7 +226,7 @@ async fn spinning_guest_gets_504_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_guest_gets_502() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let addr = env.add(service("crash", "crash"));
     for _ in 0..3 {
         let r = get(addr).await;
@@ -217,7 +239,7 @@ async fn crashing_guest_gets_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_leaves_during_boot_leaves_no_vm() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let mut s = service("gone", "spin");
     s.request_deadline = Duration::from_secs(30);
     let addr = env.add(s);
@@ -244,7 +266,7 @@ async fn client_that_leaves_during_boot_leaves_no_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
     require_kvm!();
-    let env = env();
+    let env = env().await;
     let mut s = service("echo", "echo");
     s.mode = Mode::Tcp;
     s.guest_port = 5000;
