@@ -28,6 +28,34 @@ fn hello_prints_greeting_and_arguments() {
 }
 
 #[test]
+fn a_long_line_leaves_the_guest_in_one_console_write() {
+    require_kvm!();
+    // 300 characters of arguments: the greeting and the argument line are two console
+    // writes, the ready signal and the exit two more. Through the UART alone it would be
+    // one exit per byte.
+    let args = vec!["abcdefghi"; 30].join(" ");
+    let o = dust_run(&[
+        guest("hello").to_str().unwrap(),
+        "--cmdline",
+        &args,
+        "--timings",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(stdout(&o).contains(&args), "stdout: {}", stdout(&o));
+    let exits: u64 = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("exits"))
+        .expect("--timings lists exits")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        exits <= 6,
+        "{exits} exits: the console-write port was not used"
+    );
+}
+
+#[test]
 fn exit_code_passes_through() {
     require_kvm!();
     let g = guest("exit-code");

@@ -64,6 +64,36 @@ pub mod devices {
     pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
     /// Interrupt line of the first virtio-mmio device (then +1 per device).
     pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
+    /// Console-write port (dust only; see [`crate::cpuid`] for how a guest learns it is
+    /// there). A u32 written here is the guest-physical address of a [`ConsoleWrite`]; the
+    /// VMM copies that many bytes to COM1's output in one exit, where the UART takes one
+    /// exit per byte (~10 us each on the emulating KVM).
+    pub const CONSOLE_WRITE_PORT: u16 = 0xd057;
+    /// Most bytes one console write may carry.
+    pub const CONSOLE_WRITE_MAX: u64 = 4096;
+
+    /// What a console write's address points at: 16 bytes, little endian, 8-aligned.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ConsoleWrite {
+        /// Guest-physical address of the bytes.
+        pub addr: u64,
+        /// How many bytes (at most [`CONSOLE_WRITE_MAX`]).
+        pub len: u64,
+    }
+}
+
+/// dust's CPUID leaves, in the hypervisor range but clear of KVM's own leaves at
+/// 0x4000_0000 (Linux looks for KVM there, and scans further bases for other signatures).
+pub mod cpuid {
+    /// Signature leaf: EAX = the last dust leaf, EBX:ECX:EDX = [`SIGNATURE`].
+    pub const LEAF_SIGNATURE: u32 = 0x4000_0100;
+    /// Feature leaf: EAX = `FEATURE_*` bits.
+    pub const LEAF_FEATURES: u32 = 0x4000_0101;
+    /// "DustDustDust" as the three registers hold it.
+    pub const SIGNATURE: [u8; 12] = *b"DustDustDust";
+    /// The console-write port ([`crate::devices::CONSOLE_WRITE_PORT`]) is present.
+    pub const FEATURE_CONSOLE_WRITE: u32 = 1 << 0;
 }
 
 /// virtio-vsock addressing.

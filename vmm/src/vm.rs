@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use devices::legacy::{BootTimer, DebugExit, Serial, SerialSink, I8042};
+use devices::legacy::{BootTimer, ConsoleWrite, DebugExit, Serial, SerialSink, I8042};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{MmioTransport, NOTIFY_REG_OFFSET};
 use devices::{Bus, BusDevice, EventFdInterrupt, Interrupt};
@@ -320,6 +320,10 @@ fn create_devices(
         .map_err(dev_err)?;
     let debug_exit: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(DebugExit));
     pio.insert(debug_exit, u64::from(dev::DEBUG_EXIT_PORT), 4)
+        .map_err(dev_err)?;
+    let console: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(ConsoleWrite::new(mem.clone(), serial.clone())));
+    pio.insert(console, u64::from(dev::CONSOLE_WRITE_PORT), 4)
         .map_err(dev_err)?;
     let mut mmio = Bus::new();
     let timer: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BootTimer));

@@ -114,9 +114,48 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 
+/// dust's own leaves (`dust-abi::cpuid`): the signature, and the features a guest may use.
+fn dust_leaves() -> [kvm_cpuid_entry2; 2] {
+    let sig = |i: usize| {
+        let s = dust_abi::cpuid::SIGNATURE;
+        u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]])
+    };
+    let leaf = |function, eax, ebx, ecx, edx| kvm_cpuid_entry2 {
+        function,
+        index: 0,
+        flags: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        padding: [0; 3],
+    };
+    [
+        leaf(
+            dust_abi::cpuid::LEAF_SIGNATURE,
+            dust_abi::cpuid::LEAF_FEATURES,
+            sig(0),
+            sig(4),
+            sig(8),
+        ),
+        leaf(
+            dust_abi::cpuid::LEAF_FEATURES,
+            dust_abi::cpuid::FEATURE_CONSOLE_WRITE,
+            0,
+            0,
+            0,
+        ),
+    ]
+}
+
 /// The CPUID table of vCPU `id` in a VM of `count` vCPUs.
 pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> CpuId {
     let mut cpuid = base.clone();
+    for leaf in dust_leaves() {
+        // KVM takes at most KVM_MAX_CPUID_ENTRIES; without room the guest simply does not
+        // see dust's leaves and keeps to the UART.
+        let _ = cpuid.push(leaf);
+    }
     for e in cpuid.as_mut_slice() {
         match e.function {
             LEAF_FEATURES => {
@@ -133,6 +172,29 @@ pub fn for_vcpu(base: &CpuId, id: u8, count: u8) -> CpuId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_vcpu_sees_the_dust_signature_and_features() {
+        let base = CpuId::new(0).unwrap();
+        let c = for_vcpu(&base, 0, 1);
+        let sig = c
+            .as_slice()
+            .iter()
+            .find(|e| e.function == dust_abi::cpuid::LEAF_SIGNATURE)
+            .unwrap();
+        let mut bytes = Vec::new();
+        for r in [sig.ebx, sig.ecx, sig.edx] {
+            bytes.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(bytes, b"DustDustDust");
+        assert_eq!(sig.eax, dust_abi::cpuid::LEAF_FEATURES);
+        let features = c
+            .as_slice()
+            .iter()
+            .find(|e| e.function == dust_abi::cpuid::LEAF_FEATURES)
+            .unwrap();
+        assert_ne!(features.eax & dust_abi::cpuid::FEATURE_CONSOLE_WRITE, 0);
+    }
 
     #[test]
     fn cache_round_trips_and_rejects_garbage() {
