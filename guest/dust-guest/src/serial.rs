@@ -4,6 +4,7 @@
 //! console-write port instead: the whole buffer in one exit, onto the same UART output.
 
 use core::fmt;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 use dust_abi::cpuid::{FEATURE_CONSOLE_WRITE, LEAF_FEATURES, LEAF_SIGNATURE, SIGNATURE};
@@ -22,12 +23,12 @@ fn console_write_present() -> bool {
         PRESENT => true,
         ABSENT => false,
         _ => {
+            const fn word(i: usize) -> u32 {
+                let s = SIGNATURE;
+                u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]])
+            }
             let sig = core::arch::x86_64::__cpuid(LEAF_SIGNATURE);
-            let mut got = [0u8; 12];
-            got[..4].copy_from_slice(&sig.ebx.to_le_bytes());
-            got[4..8].copy_from_slice(&sig.ecx.to_le_bytes());
-            got[8..].copy_from_slice(&sig.edx.to_le_bytes());
-            let present = got == SIGNATURE
+            let present = (sig.ebx, sig.ecx, sig.edx) == (word(0), word(4), word(8))
                 && sig.eax >= LEAF_FEATURES
                 && core::arch::x86_64::__cpuid(LEAF_FEATURES).eax & FEATURE_CONSOLE_WRITE != 0;
             CONSOLE_WRITE.store(if present { PRESENT } else { ABSENT }, Ordering::Relaxed);
@@ -39,21 +40,25 @@ fn console_write_present() -> bool {
 /// Hands `bytes` to the console-write port; false (nothing written) when the port is absent
 /// or the buffer is not where the VMM can find it (outside the low 4 GiB identity map).
 fn console_write(bytes: &[u8]) -> bool {
-    let end = (bytes.as_ptr() as u64).saturating_add(bytes.len() as u64);
-    if end > IDENTITY_MAPPED || !console_write_present() {
+    if !console_write_present() {
         return false;
     }
-    for (i, chunk) in bytes.chunks(CONSOLE_WRITE_MAX as usize).enumerate() {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rest.len().min(CONSOLE_WRITE_MAX as usize);
         let req = ConsoleWrite {
-            addr: chunk.as_ptr() as u64,
-            len: chunk.len() as u64,
+            addr: rest.as_ptr() as u64,
+            len: n as u64,
         };
         let req_at: *const ConsoleWrite = &req;
-        if req_at as u64 > u64::from(u32::MAX) {
-            // Only a stack above 4 GiB gets here, before anything was written.
-            return i > 0;
+        if req_at as u64 > u64::from(u32::MAX) || req.addr + req.len > IDENTITY_MAPPED {
+            // Only a stack or buffer above 4 GiB gets here; the rest goes byte by byte.
+            return rest.len() < bytes.len() && {
+                Serial.write_uart(rest);
+                true
+            };
         }
-        // SAFETY: the VMM reads `req` and the chunk it names (identity-mapped, checked
+        // SAFETY: the VMM reads `req` and the bytes it names (identity-mapped, checked
         // above) during the exit. The pointer is an operand of an asm that may read memory,
         // so `req` is in memory before the `out`; the port takes its low 32 bits.
         unsafe {
@@ -64,6 +69,7 @@ fn console_write(bytes: &[u8]) -> bool {
                 options(nostack, readonly, preserves_flags),
             );
         }
+        rest = &rest[n..];
     }
     true
 }
@@ -78,6 +84,10 @@ impl Serial {
         if bytes.len() > 1 && console_write(bytes) {
             return;
         }
+        self.write_uart(bytes);
+    }
+
+    fn write_uart(&mut self, bytes: &[u8]) {
         // `rep outsb` is one instruction for the whole buffer (measured ~15% cheaper per
         // byte than an `out` loop). Short writes use single `out`s, because a VMM may see a
         // 2-4 byte `rep outsb` as one wide port access, which a UART ignores.
@@ -110,20 +120,29 @@ impl fmt::Write for Serial {
 /// Collects one `print!`'s pieces so that they leave in one write (one exit to the VMM
 /// under dust) instead of one per formatted piece; flushes early only when full.
 struct Buffered {
-    buf: [u8; 256],
+    // Not zeroed: on the emulating KVM, clearing 256 bytes costs more than formatting a
+    // line (each `rep stosq` step is emulated).
+    buf: [MaybeUninit<u8>; 256],
     len: usize,
 }
 
 impl Buffered {
-    const fn new() -> Self {
+    fn new() -> Self {
         Self {
-            buf: [0; 256],
+            // SAFETY: an array of MaybeUninit needs no initialisation. (A constant array of
+            // uninit bytes is emitted as zeroes, a memset on every print.)
+            buf: unsafe { MaybeUninit::<[MaybeUninit<u8>; 256]>::uninit().assume_init() },
             len: 0,
         }
     }
 
+    fn filled(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were written by `write_str`.
+        unsafe { core::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.len) }
+    }
+
     fn flush(&mut self) {
-        Serial.write_bytes(&self.buf[..self.len]);
+        Serial.write_bytes(self.filled());
         self.len = 0;
     }
 }
@@ -136,7 +155,15 @@ impl fmt::Write for Buffered {
                 self.flush();
             }
             let n = bytes.len().min(self.buf.len() - self.len);
-            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            // SAFETY: `n` bytes fit after `len` (checked above); source and buffer are
+            // distinct, and MaybeUninit<u8> has u8's layout.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    self.buf.as_mut_ptr().add(self.len).cast::<u8>(),
+                    n,
+                );
+            }
             self.len += n;
             bytes = &bytes[n..];
         }

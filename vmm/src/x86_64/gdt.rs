@@ -81,9 +81,15 @@ pub fn write_gdt(mem: &GuestMem) -> Result<Segments, vm_memory::GuestMemoryError
 pub const GDT_SIZE: u16 = 4 * 8;
 
 /// Identity-map the first 4 GiB with 2 MiB pages: PML4 -> PDPT -> four PDs of 512 entries.
+///
+/// Every entry is born accessed and every page dirty (as Linux does for its kernel map):
+/// otherwise KVM's walker sets those bits in guest memory on first use, a slow path on the
+/// emulating KVM (one atomic update of a guest PTE per level per first touch).
 pub fn write_page_tables(mem: &GuestMem) -> Result<(), vm_memory::GuestMemoryError> {
-    const PRESENT_RW: u64 = 0x3;
-    const HUGE: u64 = 0x80;
+    const PRESENT_RW: u64 = 0x3 | ACCESSED;
+    const ACCESSED: u64 = 0x20;
+    const DIRTY: u64 = 0x40;
+    const HUGE: u64 = 0x80 | DIRTY;
     const PD_SPAN: u64 = 1 << 30;
     let (pml4, pdpt, pd0) = (PAGE_TABLES, PAGE_TABLES + 0x1000, PAGE_TABLES + 0x2000);
     mem.write_obj(pdpt | PRESENT_RW, GuestAddress(pml4))?;
@@ -119,10 +125,10 @@ mod tests {
         let last: u64 = mem
             .read_obj(GuestAddress(PAGE_TABLES + 0x5000 + 511 * 8))
             .unwrap();
-        assert_eq!(last, (0xffe0_0000) | 0x83);
+        assert_eq!(last, (0xffe0_0000) | 0xe3);
         let pdpt3: u64 = mem
             .read_obj(GuestAddress(PAGE_TABLES + 0x1000 + 24))
             .unwrap();
-        assert_eq!(pdpt3, (PAGE_TABLES + 0x5000) | 3);
+        assert_eq!(pdpt3, (PAGE_TABLES + 0x5000) | 0x23);
     }
 }
