@@ -125,15 +125,21 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
 
     let t = Instant::now();
     let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    if config.irqchip {
-        create_irqchip(&vm_fd)?;
-    }
     timings.create_vm_us = since(t);
 
+    // Memory before the irqchip: with an irqchip (its PIT thread) in place,
+    // KVM_SET_USER_MEMORY_REGION waits out an SRCU grace period (measured ~5 ms, against
+    // ~20 us before it).
     let t = Instant::now();
     let mem = memory::create(config.memory_mib)?;
     register_memory(&vm_fd, &mem)?;
     timings.memory_us = since(t);
+
+    if config.irqchip {
+        let t = Instant::now();
+        create_irqchip(&vm_fd)?;
+        timings.create_vm_us += since(t);
+    }
 
     let t = Instant::now();
     let cmdline = guest_cmdline(config)?;
