@@ -63,3 +63,21 @@ fn a_killed_vm_is_freed_too() {
     assert_eq!(fd_count(), fds);
     assert_eq!(thread_count(), threads);
 }
+
+#[test]
+fn unstarted_and_failed_builds_leave_nothing_behind() {
+    require_kvm!();
+    let _one_at_a_time = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    boot_once(&VmConfig::new(guest("hello")));
+    let (fds, threads) = (fd_count(), thread_count());
+    let dir = common::TempDir::new("lifecycle");
+    let junk = dir.file("junk.elf", b"\x7fELF but not really");
+    for _ in 0..20 {
+        // Built (vCPU threads waiting) and dropped without a start.
+        drop(vmm::build(&VmConfig::new(guest("hello")), Some(SerialSink::Discard)).expect("build"));
+        // A build that fails after its vCPU threads were started.
+        assert!(vmm::build(&VmConfig::new(&junk), Some(SerialSink::Discard)).is_err());
+    }
+    assert_eq!(fd_count(), fds, "fds changed");
+    assert_eq!(thread_count(), threads, "threads changed");
+}

@@ -107,6 +107,7 @@ pub struct Vm {
     vm_fd: VmFd,
     mem: GuestMem,
     vcpus: Vec<Vcpu>,
+    threads: VcpuThreads,
     shared: Arc<Shared>,
     serial: Arc<Mutex<Serial>>,
     events: Option<EventLoop>,
@@ -122,6 +123,9 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
     config.validate()?;
     let kvm = kvm()?;
     let mut timings = Timings::default();
+    // The vCPU threads start now and wait for their vCPUs: a thread's start-up (stack,
+    // signal stack, TLS) then overlaps the build instead of delaying the first guest entry.
+    let threads = VcpuThreads::spawn(config.vcpus)?;
 
     let t = Instant::now();
     let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -190,6 +194,7 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
         vm_fd,
         mem,
         vcpus,
+        threads,
         shared,
         serial,
         events,
@@ -448,7 +453,7 @@ impl Vm {
     }
 
     /// Start the vCPUs.
-    pub fn start(self) -> Result<VmHandle, BuildError> {
+    pub fn start(mut self) -> Result<VmHandle, BuildError> {
         install_kick_handler()
             .map_err(|e| BuildError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
         let started = Instant::now();
@@ -456,26 +461,22 @@ impl Vm {
         let (done_tx, done) = mpsc::channel();
         let mut joins = Vec::with_capacity(self.vcpus.len());
         let mut kicks = Vec::with_capacity(self.vcpus.len());
-        for vcpu in self.vcpus {
+        let threads = self.threads.0.drain(..);
+        for ((join, go), vcpu) in threads.zip(self.vcpus.drain(..)) {
             use std::os::unix::thread::JoinHandleExt;
-            let shared = self.shared.clone();
             let alive = Arc::new(Mutex::new(true));
-            let alive_in = alive.clone();
-            let done_tx = done_tx.clone();
-            let join = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.id))
-                .spawn(move || {
-                    let exit = vcpu.run(&shared);
-                    shared.finish(exit);
-                    *alive_in.lock().unwrap_or_else(|p| p.into_inner()) = false;
-                    let _ = done_tx.send(());
-                })
-                .map_err(BuildError::Thread)?;
             kicks.push(Kick {
                 thread: join.as_pthread_t(),
-                alive,
+                alive: alive.clone(),
             });
             joins.push(join);
+            // The thread waits for exactly this; it cannot have gone.
+            let _ = go.send(Launch {
+                vcpu,
+                shared: self.shared.clone(),
+                alive,
+                done: done_tx.clone(),
+            });
         }
         let _ = self.shared.kicks.set(kicks.clone());
         Ok(VmHandle {
@@ -495,6 +496,50 @@ impl Vm {
                 serial: self.serial,
             }),
         })
+    }
+}
+
+/// What a vCPU thread needs to run, handed over when the VM starts.
+struct Launch {
+    vcpu: Vcpu,
+    shared: Arc<Shared>,
+    alive: Arc<Mutex<bool>>,
+    done: mpsc::Sender<()>,
+}
+
+/// vCPU threads started ahead of their vCPUs. Dropped before the VM starts (a failed build,
+/// a VM never started), their channels close, the threads end and are joined.
+#[derive(Default)]
+struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
+
+impl VcpuThreads {
+    fn spawn(count: u8) -> Result<Self, BuildError> {
+        let mut this = Self::default();
+        for id in 0..count {
+            let (go, wait) = mpsc::channel::<Launch>();
+            let join = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    if let Ok(l) = wait.recv() {
+                        let exit = l.vcpu.run(&l.shared);
+                        l.shared.finish(exit);
+                        *l.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                        let _ = l.done.send(());
+                    }
+                })
+                .map_err(BuildError::Thread)?;
+            this.0.push((join, go));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        for (join, go) in self.0.drain(..) {
+            drop(go);
+            let _ = join.join();
+        }
     }
 }
 
