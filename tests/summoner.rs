@@ -38,9 +38,12 @@ async fn env() -> Env {
     }
 }
 
+/// Idle workers each test service keeps.
+const POOL: usize = 2;
+
 fn service(name: &str, image: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest(image));
-    s.pool_size = 2;
+    s.pool_size = POOL;
     s
 }
 
@@ -54,7 +57,7 @@ impl Env {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.summoner.stats(name).expect("service exists");
-            if s.running == 0 && s.idle == 2 {
+            if s.running == 0 && s.idle == POOL {
                 break;
             }
             assert!(Instant::now() < deadline, "pool never settled: {s:?}");

@@ -83,27 +83,11 @@ impl BusDevice for ConsoleWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::legacy::SerialSink;
-    use crate::EventFdInterrupt;
-    use std::io::{self, Write};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::legacy::serial::capture::{self, Capture};
 
     fn port() -> (ConsoleWrite, GuestMem, Capture) {
         let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let cap = Capture::default();
-        let irq = Arc::new(EventFdInterrupt::new().unwrap());
-        let serial = Serial::new(irq, SerialSink::Writer(Box::new(cap.clone())));
+        let (serial, cap) = capture::serial();
         let port = ConsoleWrite::new(mem.clone(), Arc::new(Mutex::new(serial)));
         (port, mem, cap)
     }

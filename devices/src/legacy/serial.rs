@@ -78,14 +78,17 @@ impl BusDevice for Serial {
     }
 }
 
+/// Test support: a UART whose output is kept in memory.
 #[cfg(test)]
-mod tests {
+pub(crate) mod capture {
     use super::*;
     use crate::EventFdInterrupt;
     use std::sync::Mutex;
 
+    /// The bytes a UART wrote.
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(pub(crate) Arc<Mutex<Vec<u8>>>);
+
     impl Write for Capture {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -96,11 +99,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transmits_bytes_to_the_sink() {
+    /// A UART writing into the returned capture.
+    pub(crate) fn serial() -> (Serial, Capture) {
         let cap = Capture::default();
         let irq = Arc::new(EventFdInterrupt::new().unwrap());
-        let mut s = Serial::new(irq, SerialSink::Writer(Box::new(cap.clone())));
+        let serial = Serial::new(irq, SerialSink::Writer(Box::new(cap.clone())));
+        (serial, cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmits_bytes_to_the_sink() {
+        let (mut s, cap) = capture::serial();
         for b in b"hi\n" {
             assert_eq!(s.write(0, &[*b]), BusAction::None);
         }

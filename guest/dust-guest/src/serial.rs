@@ -38,25 +38,22 @@ fn console_write_present() -> bool {
 }
 
 /// Hands `bytes` to the console-write port; false (nothing written) when the port is absent
-/// or the buffer is not where the VMM can find it (outside the low 4 GiB identity map).
+/// or the bytes or the request are not where the VMM can find them (outside the low 4 GiB
+/// identity map).
 fn console_write(bytes: &[u8]) -> bool {
-    if !console_write_present() {
+    let end = (bytes.as_ptr() as u64).saturating_add(bytes.len() as u64);
+    if end > IDENTITY_MAPPED || !console_write_present() {
         return false;
     }
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let n = rest.len().min(CONSOLE_WRITE_MAX as usize);
+    for chunk in bytes.chunks(CONSOLE_WRITE_MAX as usize) {
         let req = ConsoleWrite {
-            addr: rest.as_ptr() as u64,
-            len: n as u64,
+            addr: chunk.as_ptr() as u64,
+            len: chunk.len() as u64,
         };
         let req_at: *const ConsoleWrite = &req;
-        if req_at as u64 > u64::from(u32::MAX) || req.addr + req.len > IDENTITY_MAPPED {
-            // Only a stack or buffer above 4 GiB gets here; the rest goes byte by byte.
-            return rest.len() < bytes.len() && {
-                Serial.write_uart(rest);
-                true
-            };
+        if req_at as u64 > u64::from(u32::MAX) {
+            // A stack above 4 GiB: the same slot every round, so nothing was written yet.
+            return false;
         }
         // SAFETY: the VMM reads `req` and the bytes it names (identity-mapped, checked
         // above) during the exit. The pointer is an operand of an asm that may read memory,
@@ -69,7 +66,6 @@ fn console_write(bytes: &[u8]) -> bool {
                 options(nostack, readonly, preserves_flags),
             );
         }
-        rest = &rest[n..];
     }
     true
 }
@@ -84,10 +80,6 @@ impl Serial {
         if bytes.len() > 1 && console_write(bytes) {
             return;
         }
-        self.write_uart(bytes);
-    }
-
-    fn write_uart(&mut self, bytes: &[u8]) {
         // `rep outsb` is one instruction for the whole buffer (measured ~15% cheaper per
         // byte than an `out` loop). Short writes use single `out`s, because a VMM may see a
         // 2-4 byte `rep outsb` as one wide port access, which a UART ignores.
