@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use devices::legacy::SerialSink;
 use vmm::VmConfig;
 
 fn hello() -> Option<VmConfig> {
@@ -19,7 +18,10 @@ fn hello() -> Option<VmConfig> {
         eprintln!("boot bench: needs /dev/kvm and scripts/build-guests; skipped");
         return None;
     }
-    Some(VmConfig::new(p))
+    Some(VmConfig {
+        serial: vmm::SerialConfig::None,
+        ..VmConfig::new(p)
+    })
 }
 
 fn lifecycle(c: &mut Criterion) {
@@ -31,7 +33,7 @@ fn lifecycle(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let t0 = Instant::now();
-                let vm = vmm::build(&config, Some(SerialSink::Discard)).expect("build");
+                let vm = vmm::build(&config).expect("build");
                 let h = vm.start().expect("start");
                 while h.ready_at().is_none() {
                     std::hint::spin_loop();
@@ -44,7 +46,7 @@ fn lifecycle(c: &mut Criterion) {
     });
     g.bench_function("create_boot_destroy", |b| {
         b.iter(|| {
-            let vm = vmm::build(&config, Some(SerialSink::Discard)).expect("build");
+            let vm = vmm::build(&config).expect("build");
             vm.start().expect("start").wait()
         })
     });

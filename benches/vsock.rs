@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use devices::legacy::SerialSink;
 use vmm::{VmConfig, VmHandle, VsockConfig};
 
 fn echo_vm(irqchip: bool, dir: &std::path::Path) -> Option<(VmHandle, UnixStream)> {
@@ -25,12 +24,10 @@ fn echo_vm(irqchip: bool, dir: &std::path::Path) -> Option<(VmHandle, UnixStream
     let config = VmConfig {
         irqchip,
         vsock: Some(VsockConfig { uds: uds.clone() }),
+        serial: vmm::SerialConfig::None,
         ..VmConfig::new(image)
     };
-    let h = vmm::build(&config, Some(SerialSink::Discard))
-        .ok()?
-        .start()
-        .ok()?;
+    let h = vmm::build(&config).ok()?.start().ok()?;
     let t = Instant::now();
     while h.ready_at().is_none() && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(1));

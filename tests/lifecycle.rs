@@ -5,14 +5,21 @@
 mod common;
 
 use common::{fd_count, guest, thread_count};
-use devices::legacy::SerialSink;
 use vmm::{VmConfig, VmExit};
 
 /// The tests count the whole process's fds and threads, so they must not overlap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `config` with its serial output discarded.
+fn quiet(config: VmConfig) -> VmConfig {
+    VmConfig {
+        serial: vmm::SerialConfig::None,
+        ..config
+    }
+}
+
 fn boot_once(config: &VmConfig) {
-    let vm = vmm::build(config, Some(SerialSink::Discard)).expect("build");
+    let vm = vmm::build(&quiet(config.clone())).expect("build");
     let report = vm.start().expect("start").wait();
     assert_eq!(report.exit, VmExit::Status(0));
     assert!(
@@ -51,7 +58,7 @@ fn a_killed_vm_is_freed_too() {
     boot_once(&VmConfig::new(guest("hello")));
     let (fds, threads) = (fd_count(), thread_count());
     for _ in 0..20 {
-        let vm = vmm::build(&config, Some(SerialSink::Discard)).expect("build");
+        let vm = vmm::build(&quiet(config.clone())).expect("build");
         let handle = vm.start().expect("start");
         let killer = handle.killer();
         while handle.ready_at().is_none() {
@@ -74,9 +81,9 @@ fn unstarted_and_failed_builds_leave_nothing_behind() {
     let junk = dir.file("junk.elf", b"\x7fELF but not really");
     for _ in 0..20 {
         // Built (vCPU threads waiting) and dropped without a start.
-        drop(vmm::build(&VmConfig::new(guest("hello")), Some(SerialSink::Discard)).expect("build"));
+        drop(vmm::build(&quiet(VmConfig::new(guest("hello")))).expect("build"));
         // A build that fails after its vCPU threads were started.
-        assert!(vmm::build(&VmConfig::new(&junk), Some(SerialSink::Discard)).is_err());
+        assert!(vmm::build(&quiet(VmConfig::new(&junk))).is_err());
     }
     assert_eq!(fd_count(), fds, "fds changed");
     assert_eq!(thread_count(), threads, "threads changed");

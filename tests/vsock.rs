@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{guest, TempDir};
-use devices::legacy::SerialSink;
 use vmm::{VmConfig, VmExit, VmHandle, VsockConfig};
 
 /// A VM with a vsock device at `dir/vm.vsock`, started and ready (no irqchip: the guest
@@ -27,9 +26,10 @@ fn boot_in(image: &str, cmdline: &str, dir: &Path, irqchip: bool) -> (VmHandle, 
         irqchip,
         vsock: Some(VsockConfig { uds: uds.clone() }),
         timeout: Some(Duration::from_secs(60)),
+        serial: vmm::SerialConfig::None,
         ..VmConfig::new(guest(image))
     };
-    let vm = vmm::build(&config, Some(SerialSink::Discard)).expect("build");
+    let vm = vmm::build(&config).expect("build");
     let h = vm.start().expect("start");
     let t = Instant::now();
     while h.ready_at().is_none() {
@@ -151,7 +151,7 @@ fn guest_initiated_connection_reaches_the_host_listener() {
         timeout: Some(Duration::from_secs(60)),
         ..VmConfig::new(guest("vsock-connect"))
     };
-    let h = vmm::build(&config, None).unwrap().start().unwrap();
+    let h = vmm::build(&config).unwrap().start().unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     let mut line = String::new();
     BufReader::new(conn.try_clone().unwrap())
@@ -223,14 +223,11 @@ fn misbehaving_guests_are_stopped_with_a_device_error() {
                 uds: sub.join("vm.vsock"),
             }),
             timeout: Some(Duration::from_secs(30)),
+            serial: vmm::SerialConfig::None,
             ..VmConfig::new(guest("bad-virtio"))
         };
         let t = Instant::now();
-        let report = vmm::build(&config, Some(SerialSink::Discard))
-            .unwrap()
-            .start()
-            .unwrap()
-            .wait();
+        let report = vmm::build(&config).unwrap().start().unwrap().wait();
         assert!(
             matches!(&report.exit, VmExit::DeviceError(m) if m.contains("vsock")),
             "{mode}: {:?}",

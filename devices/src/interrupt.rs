@@ -53,13 +53,6 @@ impl Interrupt for EventFdInterrupt {
     }
 }
 
-impl vm_superio::Trigger for EventFdInterrupt {
-    type E = io::Error;
-    fn trigger(&self) -> io::Result<()> {
-        Interrupt::trigger(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,7 @@ fn block_stop_signals() -> libc::sigset_t {
 pub fn run(args: RunArgs) -> ExitCode {
     let stop_signals = block_stop_signals();
     let config = args.config();
-    let vm = match vmm::build(&config, None) {
+    let vm = match vmm::build(&config) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("dust: {e}");

@@ -18,7 +18,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use vmm::worker::{Command as Cmd, Event, CONTROL_FD};
+use vmm::worker::protocol::{Command as Cmd, Event, CONTROL_FD};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;

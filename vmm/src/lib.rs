@@ -2,17 +2,20 @@
 //!
 //! [`VmConfig`] says what to build; [`build`] assembles a VM in one ordered pass without
 //! running it (a "shell" that has never executed guest code); [`Vm::start`] runs it and
-//! returns a [`VmHandle`] to wait for or kill it.
+//! returns a [`VmHandle`] to wait for or kill it. [`worker`] is the same VM driven from
+//! another process (the summoner) over a socketpair.
 
 pub mod config;
-pub mod event_loop;
-pub mod loader;
-pub mod memory;
-pub mod timings;
-pub mod vcpu;
+mod event_loop;
+mod kvm;
+mod loader;
+mod memory;
+mod run_state;
+mod timings;
+mod vcpu;
 mod vm;
 pub mod worker;
-pub mod x86_64;
+mod x86_64;
 
 /// dust's per-user runtime directory: /run/dust as root, $XDG_RUNTIME_DIR/dust otherwise,
 /// else /tmp/dust-<uid>. Per-VM sockets, the API socket and caches live here.
@@ -29,7 +32,9 @@ pub fn runtime_dir() -> std::path::PathBuf {
 }
 
 pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};
+pub use kvm::KvmError;
 pub use loader::ImageError;
+pub use memory::MemoryError;
 pub use timings::Timings;
 pub use vcpu::VmExit;
 pub use vm::{build, BuildError, Killer, Vm, VmHandle, VmReport};

@@ -7,15 +7,15 @@
 //! return EINTR, and the loop then sees the stop flag.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
-use devices::{Bus, BusAction, EventFdInterrupt};
+use devices::{Bus, BusAction};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMem;
+use crate::run_state::RunState;
 
 /// How a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,117 +67,6 @@ impl std::fmt::Display for VmExit {
     }
 }
 
-/// Run on the vCPU thread when the guest signals ready.
-pub type ReadyCallback = Box<dyn FnOnce(Instant) + Send>;
-
-/// State shared by the vCPU threads of one VM and its handle.
-pub struct Shared {
-    /// Set once the VM must stop; every vCPU loop checks it before entering the guest.
-    pub stop: AtomicBool,
-    /// First outcome wins.
-    pub outcome: Mutex<Option<VmExit>>,
-    /// Wakes a vCPU parked on HLT (no-irqchip mode); devices trigger it when they have work.
-    pub wake: Arc<EventFdInterrupt>,
-    /// When the guest wrote "ready" to the boot timer.
-    pub ready_at: OnceLock<Instant>,
-    /// When the boot vCPU first entered KVM_RUN.
-    pub first_entry: OnceLock<Instant>,
-    /// Wall time spent inside KVM_RUN, summed over vCPUs, in nanoseconds.
-    pub guest_ns: AtomicU64,
-    /// When the boot vCPU's current KVM_RUN began (ns since [`epoch`]), 0 outside KVM_RUN:
-    /// a guest that signals its devices through ioeventfds can run a whole request inside
-    /// one KVM_RUN, which must count as guest time before it returns.
-    pub run_since_ns: AtomicU64,
-    /// Wall time vCPUs spent parked on HLT waiting for a device (no-irqchip mode), ns.
-    pub parked_ns: AtomicU64,
-    /// VM exits handled in userspace.
-    pub exits: AtomicU64,
-    /// Called (once) when the guest signals ready.
-    pub on_ready: Mutex<Option<ReadyCallback>>,
-    /// The vCPU threads, once started: whoever ends the VM kicks them out of KVM_RUN.
-    pub kicks: OnceLock<Vec<Kick>>,
-}
-
-impl Shared {
-    /// A VM that has not run yet.
-    pub fn new(wake: Arc<EventFdInterrupt>) -> Self {
-        Self {
-            stop: AtomicBool::new(false),
-            outcome: Mutex::new(None),
-            wake,
-            ready_at: OnceLock::new(),
-            first_entry: OnceLock::new(),
-            guest_ns: AtomicU64::new(0),
-            run_since_ns: AtomicU64::new(0),
-            parked_ns: AtomicU64::new(0),
-            exits: AtomicU64::new(0),
-            on_ready: Mutex::new(None),
-            kicks: OnceLock::new(),
-        }
-    }
-
-    /// Record how the VM ended (if nothing did before) and ask every vCPU to stop.
-    pub fn finish(&self, exit: VmExit) {
-        let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
-        if outcome.is_none() {
-            *outcome = Some(exit);
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        // Resume a vCPU parked on HLT so it sees the flag, and interrupt any in KVM_RUN.
-        let _ = devices::Interrupt::trigger(&*self.wake);
-        self.kick_all();
-    }
-
-    /// Interrupt KVM_RUN on every live vCPU thread.
-    pub fn kick_all(&self) {
-        for k in self.kicks.get().into_iter().flatten() {
-            k.kick();
-        }
-    }
-
-    /// Guest time so far, including the boot vCPU's KVM_RUN in progress, in nanoseconds.
-    pub fn guest_ns_now(&self) -> u64 {
-        let done = self.guest_ns.load(Ordering::Relaxed);
-        match self.run_since_ns.load(Ordering::Relaxed) {
-            0 => done,
-            since => done + since_epoch_ns().saturating_sub(since),
-        }
-    }
-
-    /// The recorded outcome.
-    pub fn outcome(&self) -> Option<VmExit> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn ready(&self) {
-        let now = Instant::now();
-        if self.ready_at.set(now).is_ok() {
-            let cb = self
-                .on_ready
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(cb) = cb {
-                cb(now);
-            }
-        }
-    }
-}
-
-/// A process-wide origin for the nanosecond timestamps kept in atomics.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// Nanoseconds since [`epoch`] (never 0 once the epoch exists).
-fn since_epoch_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64 + 1
-}
-
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// The signal that interrupts KVM_RUN.
@@ -215,11 +104,6 @@ impl Kick {
             unsafe { libc::pthread_kill(self.thread, kick_signal()) };
         }
     }
-
-    /// Called by the thread itself as it leaves.
-    pub fn mark_exited(&self) {
-        *self.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
-    }
 }
 
 /// Everything a vCPU thread owns.
@@ -240,25 +124,14 @@ pub struct Vcpu {
 
 impl Vcpu {
     /// Run until the VM stops; returns how it ended (as seen by this vCPU).
-    pub fn run(mut self, shared: &Shared) -> VmExit {
+    pub fn run(mut self, state: &RunState) -> VmExit {
         loop {
-            if shared.stop.load(Ordering::SeqCst) {
+            if state.stopping() {
                 return VmExit::Killed;
             }
-            let entered = Instant::now();
-            if self.id == 0 {
-                let _ = shared.first_entry.set(entered);
-                shared
-                    .run_since_ns
-                    .store(since_epoch_ns(), Ordering::Relaxed);
-            }
+            let entered = state.enter(self.id);
             let exit = self.fd.run();
-            let spent = entered.elapsed().as_nanos() as u64;
-            if self.id == 0 {
-                shared.run_since_ns.store(0, Ordering::Relaxed);
-            }
-            shared.guest_ns.fetch_add(spent, Ordering::Relaxed);
-            shared.exits.fetch_add(1, Ordering::Relaxed);
+            state.leave(self.id, entered);
             let action = match exit {
                 Ok(VcpuExit::IoOut(port, data)) => self.pio.write(u64::from(port), data),
                 Ok(VcpuExit::IoIn(port, data)) => {
@@ -274,7 +147,7 @@ impl Vcpu {
                 Ok(VcpuExit::MmioWrite(addr, data)) => self.mmio.write(addr, data),
                 Ok(VcpuExit::Hlt) => {
                     if !self.irqchip {
-                        park(shared);
+                        park(state);
                     }
                     None
                 }
@@ -298,7 +171,7 @@ impl Vcpu {
             };
             match action {
                 None | Some(BusAction::None) => {}
-                Some(BusAction::Ready) => shared.ready(),
+                Some(BusAction::Ready) => state.ready(),
                 Some(BusAction::Exit(s)) => return VmExit::Status(s),
                 Some(BusAction::Reset) => return VmExit::Reset,
                 Some(BusAction::DeviceError) => {
@@ -346,19 +219,18 @@ impl Vcpu {
 
 /// No irqchip: the guest halted because it has nothing to do; sleep until a device (or a
 /// stop request) triggers the wake eventfd.
-fn park(shared: &Shared) {
-    if shared.wake.take() || shared.stop.load(Ordering::SeqCst) {
+fn park(state: &RunState) {
+    if state.wake().take() || state.stopping() {
         return;
     }
     let parked = Instant::now();
     let mut pfd = libc::pollfd {
-        fd: shared.wake.as_raw_fd(),
+        fd: state.wake().as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd for the duration of the call. EINTR (a kick) just returns.
     unsafe { libc::poll(&mut pfd, 1, -1) };
-    shared.wake.take();
-    let ns = parked.elapsed().as_nanos() as u64;
-    shared.parked_ns.fetch_add(ns, Ordering::Relaxed);
+    state.wake().take();
+    state.add_parked(parked.elapsed().as_nanos() as u64);
 }

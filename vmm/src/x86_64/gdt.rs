@@ -1,6 +1,6 @@
-//! The flat GDT and the identity-mapping page tables, written into guest memory.
+//! The flat GDT (code, data, TSS) and an empty IDT, written into guest memory.
 
-use dust_abi::layout::{GDT, IDENTITY_MAPPED, IDT, PAGE_TABLES};
+use dust_abi::layout::{GDT, IDT};
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -80,32 +80,6 @@ pub fn write_gdt(mem: &GuestMem) -> Result<Segments, vm_memory::GuestMemoryError
 /// Size of the GDT in bytes (for GDTR.limit + 1).
 pub const GDT_SIZE: u16 = 4 * 8;
 
-/// Identity-map the first 4 GiB with 2 MiB pages: PML4 -> PDPT -> four PDs of 512 entries.
-///
-/// Every entry is born accessed and every page dirty (as Linux does for its kernel map):
-/// otherwise KVM's walker sets those bits in guest memory on first use, a slow path on the
-/// emulating KVM (one atomic update of a guest PTE per level per first touch).
-pub fn write_page_tables(mem: &GuestMem) -> Result<(), vm_memory::GuestMemoryError> {
-    const PRESENT_RW: u64 = 0x3 | ACCESSED;
-    const ACCESSED: u64 = 0x20;
-    const DIRTY: u64 = 0x40;
-    const HUGE: u64 = 0x80 | DIRTY;
-    const PD_SPAN: u64 = 1 << 30;
-    let (pml4, pdpt, pd0) = (PAGE_TABLES, PAGE_TABLES + 0x1000, PAGE_TABLES + 0x2000);
-    mem.write_obj(pdpt | PRESENT_RW, GuestAddress(pml4))?;
-    let mut entries = [0u8; 4096];
-    for pd_index in 0..IDENTITY_MAPPED / PD_SPAN {
-        let pd = pd0 + pd_index * 0x1000;
-        mem.write_obj(pd | PRESENT_RW, GuestAddress(pdpt + pd_index * 8))?;
-        for (i, e) in entries.chunks_exact_mut(8).enumerate() {
-            let addr = pd_index * PD_SPAN + ((i as u64) << 21);
-            e.copy_from_slice(&(addr | PRESENT_RW | HUGE).to_le_bytes());
-        }
-        mem.write_slice(&entries, GuestAddress(pd))?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,19 +90,5 @@ mod tests {
         assert_eq!(descriptor(DATA, 0, 0xfffff), 0x00cf_9300_0000_ffff);
         let cs = segment(CODE64, CODE_SELECTOR);
         assert_eq!((cs.l, cs.db, cs.g, cs.present, cs.type_), (1, 0, 1, 1, 0xb));
-    }
-
-    #[test]
-    fn identity_map_covers_four_gib() {
-        let mem = crate::memory::create(16).unwrap();
-        write_page_tables(&mem).unwrap();
-        let last: u64 = mem
-            .read_obj(GuestAddress(PAGE_TABLES + 0x5000 + 511 * 8))
-            .unwrap();
-        assert_eq!(last, (0xffe0_0000) | 0xe3);
-        let pdpt3: u64 = mem
-            .read_obj(GuestAddress(PAGE_TABLES + 0x1000 + 24))
-            .unwrap();
-        assert_eq!(pdpt3, (PAGE_TABLES + 0x5000) | 0x23);
     }
 }

@@ -6,6 +6,7 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, Msrs};
 use kvm_ioctls::VcpuFd;
 
 use super::gdt::{Segments, GDT_SIZE};
+use crate::kvm::{kvm_err, KvmError};
 
 const CR0_PE: u64 = 1;
 const CR0_MP: u64 = 1 << 1;
@@ -21,27 +22,9 @@ const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// Which setup step KVM refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RegsError {
-    /// An ioctl failed.
-    #[error("{what}: {source}")]
-    Kvm {
-        /// The step.
-        what: &'static str,
-        /// Cause.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-}
-
-fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
-    move |source| RegsError::Kvm { what, source }
-}
-
 /// Long mode, paging on, flat segments, SSE usable.
-pub fn setup_sregs(vcpu: &VcpuFd, seg: &Segments) -> Result<(), RegsError> {
-    let mut s = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+pub fn setup_sregs(vcpu: &VcpuFd, seg: &Segments) -> Result<(), KvmError> {
+    let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     s.gdt.base = GDT;
     s.gdt.limit = GDT_SIZE - 1;
     s.idt.base = IDT;
@@ -57,11 +40,11 @@ pub fn setup_sregs(vcpu: &VcpuFd, seg: &Segments) -> Result<(), RegsError> {
     s.cr4 |= CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     s.cr0 = (s.cr0 | CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_PG) & !(CR0_EM | CR0_CD | CR0_NW);
     s.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&s).map_err(kvm("KVM_SET_SREGS"))
+    vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))
 }
 
 /// RIP at the entry, RSI at the zero page, a small boot stack.
-pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
+pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), KvmError> {
     let regs = kvm_regs {
         rflags: 0x2,
         rip: entry,
@@ -70,21 +53,21 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         rsi: ZERO_PAGE,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))
+    vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
 }
 
 /// x87 control word and MXCSR at their reset values (all exceptions masked).
-pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
+pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), KvmError> {
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
+    vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))
 }
 
 /// The MSRs Linux expects to find sane at entry.
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), KvmError> {
     const ENTRIES: [(u32, u64); 10] = [
         (0x174, 0),             // IA32_SYSENTER_CS
         (0x175, 0),             // IA32_SYSENTER_ESP
@@ -105,11 +88,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
             ..Default::default()
         })
         .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::Kvm {
+    let msrs = Msrs::from_entries(&entries).map_err(|_| KvmError {
         what: "building the MSR list",
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
-    let set = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != entries.len() {
         // KVM stops at the first MSR it refuses; report which.
         let index = entries.get(set).map_or(0, |e| e.index);
@@ -122,12 +105,12 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
 }
 
 /// With an in-kernel LAPIC: LINT0 = ExtINT (the PIC), LINT1 = NMI, as a PC wires them.
-pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
+pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), KvmError> {
     const LVT_LINT0: usize = 0x350;
     const LVT_LINT1: usize = 0x360;
     const MODE_EXTINT: u32 = 0x7;
     const MODE_NMI: u32 = 0x4;
-    let mut lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
+    let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
     for (reg, mode) in [(LVT_LINT0, MODE_EXTINT), (LVT_LINT1, MODE_NMI)] {
         let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
         let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
@@ -135,5 +118,5 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
             lapic.regs[reg + i] = *b as _;
         }
     }
-    vcpu.set_lapic(&lapic).map_err(kvm("KVM_SET_LAPIC"))
+    vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))
 }

@@ -1,0 +1,272 @@
+//! Running a built VM: [`Vm::start`] hands each vCPU to its (already started) thread;
+//! [`VmHandle`] waits for the end or the timeout, kicks every vCPU out of KVM_RUN, and tears
+//! the VM down in order; [`Killer`] stops it from any thread.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::legacy::Serial;
+use kvm_ioctls::VmFd;
+
+use super::{BuildError, Vm};
+use crate::event_loop::EventLoop;
+use crate::memory::GuestMem;
+use crate::run_state::RunState;
+use crate::timings::{since, us, Timings};
+use crate::vcpu::{install_kick_handler, Kick, Vcpu};
+use crate::VmExit;
+
+/// Stops a running VM from any thread.
+#[derive(Clone)]
+pub struct Killer {
+    state: Arc<RunState>,
+    kicks: Arc<Vec<Kick>>,
+}
+
+impl Killer {
+    /// Stop the VM, recording `exit` as its outcome unless it already ended.
+    pub fn stop(&self, exit: VmExit) {
+        self.state.finish(exit);
+        for k in self.kicks.iter() {
+            k.kick();
+        }
+    }
+
+    /// Stop the VM as killed.
+    pub fn kill(&self) {
+        self.stop(VmExit::Killed);
+    }
+
+    /// Time the vCPUs have spent inside KVM_RUN so far, including a run in progress, in
+    /// microseconds.
+    pub fn guest_us(&self) -> u64 {
+        self.state.guest_ns_now() / 1000
+    }
+}
+
+/// How a VM ended and where its time went.
+#[derive(Debug, Clone)]
+pub struct VmReport {
+    /// The outcome.
+    pub exit: VmExit,
+    /// Phase durations.
+    pub timings: Timings,
+}
+
+/// A running VM.
+pub struct VmHandle {
+    killer: Killer,
+    joins: Vec<std::thread::JoinHandle<()>>,
+    done: Receiver<()>,
+    deadline: Option<Instant>,
+    started: Instant,
+    timings: Timings,
+    resources: Option<Resources>,
+}
+
+/// What a running VM owns besides its vCPU threads; dropped at teardown (event loop first,
+/// so every vsock connection closes and the socket file goes, then the VM, then its RAM).
+/// Fields drop in declaration order.
+struct Resources {
+    _events: Option<EventLoop>,
+    _vm_fd: VmFd,
+    _mem: GuestMem,
+    serial: Arc<Mutex<Serial>>,
+}
+
+impl Vm {
+    /// Build-phase durations so far.
+    pub fn timings(&self) -> &Timings {
+        &self.timings
+    }
+
+    /// Run `f` (once) on the vCPU thread when the guest signals ready.
+    pub fn on_ready(&self, f: impl FnOnce(Instant) + Send + 'static) {
+        self.state.set_on_ready(Box::new(f));
+    }
+
+    /// Start the vCPUs.
+    pub fn start(mut self) -> Result<VmHandle, BuildError> {
+        install_kick_handler()
+            .map_err(|e| BuildError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
+        let started = Instant::now();
+        let deadline = self.timeout.map(|t| started + t);
+        let (done_tx, done) = mpsc::channel();
+        let mut joins = Vec::with_capacity(self.vcpus.len());
+        let mut kicks = Vec::with_capacity(self.vcpus.len());
+        let threads = self.threads.0.drain(..);
+        for ((join, go), vcpu) in threads.zip(self.vcpus.drain(..)) {
+            use std::os::unix::thread::JoinHandleExt;
+            let alive = Arc::new(Mutex::new(true));
+            kicks.push(Kick {
+                thread: join.as_pthread_t(),
+                alive: alive.clone(),
+            });
+            joins.push(join);
+            // The thread waits for exactly this; it cannot have gone.
+            let _ = go.send(Launch {
+                vcpu,
+                state: self.state.clone(),
+                alive,
+                done: done_tx.clone(),
+            });
+        }
+        self.state.set_kicks(kicks.clone());
+        Ok(VmHandle {
+            killer: Killer {
+                state: self.state,
+                kicks: Arc::new(kicks),
+            },
+            joins,
+            done,
+            deadline,
+            started,
+            timings: self.timings,
+            resources: Some(Resources {
+                _events: self.events,
+                _vm_fd: self.vm_fd,
+                _mem: self.mem,
+                serial: self.serial,
+            }),
+        })
+    }
+}
+
+/// What a vCPU thread needs to run, handed over when the VM starts.
+struct Launch {
+    vcpu: Vcpu,
+    state: Arc<RunState>,
+    alive: Arc<Mutex<bool>>,
+    done: mpsc::Sender<()>,
+}
+
+/// vCPU threads started ahead of their vCPUs. Dropped before the VM starts (a failed build,
+/// a VM never started), their channels close, the threads end and are joined.
+#[derive(Default)]
+pub(super) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
+
+impl VcpuThreads {
+    pub(super) fn spawn(count: u8) -> Result<Self, BuildError> {
+        let mut this = Self::default();
+        for id in 0..count {
+            let (go, wait) = mpsc::channel::<Launch>();
+            let join = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    if let Ok(l) = wait.recv() {
+                        let exit = l.vcpu.run(&l.state);
+                        l.state.finish(exit);
+                        *l.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                        let _ = l.done.send(());
+                    }
+                })
+                .map_err(BuildError::Thread)?;
+            this.0.push((join, go));
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for VcpuThreads {
+    fn drop(&mut self) {
+        for (join, go) in self.0.drain(..) {
+            drop(go);
+            let _ = join.join();
+        }
+    }
+}
+
+impl VmHandle {
+    /// A handle to stop this VM from another thread.
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
+    /// When the guest signalled ready, if it has.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.killer.state.ready_at()
+    }
+
+    /// Wait until the VM ends (or its timeout passes and it is killed), then free it.
+    pub fn wait(mut self) -> VmReport {
+        let mut finished = 0;
+        let timed_out = loop {
+            let res = match self.deadline {
+                Some(d) => self
+                    .done
+                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => self.done.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match res {
+                Ok(()) => {
+                    finished += 1;
+                    break false;
+                }
+                Err(RecvTimeoutError::Disconnected) => break false,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        break true;
+                    }
+                }
+            }
+        };
+        let run_end = Instant::now();
+        self.killer.stop(if timed_out {
+            VmExit::Timeout
+        } else {
+            VmExit::Killed
+        });
+        let t = Instant::now();
+        // A kick that lands just before a thread enters KVM_RUN is lost; kick until all leave.
+        while finished < self.joins.len() {
+            match self.done.recv_timeout(Duration::from_millis(1)) {
+                Ok(()) => finished += 1,
+                Err(RecvTimeoutError::Timeout) => self.killer.kicks.iter().for_each(Kick::kick),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for j in self.joins.drain(..) {
+            let _ = j.join();
+        }
+        let state = &self.killer.state;
+        let first = state.first_entry();
+        let mut timings = self.timings.clone();
+        if let Some(first) = first {
+            timings.first_entry_us = us(first.saturating_duration_since(self.started));
+            timings.ready_us = state
+                .ready_at()
+                .map(|r| us(r.saturating_duration_since(first)));
+            timings.run_us = us(run_end.saturating_duration_since(first));
+        }
+        timings.guest_us = state.guest_ns() / 1000;
+        timings.parked_us = state.parked_ns() / 1000;
+        timings.exits = state.exits();
+        if let Some(r) = self.resources.take() {
+            let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            drop(r);
+        }
+        timings.teardown_us = since(t);
+        let exit = state
+            .outcome()
+            .unwrap_or_else(|| VmExit::VmmError("VM ended without an outcome".into()));
+        VmReport { exit, timings }
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        if !self.joins.is_empty() {
+            self.killer.kill();
+            while !self.joins.is_empty() {
+                self.killer.kicks.iter().for_each(Kick::kick);
+                let _ = self.done.recv_timeout(Duration::from_millis(1));
+                if self.joins.iter().all(|j| j.is_finished()) {
+                    for j in self.joins.drain(..) {
+                        let _ = j.join();
+                    }
+                }
+            }
+        }
+    }
+}

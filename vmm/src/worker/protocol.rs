@@ -1,0 +1,65 @@
+//! The worker protocol (docs/architecture.md, process model): the summoner starts
+//! `dust worker` with one end of a Unix socketpair on fd [`CONTROL_FD`] and speaks
+//! newline-delimited JSON over it: a [`Command`] per line in, an [`Event`] per line out.
+//!
+//! A worker is told to `build` a VM shell ahead of time (VM, memory, image, vCPU registers:
+//! everything but running it), then `start`; it reports `ready` when the guest writes the
+//! boot-timer magic and `exited` when the VM ends, then the process exits. `stats` asks for
+//! the guest time so far. If the summoner goes away (EOF), the VM is killed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Timings, VmConfig, VmExit};
+
+/// The fd the worker's control socket is on.
+pub const CONTROL_FD: i32 = 3;
+
+/// Summoner -> worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Build the VM shell.
+    Build {
+        /// Its id (names its vsock socket and appears in responses).
+        vm_id: String,
+        /// What to build.
+        config: Box<VmConfig>,
+    },
+    /// Run it.
+    Start,
+    /// Report guest time so far.
+    Stats,
+}
+
+/// Worker -> summoner.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The shell is built; it has not run guest code.
+    Built {
+        /// Build phases.
+        timings: Timings,
+    },
+    /// The guest signalled ready, this long after `start`.
+    Ready {
+        /// Microseconds since the start command was handled.
+        since_start_us: u64,
+    },
+    /// Answer to `stats`.
+    Stats {
+        /// Time inside KVM_RUN so far.
+        guest_us: u64,
+    },
+    /// The VM ended; the process exits next.
+    Exited {
+        /// How.
+        exit: VmExit,
+        /// All phases.
+        timings: Timings,
+    },
+    /// A command failed (e.g. the build); the process exits next.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}

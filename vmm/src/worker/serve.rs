@@ -1,0 +1,125 @@
+//! `dust worker`: serve the [`protocol`](super::protocol) on fd 3 for one VM, then exit.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::protocol::{Command, Event, CONTROL_FD};
+use crate::{BuildError, Killer, Vm};
+
+type Out = Arc<Mutex<UnixStream>>;
+
+fn send(out: &Out, event: &Event) {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    let mut s = out.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = s.write_all(&line);
+}
+
+fn send_error(out: &Out, message: String) {
+    send(out, &Event::Error { message });
+}
+
+/// Where the worker's one VM is.
+enum State {
+    /// Nothing built yet.
+    Empty,
+    /// A shell that has never run guest code.
+    Built(Box<Vm>),
+    /// Running; the waiter thread reports its end and exits the process.
+    Running {
+        killer: Killer,
+        waiter: JoinHandle<()>,
+    },
+}
+
+/// Serve the protocol on fd 3 until the VM ends; returns the process exit status.
+///
+/// The VM's end is reported by a waiter thread, which then exits the process; this loop
+/// keeps answering `stats` meanwhile. EOF on the control socket kills the VM.
+pub fn serve() -> u8 {
+    // SAFETY: the summoner hands the worker fd 3 as its control socket and nothing else in
+    // this process owns it; we take ownership exactly once.
+    let sock = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let out: Out = match sock.try_clone() {
+        Ok(s) => Arc::new(Mutex::new(s)),
+        Err(_) => return dust_abi::status::VMM_ERROR,
+    };
+    let mut state = State::Empty;
+    for line in BufReader::new(sock).lines() {
+        let Ok(line) = line else { break };
+        let cmd = match serde_json::from_str::<Command>(&line) {
+            Ok(c) => c,
+            Err(e) => {
+                send_error(&out, format!("bad command: {e}"));
+                continue;
+            }
+        };
+        state = match (cmd, state) {
+            (Command::Build { vm_id: _, config }, State::Empty) => match crate::build(&config) {
+                Ok(vm) => {
+                    let timings = vm.timings().clone();
+                    send(&out, &Event::Built { timings });
+                    State::Built(Box::new(vm))
+                }
+                Err(e) => {
+                    send_error(&out, e.to_string());
+                    return dust_abi::status::VMM_ERROR;
+                }
+            },
+            (Command::Start, State::Built(vm)) => match start(*vm, &out) {
+                Ok((killer, waiter)) => State::Running { killer, waiter },
+                Err(e) => {
+                    send_error(&out, e.to_string());
+                    return dust_abi::status::VMM_ERROR;
+                }
+            },
+            (Command::Stats, s) => {
+                let guest_us = match &s {
+                    State::Running { killer, .. } => killer.guest_us(),
+                    _ => 0,
+                };
+                send(&out, &Event::Stats { guest_us });
+                s
+            }
+            (cmd, s) => {
+                send_error(&out, format!("{cmd:?} is not valid now"));
+                s
+            }
+        };
+    }
+    // The summoner went away: do not leave a guest running without an owner. The waiter
+    // reports the end and exits the process; if it cannot, we return.
+    if let State::Running { killer, waiter } = state {
+        killer.kill();
+        let _ = waiter.join();
+    }
+    dust_abi::status::KILLED
+}
+
+/// Start the VM; a waiter thread reports its end and exits the process.
+fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
+    let t0 = Instant::now();
+    let ready_out = out.clone();
+    vm.on_ready(move |at| {
+        let since_start_us = crate::timings::us(at.saturating_duration_since(t0));
+        send(&ready_out, &Event::Ready { since_start_us });
+    });
+    let handle = vm.start()?;
+    let killer = handle.killer();
+    let exit_out = out.clone();
+    let waiter = std::thread::Builder::new()
+        .name("vm-wait".into())
+        .spawn(move || {
+            let report = handle.wait();
+            let code = report.exit.exit_code();
+            let (exit, timings) = (report.exit, report.timings);
+            send(&exit_out, &Event::Exited { exit, timings });
+            std::process::exit(i32::from(code));
+        })
+        .map_err(BuildError::Thread)?;
+    Ok((killer, waiter))
+}
