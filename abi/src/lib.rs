@@ -104,6 +104,43 @@ pub mod vsock {
     pub const GUEST_CID: u64 = 3;
 }
 
+/// The per-VM info page: written by the VMM into every VM before its vCPU first runs (after a
+/// boot's load, after every snapshot restore), so that VMs restored from one snapshot are
+/// still different machines. Guests read identity, entropy and time from here, never from
+/// state captured in a snapshot; `generation` changes on every restore (the idea of VMGenID).
+pub mod vminfo {
+    /// Guest-physical address of the page (below the zero page, never used by dust guests).
+    pub const ADDR: u64 = 0x5000;
+    /// `magic` of a filled page: "dustinfo" little-endian.
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"dustinfo");
+    /// Longest VM id, bytes.
+    pub const ID_MAX: usize = 64;
+    /// Fresh random bytes per VM.
+    pub const RANDOM_LEN: usize = 32;
+
+    /// The page's layout.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct VmInfo {
+        /// [`MAGIC`] once the VMM has filled the page.
+        pub magic: u64,
+        /// Different for every VM created or restored (nanoseconds of the host's wall clock
+        /// at creation, made strictly greater than the snapshot's).
+        pub generation: u64,
+        /// Host wall clock when the VM was created or restored: nanoseconds since the Unix
+        /// epoch.
+        pub unix_time_ns: u64,
+        /// Bytes of `id` in use.
+        pub id_len: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+        /// The VM id (UTF-8), as in `X-Dust-Vm`.
+        pub id: [u8; ID_MAX],
+        /// Fresh entropy from the host's getrandom(2).
+        pub random: [u8; RANDOM_LEN],
+    }
+}
+
 /// Process exit statuses of `dust run` (and worker exit reports).
 ///
 /// A guest's debug-exit status below [`GUEST_MAX`] passes through unchanged; the VMM's own

@@ -11,8 +11,17 @@ use vmm::{VmConfig, VsockConfig};
 /// Flags of `dust run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Guest image: x86_64 ELF (vmlinux or a dust unikernel) or bzImage.
-    pub image: PathBuf,
+    /// Guest image: x86_64 ELF (vmlinux or a dust unikernel) or bzImage. Not with --restore.
+    #[arg(required_unless_present = "restore")]
+    pub image: Option<PathBuf>,
+    /// Boot to the guest's ready(), save the VM into this directory (files `snapshot` and
+    /// `memory`, see docs/snapshots.md) and exit 0.
+    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    pub snapshot_out: Option<PathBuf>,
+    /// Restore the VM saved in DIR (by --snapshot-out) instead of booting an image; it runs to
+    /// its end like any `dust run`. Takes --timeout, --timings, --vsock.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["initrd", "cmdline", "memory_mib", "vcpus", "irqchip"])]
+    pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -42,6 +51,7 @@ pub struct RunArgs {
 impl RunArgs {
     fn config(&self) -> VmConfig {
         VmConfig {
+            id: format!("run-{}", std::process::id()),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
             memory_mib: self.memory_mib,
@@ -49,7 +59,7 @@ impl RunArgs {
             irqchip: self.irqchip,
             timeout: self.timeout,
             vsock: self.vsock.clone().map(|uds| VsockConfig { uds }),
-            ..VmConfig::new(&self.image)
+            ..VmConfig::new(self.image.clone().unwrap_or_default())
         }
     }
 }
@@ -74,7 +84,35 @@ fn block_stop_signals() -> libc::sigset_t {
 pub fn run(args: RunArgs) -> ExitCode {
     let stop_signals = block_stop_signals();
     let config = args.config();
-    let vm = match vmm::build(&config) {
+    if let Some(dir) = &args.snapshot_out {
+        return match vmm::snapshot::take(&config, dir) {
+            Ok(info) => {
+                if args.timings {
+                    eprintln!(
+                        "snapshot: guest {} us to ready, {} us in all, {} bytes of memory",
+                        info.guest_us, info.total_us, info.memory_bytes
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dust: {e}");
+                ExitCode::from(status::VMM_ERROR)
+            }
+        };
+    }
+    let built = match &args.restore {
+        Some(dir) => vmm::restore(&vmm::RestoreConfig {
+            snapshot: dir.clone(),
+            id: config.id.clone(),
+            vsock: config.vsock.clone(),
+            serial: config.serial.clone(),
+            timeout: config.timeout,
+        })
+        .map_err(|e| e.to_string()),
+        None => vmm::build(&config).map_err(|e| e.to_string()),
+    };
+    let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("dust: {e}");

@@ -45,6 +45,29 @@ pub struct VmConfig {
     /// A virtio-vsock device with Firecracker's hybrid Unix-socket protocol.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// The VM's id, given to the guest in its info page (`X-Dust-Vm` under the summoner).
+    #[serde(default)]
+    pub id: String,
+}
+
+/// A VM restored from a snapshot: which snapshot, and what differs per VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The snapshot directory (`dust run --snapshot-out DIR`).
+    pub snapshot: PathBuf,
+    /// The VM's id (in its info page).
+    #[serde(default)]
+    pub id: String,
+    /// This VM's vsock socket; required when the snapshot's VM had a vsock device.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Where this VM's serial output goes.
+    #[serde(default)]
+    pub serial: SerialConfig,
+    /// Kill the VM after this long.
+    #[serde(default, with = "duration_opt")]
+    pub timeout: Option<Duration>,
 }
 
 /// Serial sink.
@@ -118,6 +141,7 @@ impl VmConfig {
             serial: SerialConfig::default(),
             timeout: None,
             vsock: None,
+            id: String::new(),
         }
     }
 

@@ -11,9 +11,11 @@ mod kvm;
 mod loader;
 mod memory;
 mod run_state;
+pub mod snapshot;
 mod timings;
 mod vcpu;
 mod vm;
+mod vminfo;
 pub mod worker;
 mod x86_64;
 
@@ -31,10 +33,11 @@ pub fn runtime_dir() -> std::path::PathBuf {
     }
 }
 
-pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};
+pub use config::{ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
 pub use kvm::KvmError;
 pub use loader::ImageError;
 pub use memory::MemoryError;
+pub use snapshot::SnapshotError;
 pub use timings::Timings;
 pub use vcpu::VmExit;
-pub use vm::{build, BuildError, Killer, Vm, VmHandle, VmReport};
+pub use vm::{build, restore, BuildError, Killer, Vm, VmHandle, VmReport};

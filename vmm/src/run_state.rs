@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use devices::EventFdInterrupt;
 
+use crate::snapshot::VcpuState;
 use crate::vcpu::Kick;
 use crate::VmExit;
 
@@ -30,6 +31,9 @@ pub struct RunState {
     exits: AtomicU64,
     on_ready: Mutex<Option<ReadyCallback>>,
     kicks: OnceLock<Vec<Kick>>,
+    /// Set for a template VM: at ready, the boot vCPU saves its state here and stops.
+    capture_at_ready: AtomicBool,
+    captured: Mutex<Option<VcpuState>>,
 }
 
 impl RunState {
@@ -47,6 +51,8 @@ impl RunState {
             exits: AtomicU64::new(0),
             on_ready: Mutex::new(None),
             kicks: OnceLock::new(),
+            capture_at_ready: AtomicBool::new(false),
+            captured: Mutex::new(None),
         }
     }
 
@@ -111,6 +117,29 @@ impl RunState {
                 cb(now);
             }
         }
+    }
+
+    /// Make this a template VM: stop it at ready with the boot vCPU's state saved.
+    pub fn capture_at_ready(&self) {
+        self.capture_at_ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the boot vCPU must save its state at ready.
+    pub fn capture_requested(&self) -> bool {
+        self.capture_at_ready.load(Ordering::SeqCst)
+    }
+
+    /// The boot vCPU's saved state.
+    pub fn store_capture(&self, s: VcpuState) {
+        *self.captured.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    /// Take the saved vCPU state, if there is one.
+    pub fn take_capture(&self) -> Option<VcpuState> {
+        self.captured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// When the guest signalled ready, if it has.

@@ -35,6 +35,8 @@ pub enum VmExit {
     Killed,
     /// The VMM failed while running the VM.
     VmmError(String),
+    /// A template VM reached ready and its state was saved (`--snapshot-out`).
+    Snapshotted,
 }
 
 impl VmExit {
@@ -49,6 +51,7 @@ impl VmExit {
             VmExit::Timeout => TIMEOUT,
             VmExit::Killed => KILLED,
             VmExit::VmmError(_) => VMM_ERROR,
+            VmExit::Snapshotted => 0,
         }
     }
 }
@@ -63,6 +66,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Timeout => write!(f, "timed out: VM killed"),
             VmExit::Killed => write!(f, "VM killed"),
             VmExit::VmmError(why) => write!(f, "VMM error: {why}"),
+            VmExit::Snapshotted => write!(f, "snapshot taken at ready"),
         }
     }
 }
@@ -171,6 +175,9 @@ impl Vcpu {
             };
             match action {
                 None | Some(BusAction::None) => {}
+                Some(BusAction::Ready) if state.capture_requested() && self.id == 0 => {
+                    return self.capture(state);
+                }
                 Some(BusAction::Ready) => state.ready(),
                 Some(BusAction::Exit(s)) => return VmExit::Status(s),
                 Some(BusAction::Reset) => return VmExit::Reset,
@@ -178,6 +185,27 @@ impl Vcpu {
                     return VmExit::DeviceError("a device stopped on bad guest input".into());
                 }
             }
+        }
+    }
+
+    /// A template VM is at ready: finish the pending exit without running guest code
+    /// (KVM_RUN with `immediate_exit`, so that on hardware KVM a pending MMIO/PIO completes),
+    /// then save the vCPU's state for the snapshot.
+    fn capture(&mut self, state: &RunState) -> VmExit {
+        self.fd.set_kvm_immediate_exit(1);
+        let r = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        if let Err(e) = r {
+            if e.errno() != libc::EINTR {
+                return VmExit::VmmError(format!("KVM_RUN (immediate exit): {e}"));
+            }
+        }
+        match crate::snapshot::VcpuState::save(&self.fd) {
+            Ok(s) => {
+                state.store_capture(s);
+                VmExit::Snapshotted
+            }
+            Err(e) => VmExit::VmmError(format!("saving the vCPU: {e}")),
         }
     }
 

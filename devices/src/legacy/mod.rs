@@ -13,4 +13,4 @@ pub use boot_timer::BootTimer;
 pub use console_write::ConsoleWrite;
 pub use debug_exit::DebugExit;
 pub use i8042::I8042;
-pub use serial::{Serial, SerialSink};
+pub use serial::{Serial, SerialRestoreError, SerialSink, SerialSnapshot};

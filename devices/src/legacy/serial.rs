@@ -58,6 +58,71 @@ impl Serial {
     }
 }
 
+/// The UART's registers and receive FIFO, as a snapshot keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 7],
+    /// Bytes waiting in the receive FIFO.
+    pub in_buffer: Vec<u8>,
+}
+
+/// A snapshot the UART model refused (a receive FIFO over its size).
+#[derive(Debug, thiserror::Error)]
+#[error("serial state refused: {0}")]
+pub struct SerialRestoreError(String);
+
+impl Serial {
+    /// The registers as they are now.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in the state `snap` describes, raising `irq` and writing to `sink`.
+    pub fn restored(
+        irq: Arc<dyn Interrupt>,
+        sink: SerialSink,
+        snap: &SerialSnapshot,
+    ) -> Result<Self, SerialRestoreError> {
+        let [ier, iir, lcr, lsr, mcr, msr, scr] = snap.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: snap.baud_divisor[0],
+            baud_divisor_high: snap.baud_divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let uart = vm_superio::Serial::from_state(
+            &state,
+            Irq(irq),
+            vm_superio::serial::NoEvents,
+            sink.into_writer(),
+        )
+        .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
+        Ok(Self { uart })
+    }
+}
+
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(off), [b]) = (u8::try_from(offset), data) {

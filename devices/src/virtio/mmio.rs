@@ -417,5 +417,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod snapshot;
+pub use snapshot::{MmioSnapshot, QueueSnapshot};
+
 #[cfg(test)]
 mod tests;

@@ -75,7 +75,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Interrupt;
 
-pub use mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+pub use mmio::{MmioSnapshot, MmioTransport, QueueSnapshot, NOTIFY_REG_OFFSET};
 
 /// Guest memory as devices see it.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -133,6 +133,9 @@ pub enum VirtioError {
         /// Number of eventfds.
         events: usize,
     },
+    /// The transport or device could not be saved or restored.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// The device side of an interrupt line, shared by the transport (which shows and clears
@@ -166,6 +169,11 @@ impl VirtioInterrupt {
     /// The InterruptStatus register.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// Set the interrupt status as a snapshot recorded it.
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// The driver acknowledged the causes in `bits` (InterruptACK).
@@ -223,4 +231,11 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device (status 0): drop the queues and any guest-visible state.
     fn reset(&mut self);
+
+    /// The active device's queues with their progress (next available and used index), for
+    /// a snapshot; `None` before activation.
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>>;
+
+    /// Why the device's state cannot be saved now (e.g. open connections), if it cannot.
+    fn snapshot_blocker(&self) -> Option<String>;
 }

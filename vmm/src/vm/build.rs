@@ -24,7 +24,9 @@ use crate::timings::{since, Timings};
 use crate::vcpu::Vcpu;
 use crate::x86_64::{cpuid, gdt, mptable, paging, regs, zero_page};
 
-fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> BuildError {
+pub(super) fn mem_err(
+    what: &'static str,
+) -> impl FnOnce(vm_memory::GuestMemoryError) -> BuildError {
     move |source| BuildError::GuestMemory { what, source }
 }
 
@@ -65,7 +67,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     let t = Instant::now();
     let wake = Arc::new(EventFdInterrupt::new().map_err(BuildError::EventFd)?);
     let state = Arc::new(RunState::new(wake));
-    let devs = create_devices(&vm_fd, config, &mem, &state)?;
+    let devs = create_devices(&vm_fd, config, &mem, &state, None)?;
     timings.devices_us = since(t);
 
     let t = Instant::now();
@@ -108,6 +110,8 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
         events: devs.events,
         timeout: config.timeout,
         timings,
+        vsock: devs.vsock,
+        restored: false,
     })
 }
 
@@ -122,7 +126,7 @@ fn create_irqchip(vm_fd: &VmFd) -> Result<(), BuildError> {
     Ok(vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?)
 }
 
-fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
+pub(super) fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -180,6 +184,7 @@ fn load_guest(config: &VmConfig, mem: &GuestMem, cmdline: &Cmdline) -> Result<u6
         },
     )?;
     paging::write_page_tables(mem).map_err(mem_err("the page tables"))?;
+    crate::vminfo::write(mem, &config.id, 0).map_err(mem_err("the VM info page"))?;
     if config.vcpus > 1 {
         mptable::write(mem, config.vcpus).map_err(mem_err("the MP table"))?;
     }

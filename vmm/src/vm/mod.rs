@@ -4,6 +4,7 @@
 
 mod build;
 mod platform;
+mod restore;
 mod run;
 
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ use crate::timings::Timings;
 use crate::vcpu::Vcpu;
 
 pub use build::build;
+pub use restore::restore;
+pub(crate) use run::Resources;
 pub use run::{Killer, VmHandle, VmReport};
 
 /// Why a VM could not be built or started.
@@ -84,9 +87,19 @@ pub enum BuildError {
     /// The device event loop could not start.
     #[error("starting the device event loop: {0}")]
     EventLoop(#[source] std::io::Error),
+    /// The serial device's saved state was refused.
+    #[error(transparent)]
+    SerialState(#[from] ::devices::legacy::SerialRestoreError),
     /// A thread could not be started.
     #[error("starting a vCPU thread: {0}")]
     Thread(std::io::Error),
+}
+
+impl Vm {
+    /// The state its threads will share.
+    pub(crate) fn run_state_ref(&self) -> &Arc<RunState> {
+        &self.state
+    }
 }
 
 /// A built VM that has not run any guest code yet.
@@ -100,4 +113,8 @@ pub struct Vm {
     events: Option<EventLoop>,
     timeout: Option<Duration>,
     timings: Timings,
+    /// The vsock device's transport (saved into a snapshot).
+    vsock: Option<Arc<Mutex<::devices::virtio::MmioTransport>>>,
+    /// Restored from a snapshot: the guest is past ready.
+    restored: bool,
 }

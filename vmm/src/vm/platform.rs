@@ -4,7 +4,9 @@
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use devices::legacy::{BootTimer, ConsoleWrite, DebugExit, Serial, SerialSink, I8042};
+use devices::legacy::{
+    BootTimer, ConsoleWrite, DebugExit, Serial, SerialSink, SerialSnapshot, I8042,
+};
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{MmioTransport, NOTIFY_REG_OFFSET};
 use devices::{Bus, BusDevice, EventFdInterrupt, Interrupt};
@@ -26,6 +28,8 @@ pub(super) struct Devices {
     pub serial: Arc<Mutex<Serial>>,
     /// The device event loop (only when there is a vsock device).
     pub events: Option<EventLoop>,
+    /// The vsock device's transport.
+    pub vsock: Option<Arc<Mutex<MmioTransport>>>,
 }
 
 fn sink_from_config(serial: &SerialConfig) -> Result<SerialSink, BuildError> {
@@ -66,11 +70,16 @@ pub(super) fn create_devices(
     config: &VmConfig,
     mem: &GuestMem,
     state: &Arc<RunState>,
+    serial_snapshot: Option<&SerialSnapshot>,
 ) -> Result<Devices, BuildError> {
     let sink = sink_from_config(&config.serial)?;
     // Unikernels do not take serial interrupts; without an irqchip the wake-up is harmless.
     let serial_irq = device_irq(vm_fd, config, state, dev::COM1_IRQ)?;
-    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, sink)));
+    let serial = match serial_snapshot {
+        None => Serial::new(serial_irq, sink),
+        Some(snap) => Serial::restored(serial_irq, sink, snap)?,
+    };
+    let serial = Arc::new(Mutex::new(serial));
     let mut pio = Bus::new();
     pio.insert(serial.clone(), u64::from(dev::COM1), 8)?;
     let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new()));
@@ -83,15 +92,19 @@ pub(super) fn create_devices(
     let mut mmio = Bus::new();
     let timer: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(BootTimer));
     mmio.insert(timer, dev::BOOT_TIMER, dev::BOOT_TIMER_SIZE)?;
-    let events = match &config.vsock {
-        Some(v) => Some(create_vsock(vm_fd, config, mem, state, &mut mmio, &v.uds)?),
-        None => None,
+    let (events, vsock) = match &config.vsock {
+        Some(v) => {
+            let (events, transport) = create_vsock(vm_fd, config, mem, state, &mut mmio, &v.uds)?;
+            (Some(events), Some(transport))
+        }
+        None => (None, None),
     };
     Ok(Devices {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,
         events,
+        vsock,
     })
 }
 
@@ -103,7 +116,7 @@ fn create_vsock(
     state: &Arc<RunState>,
     mmio: &mut Bus,
     uds: &std::path::Path,
-) -> Result<EventLoop, BuildError> {
+) -> Result<(EventLoop, Arc<Mutex<MmioTransport>>), BuildError> {
     let on_error: devices::virtio::ErrorHandler = {
         let state = state.clone();
         Arc::new(move |msg: &str| state.finish(VmExit::DeviceError(format!("vsock: {msg}"))))
@@ -117,7 +130,9 @@ fn create_vsock(
             .register_ioevent(evt, &notify, index as u32)
             .map_err(kvm_err("KVM_IOEVENTFD (vsock queue)"))?;
     }
-    let transport: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(transport));
-    mmio.insert(transport, dev::VIRTIO_MMIO_BASE, dev::VIRTIO_MMIO_SIZE)?;
-    EventLoop::start(vec![vsock]).map_err(BuildError::EventLoop)
+    let transport = Arc::new(Mutex::new(transport));
+    let on_bus: Arc<Mutex<dyn BusDevice>> = transport.clone();
+    mmio.insert(on_bus, dev::VIRTIO_MMIO_BASE, dev::VIRTIO_MMIO_SIZE)?;
+    let events = EventLoop::start(vec![vsock]).map_err(BuildError::EventLoop)?;
+    Ok((events, transport))
 }

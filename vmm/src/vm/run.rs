@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::legacy::Serial;
+use devices::virtio::MmioTransport;
 use kvm_ioctls::VmFd;
 
 use super::{BuildError, Vm};
@@ -68,11 +69,12 @@ pub struct VmHandle {
 /// What a running VM owns besides its vCPU threads; dropped at teardown (event loop first,
 /// so every vsock connection closes and the socket file goes, then the VM, then its RAM).
 /// Fields drop in declaration order.
-struct Resources {
-    _events: Option<EventLoop>,
-    _vm_fd: VmFd,
-    _mem: GuestMem,
-    serial: Arc<Mutex<Serial>>,
+pub(crate) struct Resources {
+    pub events: Option<EventLoop>,
+    pub vm_fd: VmFd,
+    pub mem: GuestMem,
+    pub serial: Arc<Mutex<Serial>>,
+    pub vsock: Option<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Vm {
@@ -113,6 +115,10 @@ impl Vm {
             });
         }
         self.state.set_kicks(kicks.clone());
+        if self.restored {
+            // A restored VM resumes after its guest's ready signal.
+            self.state.ready();
+        }
         Ok(VmHandle {
             killer: Killer {
                 state: self.state,
@@ -124,10 +130,11 @@ impl Vm {
             started,
             timings: self.timings,
             resources: Some(Resources {
-                _events: self.events,
-                _vm_fd: self.vm_fd,
-                _mem: self.mem,
+                events: self.events,
+                vm_fd: self.vm_fd,
+                mem: self.mem,
                 serial: self.serial,
+                vsock: self.vsock,
             }),
         })
     }
@@ -183,13 +190,24 @@ impl VmHandle {
         self.killer.clone()
     }
 
+    /// The state the VM's threads share.
+    pub(crate) fn run_state(&self) -> &Arc<RunState> {
+        &self.killer.state
+    }
+
     /// When the guest signalled ready, if it has.
     pub fn ready_at(&self) -> Option<Instant> {
         self.killer.state.ready_at()
     }
 
     /// Wait until the VM ends (or its timeout passes and it is killed), then free it.
-    pub fn wait(mut self) -> VmReport {
+    pub fn wait(self) -> VmReport {
+        self.wait_keep(false).0
+    }
+
+    /// Wait until the VM ends; with `keep`, hand back what it owned instead of freeing it
+    /// (a template VM's memory and devices go into its snapshot).
+    pub(crate) fn wait_keep(mut self, keep: bool) -> (VmReport, Option<Resources>) {
         let mut finished = 0;
         let timed_out = loop {
             let res = match self.deadline {
@@ -242,15 +260,18 @@ impl VmHandle {
         timings.guest_us = state.guest_ns() / 1000;
         timings.parked_us = state.parked_ns() / 1000;
         timings.exits = state.exits();
+        let mut kept = None;
         if let Some(r) = self.resources.take() {
             let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
-            drop(r);
+            if keep {
+                kept = Some(r);
+            }
         }
         timings.teardown_us = since(t);
         let exit = state
             .outcome()
             .unwrap_or_else(|| VmExit::VmmError("VM ended without an outcome".into()));
-        VmReport { exit, timings }
+        (VmReport { exit, timings }, kept)
     }
 }
 

@@ -68,6 +68,14 @@ impl VirtioDevice for FakeDevice {
         self.activated = Some(queues);
         Ok(())
     }
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        None
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
     fn reset(&mut self) {
         self.resets += 1;
         self.activated = None;

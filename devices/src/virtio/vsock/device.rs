@@ -288,6 +288,22 @@ impl VirtioDevice for Vsock {
         self.kick_evt.write(1).map_err(ActivateError::Kick)
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect())
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        if self.failed {
+            return Some("the vsock device has failed".into());
+        }
+        match self.muxer.connection_count() {
+            0 => None,
+            n => Some(format!("the vsock device has {n} open connection(s)")),
+        }
+    }
+
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
