@@ -44,7 +44,7 @@ fn request_path(c: &mut Criterion) {
     let summoner = Summoner::new(exe, dir.join("run")).unwrap();
     let mut svc = ServiceConfig::new("bench", "127.0.0.1:0".parse().unwrap(), image);
     svc.pool_size = 2;
-    let addr = rt.block_on(async { summoner.add(svc) }).unwrap();
+    let addr = rt.block_on(summoner.add(svc)).unwrap();
     for _ in 0..20 {
         get(addr);
     }

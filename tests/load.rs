@@ -30,7 +30,7 @@ async fn wrk_30s_at_concurrency_8_sees_no_errors() {
     s.max_concurrent = 4;
     s.queue_depth = 64;
     s.queue_deadline = Duration::from_secs(30);
-    let addr = summoner.add(s).unwrap();
+    let addr = summoner.add(s).await.unwrap();
     let url = format!("http://{addr}/");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("wrk")

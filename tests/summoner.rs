@@ -48,8 +48,8 @@ fn service(name: &str, image: &str) -> ServiceConfig {
 }
 
 impl Env {
-    fn add(&self, s: ServiceConfig) -> SocketAddr {
-        self.summoner.add(s).expect("add service")
+    async fn add(&self, s: ServiceConfig) -> SocketAddr {
+        self.summoner.add(s).await.expect("add service")
     }
 
     /// Wait until the service's pool is full and none of its VMs runs.
@@ -96,7 +96,7 @@ async fn get(addr: SocketAddr) -> common::HttpReply {
 async fn five_hundred_requests_five_hundred_vms() {
     require_kvm!();
     let env = env().await;
-    let addr = env.add(service("hello", "http-hello"));
+    let addr = env.add(service("hello", "http-hello")).await;
     // Count fds only when the pool is full and no VM runs, before and after, so the idle
     // workers' sockets are in both counts.
     env.settle("hello").await;
@@ -134,7 +134,7 @@ async fn five_hundred_requests_five_hundred_vms() {
 async fn keep_alive_client_gets_a_fresh_vm_per_request() {
     require_kvm!();
     let env = env().await;
-    let addr = env.add(service("ka", "http-hello"));
+    let addr = env.add(service("ka", "http-hello")).await;
     let ids = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         let mut ids = Vec::new();
@@ -161,7 +161,7 @@ async fn concurrency_limit_holds_and_queue_drops_nothing() {
     s.queue_depth = 64;
     s.queue_deadline = Duration::from_secs(120);
     s.request_deadline = Duration::from_secs(120);
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     let clients: Vec<_> = (0..64)
         .map(|_| {
             tokio::task::spawn_blocking(move || {
@@ -196,7 +196,7 @@ async fn full_queue_is_shed_with_503_and_retry_after() {
     s.max_concurrent = 1;
     s.queue_depth = 0;
     s.request_deadline = Duration::from_secs(3);
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     let first = tokio::spawn(get(addr));
     // Wait until the first request holds the only slot.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -216,7 +216,7 @@ async fn spinning_guest_gets_504_at_the_deadline() {
     let env = env().await;
     let mut s = service("spin", "spin");
     s.request_deadline = Duration::from_secs(1);
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     let t = Instant::now();
     let r = get(addr).await;
     assert_eq!(r.status, 504);
@@ -230,7 +230,7 @@ async fn spinning_guest_gets_504_at_the_deadline() {
 async fn crashing_guest_gets_502() {
     require_kvm!();
     let env = env().await;
-    let addr = env.add(service("crash", "crash"));
+    let addr = env.add(service("crash", "crash")).await;
     for _ in 0..3 {
         let r = get(addr).await;
         assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
@@ -245,7 +245,7 @@ async fn client_that_leaves_during_boot_leaves_no_vm() {
     let env = env().await;
     let mut s = service("gone", "spin");
     s.request_deadline = Duration::from_secs(30);
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         write!(s, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
@@ -274,7 +274,7 @@ async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
     s.mode = Mode::Tcp;
     s.guest_port = 5000;
     s.request_deadline = Duration::from_secs(120);
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     for round in 0..2u8 {
         tokio::task::spawn_blocking(move || {
             let data: Vec<u8> = (0..1 << 20)

@@ -37,7 +37,11 @@ pub trait Control: Send + Sync + 'static {
     /// Bind and start a service; returns the bound address. Fails with
     /// [`AddError::Duplicate`] if the name is taken and with
     /// [`summoner::StartError::Bind`] if the address cannot be bound.
-    fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError>;
+    /// In snapshot mode this first boots and saves the service's template VM.
+    fn add_service(
+        &self,
+        config: ServiceConfig,
+    ) -> impl Future<Output = Result<SocketAddr, AddError>> + Send;
 
     /// Stop accepting on the service's port (closed when this returns), let in-flight
     /// requests finish within `grace`, kill the rest. False if there was no such service.

@@ -74,7 +74,7 @@ impl Control for Fake {
             .collect()
     }
 
-    fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+    async fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
         let mut services = self.services.lock().unwrap();
         if services.contains_key(&config.name) {
             return Err(AddError::Duplicate(config.name));

@@ -29,7 +29,9 @@ pub(crate) fn add_error(e: AddError) -> HttpError {
     let message = e.to_string();
     match e {
         AddError::Duplicate(_) => HttpError::new(ErrorCode::AlreadyExists, message),
-        AddError::Start(StartError::Config(_)) => HttpError::new(ErrorCode::InvalidConfig, message),
+        AddError::Start(StartError::Config(_) | StartError::Template { .. }) => {
+            HttpError::new(ErrorCode::InvalidConfig, message)
+        }
         AddError::Start(StartError::Bind { source, .. }) => bind_error(source.kind(), message),
     }
 }
@@ -74,7 +76,7 @@ impl<C: Control> Router<C> {
         let c = &*self.control;
         let (status, address) = match c.service(&name) {
             None => {
-                let address = c.add_service(config.clone()).map_err(add_error)?;
+                let address = c.add_service(config.clone()).await.map_err(add_error)?;
                 tracing::info!(service = %name, %address, "service created through the control API");
                 (StatusCode::CREATED, address)
             }
@@ -128,7 +130,7 @@ impl<C: Control> Router<C> {
         c.remove_service(&name, self.settings.replace_grace).await;
         let mut tries = 0;
         let err = loop {
-            match c.add_service(new.clone()) {
+            match c.add_service(new.clone()).await {
                 Ok(address) => return Ok(address),
                 // The old listener may take a moment to close after its drain.
                 Err(e) if shares_port && addr_in_use(&e) && tries < 20 => {
@@ -143,7 +145,7 @@ impl<C: Control> Router<C> {
             // Keep the port clients know.
             previous.listen = old.address;
         }
-        match c.add_service(previous) {
+        match c.add_service(previous).await {
             Ok(address) => {
                 tracing::warn!(service = %name, %address, "new config failed to start ({}); the previous one runs again", err.message);
                 Err(err)

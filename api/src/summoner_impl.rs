@@ -42,8 +42,8 @@ impl Control for Summoner {
         })
     }
 
-    fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
-        self.add(config)
+    async fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+        self.add(config).await
     }
 
     fn remove_service(

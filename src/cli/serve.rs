@@ -168,7 +168,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         };
         for s in services {
             let (name, mode) = (s.name.clone(), s.mode);
-            match summoner.add(s) {
+            match summoner.add(s).await {
                 Ok(addr) => {
                     let scheme = if mode == Mode::Http {
                         "http://"

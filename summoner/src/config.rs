@@ -59,6 +59,10 @@ pub struct ServiceConfig {
     /// Guest serial output (default: discarded).
     #[serde(default = "default_serial")]
     pub serial: SerialConfig,
+    /// Snapshot mode: boot the image once to its guest's ready in a template VM when the
+    /// service is created, and restore every request's VM from that snapshot.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 fn default_memory() -> u32 {
@@ -164,6 +168,7 @@ impl ServiceConfig {
             request_deadline: default_request_deadline(),
             pool_size: default_pool(),
             serial: default_serial(),
+            snapshot: false,
         }
     }
 
@@ -231,7 +236,25 @@ impl ServiceConfig {
             vsock: Some(vmm::VsockConfig {
                 uds: vsock_path(run_dir, vm_id),
             }),
+            id: vm_id.to_string(),
             ..vmm::VmConfig::new(&self.image)
+        }
+    }
+
+    /// How a VM of this service restored from `snapshot` is set up.
+    pub fn restore_config(
+        &self,
+        vm_id: &str,
+        run_dir: &Path,
+        snapshot: &Path,
+    ) -> vmm::RestoreConfig {
+        let boot = self.vm_config(vm_id, run_dir);
+        vmm::RestoreConfig {
+            snapshot: snapshot.to_path_buf(),
+            id: boot.id,
+            vsock: boot.vsock,
+            serial: boot.serial,
+            timeout: boot.timeout,
         }
     }
 }

@@ -133,7 +133,11 @@ pub async fn handle(
         "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
         ms(phases.queue),
         ms(phases.spawn),
-        if phases.warm { "warm" } else { "cold" },
+        match (svc.pool.snapshot_mode(), phases.warm) {
+            (true, _) => "snapshot",
+            (false, true) => "warm",
+            (false, false) => "cold",
+        },
         ms(phases.boot),
         ms(phases.connect),
         ms(respond),

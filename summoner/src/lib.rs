@@ -18,6 +18,7 @@ pub mod registry;
 pub mod service;
 pub mod summon;
 pub mod tcp;
+pub mod template;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -89,8 +90,24 @@ impl Summoner {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Start a new service; returns its bound address.
-    pub fn add(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+    /// Start a new service; returns its bound address. In snapshot mode the template VM is
+    /// booted and saved first; if it fails, nothing is left behind.
+    pub async fn add(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+        if self.services().contains_key(&config.name) {
+            return Err(AddError::Duplicate(config.name));
+        }
+        config.validate().map_err(StartError::from)?;
+        let template = match config.snapshot {
+            true => Some(Arc::new(
+                template::Template::take(&self.spawner, &config)
+                    .await
+                    .map_err(|e| StartError::Template {
+                        name: config.name.clone(),
+                        reason: e.to_string(),
+                    })?,
+            )),
+            false => None,
+        };
         let mut services = self.services();
         if services.contains_key(&config.name) {
             return Err(AddError::Duplicate(config.name));
@@ -101,6 +118,7 @@ impl Summoner {
             self.spawner.clone(),
             &self.metrics,
             self.registry.clone(),
+            template,
         )?;
         let addr = svc.local_addr();
         services.insert(name, svc);

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::config::ServiceConfig;
 use crate::metrics::ServiceMetrics;
+use crate::template::Template;
 use crate::worker::{IdleWorker, Spawner, WorkerError};
 
 /// Idle shells of one service.
@@ -23,11 +24,18 @@ pub struct Pool {
     refill: Notify,
     closed: AtomicBool,
     id_prefix: String,
+    /// Snapshot mode: shells are restored from this instead of booted.
+    template: Option<Arc<Template>>,
 }
 
 impl Pool {
     /// An empty pool; call [`Pool::run`] to fill it.
-    pub fn new(config: Arc<ServiceConfig>, spawner: Spawner, metrics: Arc<ServiceMetrics>) -> Self {
+    pub fn new(
+        config: Arc<ServiceConfig>,
+        spawner: Spawner,
+        metrics: Arc<ServiceMetrics>,
+        template: Option<Arc<Template>>,
+    ) -> Self {
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -41,6 +49,7 @@ impl Pool {
             config,
             spawner,
             metrics,
+            template,
             idle: Mutex::new(VecDeque::new()),
             refill: Notify::new(),
             closed: AtomicBool::new(false),
@@ -62,8 +71,17 @@ impl Pool {
     /// Spawn a worker and build a shell now.
     pub async fn spawn(&self) -> Result<IdleWorker, WorkerError> {
         let id = self.new_id();
-        let config = self.config.vm_config(&id, &self.spawner.run_dir);
-        self.spawner.spawn(id, config).await
+        let run_dir = &self.spawner.run_dir;
+        match &self.template {
+            Some(t) => {
+                let config = self.config.restore_config(&id, run_dir, t.dir());
+                self.spawner.restore(id, config).await
+            }
+            None => {
+                let config = self.config.vm_config(&id, run_dir);
+                self.spawner.spawn(id, config).await
+            }
+        }
     }
 
     /// An idle shell if one is ready (warm), else a freshly built one (cold).
@@ -120,6 +138,11 @@ impl Pool {
         let drained: Vec<_> = self.idle().drain(..).collect();
         self.metrics.set_idle(0);
         drop(drained);
+    }
+
+    /// Whether shells are restored from a snapshot.
+    pub fn snapshot_mode(&self) -> bool {
+        self.template.is_some()
     }
 
     /// Shells ready now.

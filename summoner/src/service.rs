@@ -36,6 +36,14 @@ pub enum StartError {
     /// Invalid config.
     #[error(transparent)]
     Config(#[from] ServiceConfigError),
+    /// Snapshot mode: the template VM did not reach ready (or could not be saved).
+    #[error("service {name}: the snapshot template failed: {reason}")]
+    Template {
+        /// Service.
+        name: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The address could not be bound.
     #[error("service {name}: cannot listen on {addr}: {source}")]
     Bind {
@@ -64,6 +72,7 @@ impl Service {
         spawner: Spawner,
         metrics: &Arc<Metrics>,
         registry: Arc<crate::registry::Registry>,
+        template: Option<Arc<crate::template::Template>>,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let bind_err = |source| StartError::Bind {
@@ -77,7 +86,12 @@ impl Service {
         let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
         let config = Arc::new(config);
         let smetrics = metrics.service(&config.name);
-        let pool = Arc::new(Pool::new(config.clone(), spawner, smetrics.clone()));
+        let pool = Arc::new(Pool::new(
+            config.clone(),
+            spawner,
+            smetrics.clone(),
+            template,
+        ));
         let inner = Arc::new(ServiceInner {
             admission: Admission::new(
                 config.max_concurrent,

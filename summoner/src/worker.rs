@@ -123,6 +123,62 @@ pub struct IdleWorker {
 impl Spawner {
     /// Start a worker and have it build `config`'s VM as `vm_id`.
     pub async fn spawn(&self, vm_id: String, config: VmConfig) -> Result<IdleWorker, WorkerError> {
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|v| v.uds.clone())
+            .unwrap_or_default();
+        let cmd = Cmd::Build {
+            vm_id: vm_id.clone(),
+            config: Box::new(config),
+        };
+        self.spawn_with(vm_id, &cmd, vsock).await
+    }
+
+    /// Start a worker and have it restore `config`'s snapshot as a shell.
+    pub async fn restore(
+        &self,
+        vm_id: String,
+        config: vmm::RestoreConfig,
+    ) -> Result<IdleWorker, WorkerError> {
+        let vsock = config
+            .vsock
+            .as_ref()
+            .map(|v| v.uds.clone())
+            .unwrap_or_default();
+        let cmd = Cmd::Restore {
+            config: Box::new(config),
+        };
+        self.spawn_with(vm_id, &cmd, vsock).await
+    }
+
+    /// Start a worker, send it `cmd` and return its first event; the process is reaped.
+    pub async fn run_once(&self, cmd: &Cmd, vsock: PathBuf) -> Result<Event, WorkerError> {
+        let mut proc = self.start_process(vsock)?;
+        proc.send(cmd).await?;
+        proc.next().await
+    }
+
+    async fn spawn_with(
+        &self,
+        vm_id: String,
+        cmd: &Cmd,
+        vsock: PathBuf,
+    ) -> Result<IdleWorker, WorkerError> {
+        let mut proc = self.start_process(vsock)?;
+        proc.send(cmd).await?;
+        match proc.next().await? {
+            Event::Built { timings } => Ok(IdleWorker {
+                vm_id,
+                build: timings,
+                proc,
+            }),
+            Event::Error { message } => Err(WorkerError::Reported(message)),
+            other => Err(WorkerError::Reported(format!("unexpected event {other:?}"))),
+        }
+    }
+
+    fn start_process(&self, vsock: PathBuf) -> Result<Process, WorkerError> {
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
@@ -165,31 +221,12 @@ impl Spawner {
                 }
             }
         });
-        let vsock = config
-            .vsock
-            .as_ref()
-            .map(|v| v.uds.clone())
-            .unwrap_or_default();
-        let mut proc = Process {
+        Ok(Process {
             child: Some(child),
             ctl,
             events,
             vsock,
-        };
-        proc.send(&Cmd::Build {
-            vm_id: vm_id.clone(),
-            config: Box::new(config),
         })
-        .await?;
-        match proc.next().await? {
-            Event::Built { timings } => Ok(IdleWorker {
-                vm_id,
-                build: timings,
-                proc,
-            }),
-            Event::Error { message } => Err(WorkerError::Reported(message)),
-            other => Err(WorkerError::Reported(format!("unexpected event {other:?}"))),
-        }
     }
 }
 

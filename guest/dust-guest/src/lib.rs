@@ -43,6 +43,7 @@ pub mod serial;
 #[cfg(not(test))]
 mod start;
 pub mod virtio;
+pub mod vminfo;
 pub mod vsock;
 
 pub use cmdline::{arg_value, args, cmdline, params};

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Embedded service: concurrency limit.
     #[arg(long, default_value_t = 4)]
     pub max_concurrent: usize,
+    /// Embedded service: snapshot mode (every VM restored from a template taken at start).
+    #[arg(long)]
+    pub snapshot: bool,
 }
 
 /// `dust bench` subcommands.
@@ -114,7 +117,7 @@ async fn drive(args: BenchArgs) -> ExitCode {
     let mut embedded = None;
     let url = match &args.url {
         Some(u) => u.clone(),
-        None => match start_embedded(&args) {
+        None => match start_embedded(&args).await {
             Ok((summoner, url, dir)) => {
                 embedded = Some((summoner, dir));
                 url
@@ -164,7 +167,7 @@ async fn drive(args: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String, PathBuf), String> {
+async fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String, PathBuf), String> {
     let image = super::serve::find_guest("http-hello")
         .ok_or("the embedded service needs the http-hello guest: run scripts/build-guests")?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -174,6 +177,7 @@ fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String, PathB
     let mut svc = summoner::ServiceConfig::new("hello", listen, image);
     svc.pool_size = args.pool;
     svc.max_concurrent = args.max_concurrent;
-    let addr = summoner.add(svc).map_err(|e| e.to_string())?;
+    svc.snapshot = args.snapshot;
+    let addr = summoner.add(svc).await.map_err(|e| e.to_string())?;
     Ok((summoner, format!("http://{addr}/"), dir))
 }

@@ -25,6 +25,18 @@ pub enum Command {
         /// What to build.
         config: Box<VmConfig>,
     },
+    /// Build the VM shell by restoring a snapshot.
+    Restore {
+        /// Which snapshot, and this VM's id, socket and serial.
+        config: Box<crate::RestoreConfig>,
+    },
+    /// Boot `config` to its guest's ready, save it into `dir`, and exit (a template VM).
+    Snapshot {
+        /// What to boot.
+        config: Box<VmConfig>,
+        /// Where the snapshot goes.
+        dir: std::path::PathBuf,
+    },
     /// Run it.
     Start,
     /// Report guest time so far.
@@ -44,6 +56,11 @@ pub enum Event {
     Ready {
         /// Microseconds since the start command was handled.
         since_start_us: u64,
+    },
+    /// The snapshot is written; the process exits next.
+    Snapshotted {
+        /// What it took.
+        info: crate::snapshot::SnapshotInfo,
     },
     /// Answer to `stats`.
     Stats {

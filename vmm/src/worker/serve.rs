@@ -70,6 +70,29 @@ pub fn serve() -> u8 {
                     return dust_abi::status::VMM_ERROR;
                 }
             },
+            (Command::Restore { config }, State::Empty) => match crate::restore(&config) {
+                Ok(vm) => {
+                    let timings = vm.timings().clone();
+                    send(&out, &Event::Built { timings });
+                    State::Built(Box::new(vm))
+                }
+                Err(e) => {
+                    send_error(&out, e.to_string());
+                    return dust_abi::status::VMM_ERROR;
+                }
+            },
+            (Command::Snapshot { config, dir }, State::Empty) => {
+                return match crate::snapshot::take(&config, &dir) {
+                    Ok(info) => {
+                        send(&out, &Event::Snapshotted { info });
+                        0
+                    }
+                    Err(e) => {
+                        send_error(&out, e.to_string());
+                        dust_abi::status::VMM_ERROR
+                    }
+                };
+            }
             (Command::Start, State::Built(vm)) => match start(*vm, &out) {
                 Ok((killer, waiter)) => State::Running { killer, waiter },
                 Err(e) => {

@@ -19,11 +19,17 @@ fn main() -> Result<(), Error> {
     let mut vsock = Vsock::open()?;
     vsock.listen(PORT);
     dust_guest::ready();
-    let vm = dust_guest::arg_value("vm").unwrap_or("(unnamed)");
-    let hello = format!("Hello from dust VM {vm}\n");
     let text = [("Content-Type", "text/plain")];
     loop {
         let stream = vsock.accept_wait()?;
+        // The id comes from the VM info page, read per request: a VM restored from a
+        // snapshot has its own id, not the template's (the `vm=` argument is the template's).
+        let mut id = [0u8; dust_abi::vminfo::ID_MAX];
+        let vm = match dust_guest::vminfo::id(&mut id) {
+            "" => dust_guest::arg_value("vm").unwrap_or("(unnamed)"),
+            id => id,
+        };
+        let hello = format!("Hello from dust VM {vm}\n");
         let (status, body) = match http::read_request(&mut vsock, stream) {
             Ok(_) => (200, hello.as_bytes()),
             Err(HttpError::Malformed(_)) => (400, &b"bad request\n"[..]),

@@ -1,0 +1,64 @@
+//! Snapshot mode: a service's template. When a `snapshot = true` service is created, a
+//! worker boots its image once to the guest's ready and saves the VM into the run dir; the
+//! pool then restores every shell from that snapshot. The template VM never serves a
+//! request. The snapshot is deleted when the last holder of the [`Template`] (the service and
+//! its pool) goes.
+
+use std::path::{Path, PathBuf};
+
+use vmm::worker::protocol::{Command as Cmd, Event};
+
+use crate::config::ServiceConfig;
+use crate::worker::{Spawner, WorkerError};
+
+/// A service's snapshot on disk.
+#[derive(Debug)]
+pub struct Template {
+    dir: PathBuf,
+    /// What taking it cost.
+    pub info: vmm::snapshot::SnapshotInfo,
+}
+
+impl Template {
+    /// Boot `config`'s image in a template VM and save it under the spawner's run dir.
+    pub async fn take(spawner: &Spawner, config: &ServiceConfig) -> Result<Self, WorkerError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-template-{:x}-{n}", config.name, std::process::id());
+        let dir = spawner.run_dir.join(format!("{id}.snap"));
+        let vm = config.vm_config(&id, &spawner.run_dir);
+        let mut this = Self {
+            dir,
+            info: vmm::snapshot::SnapshotInfo {
+                guest_us: 0,
+                total_us: 0,
+                memory_bytes: 0,
+            },
+        };
+        let cmd = Cmd::Snapshot {
+            config: Box::new(vm.clone()),
+            dir: this.dir.clone(),
+        };
+        // `this` removes the directory if anything below fails.
+        let vsock = vm.vsock.map(|v| v.uds).unwrap_or_default();
+        match spawner.run_once(&cmd, vsock).await? {
+            Event::Snapshotted { info } => {
+                this.info = info;
+                Ok(this)
+            }
+            Event::Error { message } => Err(WorkerError::Reported(message)),
+            other => Err(WorkerError::Reported(format!("unexpected event {other:?}"))),
+        }
+    }
+
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
