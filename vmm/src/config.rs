@@ -45,6 +45,22 @@ pub struct VmConfig {
     /// A virtio-vsock device with Firecracker's hybrid Unix-socket protocol.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Which entry of the image to boot: the 64-bit one (default) or its PVH note.
+    #[serde(default)]
+    pub boot: BootProtocol,
+}
+
+/// How the vCPU enters the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// Linux 64-bit boot protocol at the ELF entry (or a bzImage's 64-bit entry): long mode,
+    /// RSI = zero page.
+    #[default]
+    Linux,
+    /// The ELF's PVH note: 32-bit protected mode, paging off, EBX = `hvm_start_info`, as
+    /// QEMU microvm and Firecracker boot it.
+    Pvh,
 }
 
 /// Serial sink.
@@ -118,6 +134,7 @@ impl VmConfig {
             serial: SerialConfig::default(),
             timeout: None,
             vsock: None,
+            boot: BootProtocol::Linux,
         }
     }
 

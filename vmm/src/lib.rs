@@ -28,7 +28,7 @@ pub fn runtime_dir() -> std::path::PathBuf {
     }
 }
 
-pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};
+pub use config::{BootProtocol, ConfigError, SerialConfig, VmConfig, VsockConfig};
 pub use loader::ImageError;
 pub use timings::Timings;
 pub use vcpu::VmExit;

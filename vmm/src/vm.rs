@@ -17,13 +17,14 @@ use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::config::BootProtocol;
 use crate::config::{ConfigError, SerialConfig, VmConfig};
 use crate::event_loop::EventLoop;
 use crate::loader::{self, ImageError};
 use crate::memory::{self, GuestMem, MemoryError};
 use crate::timings::{since, us, Timings};
 use crate::vcpu::{install_kick_handler, Kick, Shared, Vcpu, VmExit};
-use crate::x86_64::{cpuid, gdt, mptable, regs, zero_page};
+use crate::x86_64::{cpuid, gdt, mptable, pvh, regs, zero_page};
 
 /// Why a VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,9 @@ pub enum BuildError {
     /// vCPU register setup failed.
     #[error("vCPU setup: {0}")]
     Regs(#[from] regs::RegsError),
+    /// The PVH boot (`--boot pvh`) could not be set up.
+    #[error(transparent)]
+    Pvh(#[from] pvh::PvhError),
     /// The serial output file could not be opened.
     #[error("serial output {path}: {source}")]
     SerialFile {
@@ -172,8 +176,13 @@ pub fn build(config: &VmConfig, serial: Option<SerialSink>) -> Result<Vm, BuildE
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         regs::setup_msrs(&fd)?;
         if id == 0 {
-            regs::setup_sregs(&fd, &seg)?;
-            regs::setup_regs(&fd, entry)?;
+            match config.boot {
+                BootProtocol::Linux => {
+                    regs::setup_sregs(&fd, &seg)?;
+                    regs::setup_regs(&fd, entry)?;
+                }
+                BootProtocol::Pvh => pvh::setup_vcpu(&fd, entry)?,
+            }
             regs::setup_fpu(&fd)?;
         }
         if config.irqchip {
@@ -275,7 +284,10 @@ fn load_guest(config: &VmConfig, mem: &GuestMem, cmdline: &Cmdline) -> Result<u6
     if config.vcpus > 1 {
         mptable::write(mem, config.vcpus).map_err(mem_err("the MP table"))?;
     }
-    Ok(kernel.entry)
+    match config.boot {
+        BootProtocol::Linux => Ok(kernel.entry),
+        BootProtocol::Pvh => Ok(pvh::prepare(mem, config, &kernel, initrd)?),
+    }
 }
 
 fn sink_from_config(serial: &SerialConfig) -> Result<SerialSink, BuildError> {

@@ -7,5 +7,6 @@
 pub mod cpuid;
 pub mod gdt;
 pub mod mptable;
+pub mod pvh;
 pub mod regs;
 pub mod zero_page;
