@@ -104,6 +104,30 @@ fn command_line_guests_run_through_both_entries() {
 }
 
 #[test]
+fn pvh_boot_of_an_image_without_the_note_is_refused() {
+    let dir = TempDir::new("guests-nonote");
+    let mut elf = std::fs::read(guest("hello")).unwrap();
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(elf[56..58].try_into().unwrap()) as usize;
+    let notes: Vec<usize> = (0..phnum)
+        .map(|i| phoff + i * 56)
+        .filter(|&off| u32::from_le_bytes(elf[off..off + 4].try_into().unwrap()) == 4)
+        .collect();
+    assert_eq!(notes.len(), 1, "hello has one PT_NOTE");
+    elf[notes[0]..notes[0] + 4].copy_from_slice(&0u32.to_le_bytes()); // PT_NULL
+    let image = dir.file("no-note", &elf);
+    let out = dust_run(&["--boot", "pvh", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(243));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs an ELF with a PVH note"), "{err}");
+    // The 64-bit entry does not need the note.
+    let out = dust_run(&[image.to_str().unwrap()]);
+    if common::kvm_available() {
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    }
+}
+
+#[test]
 fn a_guest_computes_with_f64() {
     require_kvm!();
     for boot in ENTRIES {
