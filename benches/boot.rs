@@ -13,7 +13,7 @@ use vmm::VmConfig;
 
 fn hello() -> Option<VmConfig> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("guest/target/x86_64-unknown-linux-gnu/release/hello");
+        .join("guest/target/x86_64-unknown-none/release/hello");
     if !p.is_file() || std::fs::File::open("/dev/kvm").is_err() {
         eprintln!("boot bench: needs /dev/kvm and scripts/build-guests; skipped");
         return None;

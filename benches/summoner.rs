@@ -30,7 +30,7 @@ fn get(addr: SocketAddr) -> usize {
 
 fn request_path(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let image = root.join("guest/target/x86_64-unknown-linux-gnu/release/http-hello");
+    let image = root.join("guest/target/x86_64-unknown-none/release/http-hello");
     let exe = root.join("target/release/dust");
     if !image.is_file() || !exe.is_file() || std::fs::File::open("/dev/kvm").is_err() {
         eprintln!("summoner bench: needs /dev/kvm, scripts/build-guests and cargo build --release; skipped");

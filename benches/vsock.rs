@@ -15,7 +15,7 @@ use vmm::{VmConfig, VmHandle, VsockConfig};
 
 fn echo_vm(irqchip: bool, dir: &std::path::Path) -> Option<(VmHandle, UnixStream)> {
     let image = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("guest/target/x86_64-unknown-linux-gnu/release/echo");
+        .join("guest/target/x86_64-unknown-none/release/echo");
     if !image.is_file() || std::fs::File::open("/dev/kvm").is_err() {
         eprintln!("vsock bench: needs /dev/kvm and scripts/build-guests; skipped");
         return None;

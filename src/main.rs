@@ -30,6 +30,11 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Measure cold starts: drive a service, or compare boots with peers (`bench boot`).
     Bench(cli::bench::BenchArgs),
+    /// Write and build unikernel guests outside the dust tree (`guest new`, `guest build`).
+    Guest {
+        #[command(subcommand)]
+        cmd: cli::guest::GuestCmd,
+    },
     /// List the daemon's live VMs.
     Ps(cli::client::Conn),
     /// Manage the daemon's services.
@@ -68,6 +73,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Serve(args) => cli::serve::serve(args),
         Command::Bench(args) => cli::bench::bench(args),
+        Command::Guest { cmd } => cli::guest::guest(cmd),
         Command::Ps(conn) => cli::client::ps(conn),
         Command::Services { conn, cmd } => cli::client::services(conn, cmd),
         Command::Kill { conn, vm } => cli::client::kill(conn, vm),

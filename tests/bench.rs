@@ -88,6 +88,15 @@ fn bench_boot_with_peers_prints_the_ratio() {
     for row in ["dust", "qemu-microvm", "static-process"] {
         assert!(stdout.contains(row), "missing row {row}: {stdout}");
     }
+    // Firecracker is not packaged: without one, the run says it skipped it.
+    let has_fc = std::env::var_os("FIRECRACKER").is_some()
+        || std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .any(|d| d.join("firecracker").is_file());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout.contains("firecracker "), has_fc, "{stdout}{stderr}");
+    if !has_fc {
+        assert!(stderr.contains("skipping Firecracker"), "{stderr}");
+    }
     let ratio = stdout
         .lines()
         .find_map(|l| l.strip_prefix("ratio qemu/dust spawn->ready: "))

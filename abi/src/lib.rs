@@ -17,6 +17,9 @@ pub mod layout {
     pub const BOOT_STACK: u64 = 0x8ff0;
     /// Zero page (`struct boot_params`); RSI points here at entry.
     pub const ZERO_PAGE: u64 = 0x7000;
+    /// `hvm_start_info` when dust boots through PVH (`--boot pvh`); EBX points here at
+    /// entry. Its module list and memory map follow it, below the zero page.
+    pub const PVH_START_INFO: u64 = 0x6000;
     /// PML4 of the identity map (PDPT at +0x1000, four PDs at +0x2000..+0x6000).
     pub const PAGE_TABLES: u64 = 0x9000;
     /// Kernel command line (NUL terminated).

@@ -3,12 +3,9 @@
 
 fn main() -> Result<(), std::env::VarError> {
     let script = std::env::var("DEP_DUST_GUEST_LINK_SCRIPT")?;
-    for arg in [
-        "-nostdlib",
-        "-static",
-        "-Wl,--gc-sections",
-        "-Wl,--build-id=none",
-    ] {
+    // x86_64-unknown-none links with rust-lld directly (no C compiler driver): plain
+    // linker flags, no `-Wl,`.
+    for arg in ["-static", "--gc-sections", "--build-id=none"] {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rustc-link-arg-bins=-T{script}");

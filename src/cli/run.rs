@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use dust_abi::status;
-use vmm::{VmConfig, VsockConfig};
+use vmm::{BootProtocol, VmConfig, VsockConfig};
 
 /// Flags of `dust run`.
 #[derive(Args, Debug)]
@@ -46,6 +46,19 @@ pub struct RunArgs {
     /// Print each phase's duration in microseconds to stderr when the VM ends.
     #[arg(long)]
     pub timings: bool,
+    /// Entry: `linux` (the 64-bit entry, zero page in RSI) or `pvh` (the image's PVH note:
+    /// 32-bit protected mode, EBX = hvm_start_info, as QEMU microvm and Firecracker boot it).
+    #[arg(long, value_enum, default_value_t = Boot::Linux)]
+    pub boot: Boot,
+}
+
+/// `--boot`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// The 64-bit entry (Linux boot protocol).
+    Linux,
+    /// The PVH note's 32-bit entry.
+    Pvh,
 }
 
 impl RunArgs {
@@ -59,6 +72,10 @@ impl RunArgs {
             irqchip: self.irqchip,
             timeout: self.timeout,
             vsock: self.vsock.clone().map(|uds| VsockConfig { uds }),
+            boot: match self.boot {
+                Boot::Linux => BootProtocol::Linux,
+                Boot::Pvh => BootProtocol::Pvh,
+            },
             ..VmConfig::new(self.image.clone().unwrap_or_default())
         }
     }

@@ -85,7 +85,7 @@ pub fn find_guest(name: &str) -> Option<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs.push(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/target/x86_64-unknown-linux-gnu/release"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/target/x86_64-unknown-none/release"),
     );
     dirs.push(PathBuf::from("/usr/lib/dust/guests"));
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())

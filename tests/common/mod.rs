@@ -42,7 +42,7 @@ pub fn root() -> PathBuf {
 /// A built example guest, e.g. `guest("hello")`.
 pub fn guest(name: &str) -> PathBuf {
     let p = root()
-        .join("guest/target/x86_64-unknown-linux-gnu/release")
+        .join("guest/target/x86_64-unknown-none/release")
         .join(name);
     assert!(
         p.is_file(),

@@ -48,6 +48,9 @@ pub struct VmConfig {
     /// The VM's id, given to the guest in its info page (`X-Dust-Vm` under the summoner).
     #[serde(default)]
     pub id: String,
+    /// Which entry of the image to boot: the 64-bit one (default) or its PVH note.
+    #[serde(default)]
+    pub boot: BootProtocol,
 }
 
 /// A VM restored from a snapshot: which snapshot, and what differs per VM.
@@ -68,6 +71,19 @@ pub struct RestoreConfig {
     /// Kill the VM after this long.
     #[serde(default, with = "duration_opt")]
     pub timeout: Option<Duration>,
+}
+
+/// How the vCPU enters the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// Linux 64-bit boot protocol at the ELF entry (or a bzImage's 64-bit entry): long mode,
+    /// RSI = zero page.
+    #[default]
+    Linux,
+    /// The ELF's PVH note: 32-bit protected mode, paging off, EBX = `hvm_start_info`, as
+    /// QEMU microvm and Firecracker boot it.
+    Pvh,
 }
 
 /// Serial sink.
@@ -142,6 +158,7 @@ impl VmConfig {
             timeout: None,
             vsock: None,
             id: String::new(),
+            boot: BootProtocol::Linux,
         }
     }
 

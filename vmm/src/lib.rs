@@ -33,7 +33,7 @@ pub fn runtime_dir() -> std::path::PathBuf {
     }
 }
 
-pub use config::{ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
+pub use config::{BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
 pub use kvm::KvmError;
 pub use loader::ImageError;
 pub use memory::MemoryError;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use dust_abi::layout::HIMEM_START;
 use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::GuestAddress;
 
@@ -108,6 +109,8 @@ pub struct LoadedKernel {
     pub end: u64,
     /// The bzImage's setup header, to seed the zero page.
     pub setup_header: Option<setup_header>,
+    /// The 32-bit PVH entry of an ELF with a `XEN_ELFNOTE_PHYS32_ENTRY` note.
+    pub pvh_entry: Option<u64>,
 }
 
 /// Initrd placement.
@@ -152,6 +155,10 @@ pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKe
             entry: loaded.kernel_load.0,
             end: end.max(loaded.kernel_end),
             setup_header: None,
+            pvh_entry: match loaded.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+                _ => None,
+            },
         })
     } else if head.get(BZ_MAGIC_OFFSET..BZ_MAGIC_OFFSET + 4) == Some(BZ_MAGIC) {
         let bad = |why: String| ImageError::BadBzImage {
@@ -187,6 +194,7 @@ pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKe
             entry: loaded.kernel_load.0 + BZ_ENTRY_64,
             end: loaded.kernel_end,
             setup_header: loaded.setup_header,
+            pvh_entry: None,
         })
     } else {
         let head = head

@@ -111,11 +111,16 @@ pub(crate) unsafe fn init_pvh(start_info: usize) {
 }
 
 /// Whether `hlt` with interrupts off returns when the VMM has work for the guest. True
-/// under dust (without an irqchip: it parks the vCPU and resumes it after the `hlt`); false
-/// under the VMMs that boot through PVH (QEMU, Firecracker), where it would halt forever,
-/// so there a waiting guest polls instead.
+/// under dust (without an irqchip: it parks the vCPU and resumes it after the `hlt`), by
+/// either entry (its CPUID signature tells a PVH boot by dust apart); false under the other
+/// VMMs that boot through PVH (QEMU, Firecracker), where it would halt forever, so there a
+/// waiting guest polls instead.
 pub fn halt_resumes() -> bool {
-    matches!(SOURCE.get(), Source::ZeroPage(_))
+    match SOURCE.get() {
+        Source::ZeroPage(_) => true,
+        Source::Pvh(_) => crate::serial::dust_leaves(),
+        Source::None => false,
+    }
 }
 
 /// The whole command line as the VMM passed it (empty if none, or if it is not UTF-8 the

@@ -1,5 +1,7 @@
-//! A minimal HTTP/1.1 server side over [`vsock`](crate::vsock) streams: read one request
-//! (head parsed by httparse, then a `Content-Length` body), write one response.
+//! A minimal HTTP/1.1 server side over [`vsock`](crate::vsock) streams: [`serve`] runs the
+//! accept/parse/respond loop around a handler; underneath, [`read_request`] reads one
+//! request (head parsed by httparse, then a `Content-Length` or chunked body) and
+//! [`write_response`] writes one response.
 //!
 //! Parsing is the expensive part on an emulating KVM (a few ms for a small head), so the
 //! head is parsed once, when its blank line has arrived, never on every partial read.
@@ -9,6 +11,11 @@ use core::fmt::{self, Write as _};
 use core::ops::Range;
 
 use crate::vsock::{self, Stream, Vsock};
+
+mod chunked;
+mod serve;
+
+pub use serve::{Response, serve};
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -22,8 +29,10 @@ const MAX_HEADERS: usize = 32;
 pub enum Error {
     /// Not valid HTTP/1.x (answer 400).
     Malformed(&'static str),
-    /// Head or body larger than [`MAX_HEAD`] / [`MAX_BODY`] (answer 413 or 431).
-    TooLarge,
+    /// Head larger than [`MAX_HEAD`], or more than 32 headers (answer 431).
+    HeadTooLarge,
+    /// Body larger than [`MAX_BODY`] (answer 413).
+    BodyTooLarge,
     /// The peer closed the stream before a whole request arrived (nothing to answer).
     Closed,
     /// The stream failed.
@@ -34,7 +43,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed(why) => write!(f, "malformed request: {why}"),
-            Self::TooLarge => f.write_str("request too large"),
+            Self::HeadTooLarge => f.write_str("request header block too large"),
+            Self::BodyTooLarge => f.write_str("request body too large"),
             Self::Closed => f.write_str("connection closed before a whole request arrived"),
             Self::Vsock(e) => write!(f, "{e}"),
         }
@@ -89,7 +99,7 @@ impl Request {
             .map(|(n, v)| (self.str(n), &self.bytes[v.clone()]))
     }
 
-    /// The body (`Content-Length` bytes).
+    /// The body (`Content-Length` bytes, or the decoded chunks).
     pub fn body(&self) -> &[u8] {
         &self.bytes[self.body.clone()]
     }
@@ -100,7 +110,8 @@ impl Request {
     }
 }
 
-/// Reads one request from `stream`, waiting for its bytes.
+/// Reads one request from `stream`, waiting for its bytes. A request with
+/// `Expect: 100-continue` gets its `100 Continue` before its body is read.
 pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error> {
     let mut bytes = Vec::new();
     let mut scanned = 0;
@@ -109,7 +120,7 @@ pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error>
             break end;
         }
         if bytes.len() > MAX_HEAD {
-            return Err(Error::TooLarge);
+            return Err(Error::HeadTooLarge);
         }
         scanned = bytes.len().saturating_sub(3);
         let room = MAX_HEAD + 1 - bytes.len();
@@ -122,6 +133,20 @@ pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error>
         }
     };
     let mut request = parse_head(bytes, head_len)?;
+    let chunked = match request.header("transfer-encoding") {
+        None => false,
+        // Only `chunked` alone is supported; with a Content-Length too the framing is
+        // ambiguous (RFC 9112 section 6.3), so that is refused as well.
+        Some(te) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+            if request.header("content-length").is_some() {
+                return Err(Error::Malformed(
+                    "both Transfer-Encoding and Content-Length",
+                ));
+            }
+            true
+        }
+        Some(_) => return Err(Error::Malformed("unsupported Transfer-Encoding")),
+    };
     let body_len = match request.header("content-length") {
         None => 0,
         Some(v) => core::str::from_utf8(v)
@@ -129,11 +154,21 @@ pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error>
             .and_then(|v| v.trim().parse::<usize>().ok())
             .ok_or(Error::Malformed("bad Content-Length"))?,
     };
-    if request.header("transfer-encoding").is_some() {
-        return Err(Error::Malformed("Transfer-Encoding is not supported"));
-    }
     if body_len > MAX_BODY {
-        return Err(Error::TooLarge);
+        return Err(Error::BodyTooLarge);
+    }
+    let expects_continue = request
+        .header("expect")
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && request.minor >= 1 && (chunked || body_len > 0) {
+        vsock.write_all(stream, b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    if chunked {
+        let pending = request.bytes.split_off(head_len);
+        let body = read_chunked(vsock, stream, pending)?;
+        request.bytes.extend_from_slice(&body);
+        request.body = head_len..request.bytes.len();
+        return Ok(request);
     }
     let end = head_len + body_len;
     while request.bytes.len() < end {
@@ -146,6 +181,22 @@ pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error>
     request.bytes.truncate(end);
     request.body = head_len..end;
     Ok(request)
+}
+
+/// Decodes a chunked body, starting with the bytes that came with the head.
+fn read_chunked(vsock: &mut Vsock, stream: Stream, mut pending: Vec<u8>) -> Result<Vec<u8>, Error> {
+    let mut decoder = chunked::Decoder::new(MAX_BODY);
+    loop {
+        let used = decoder.feed(&pending)?;
+        pending.drain(..used);
+        if decoder.done() {
+            return Ok(decoder.into_body());
+        }
+        // Room for the rest of a chunk line or a good part of a chunk.
+        if vsock_read(vsock, stream, &mut pending, 64 * 1024)? == 0 {
+            return Err(Error::Malformed("truncated chunked body"));
+        }
+    }
 }
 
 fn vsock_read(
@@ -179,7 +230,7 @@ fn parse_head(bytes: Vec<u8>, head_len: usize) -> Result<Request, Error> {
     match parsed.parse(&bytes[..head_len]) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(Error::Malformed("incomplete head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(Error::TooLarge),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
         Err(_) => return Err(Error::Malformed("bad request head")),
     }
     let base = bytes.as_ptr() as usize;

@@ -1,6 +1,6 @@
-//! The C memory functions the compiler calls (compiler_builtins keeps its own copies
-//! hidden on this target), and the unwinding symbols the prebuilt `core` references even
-//! with `panic = "abort"`.
+//! The C memory functions the compiler calls (these strong definitions take the place of
+//! compiler_builtins' weak, generic ones), and the unwinding symbols the prebuilt `core`
+//! references even with `panic = "abort"`.
 //!
 //! The emulating KVM runs each iteration of a `rep` string instruction as one emulated
 //! step, and `rep movsq`/`rep stosq` move 8 bytes per step: the bulk goes as quadwords and

@@ -16,6 +16,16 @@ const ABSENT: u8 = 1;
 const PRESENT: u8 = 2;
 static CONSOLE_WRITE: AtomicU8 = AtomicU8::new(UNKNOWN);
 
+/// Whether the VMM is dust (its CPUID signature) with the features leaf.
+pub(crate) fn dust_leaves() -> bool {
+    const fn word(i: usize) -> u32 {
+        let s = SIGNATURE;
+        u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]])
+    }
+    let sig = core::arch::x86_64::__cpuid(LEAF_SIGNATURE);
+    (sig.ebx, sig.ecx, sig.edx) == (word(0), word(4), word(8)) && sig.eax >= LEAF_FEATURES
+}
+
 /// Whether the VMM is dust with the console-write port (asked once, by CPUID: two emulated
 /// instructions, no exit to the VMM).
 fn console_write_present() -> bool {
@@ -23,13 +33,7 @@ fn console_write_present() -> bool {
         PRESENT => true,
         ABSENT => false,
         _ => {
-            const fn word(i: usize) -> u32 {
-                let s = SIGNATURE;
-                u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]])
-            }
-            let sig = core::arch::x86_64::__cpuid(LEAF_SIGNATURE);
-            let present = (sig.ebx, sig.ecx, sig.edx) == (word(0), word(4), word(8))
-                && sig.eax >= LEAF_FEATURES
+            let present = dust_leaves()
                 && core::arch::x86_64::__cpuid(LEAF_FEATURES).eax & FEATURE_CONSOLE_WRITE != 0;
             CONSOLE_WRITE.store(if present { PRESENT } else { ABSENT }, Ordering::Relaxed);
             present

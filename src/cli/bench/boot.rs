@@ -1,7 +1,8 @@
 //! `dust bench boot [--peers]`: boot the same guest image with `dust run` and (with
-//! `--peers`, when installed) QEMU `-M microvm`, alternating, N times each; measure process
-//! spawn -> guest ready (the guest's ready line on serial) and spawn -> exit. A third row
-//! spawns a trivial static process: the floor for one process per VM.
+//! `--peers`, when installed) QEMU `-M microvm` and Firecracker, alternating, N times each;
+//! measure process spawn -> guest ready (the guest's ready line on serial) and spawn ->
+//! exit. QEMU and Firecracker boot the image through its PVH note. A last row spawns a
+//! trivial static process: the floor for one process per VM.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -83,12 +84,39 @@ fn trivial_static_elf() -> Vec<u8> {
     e
 }
 
-fn qemu() -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join("qemu-system-x86_64"))
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+fn qemu() -> Option<PathBuf> {
+    on_path("qemu-system-x86_64")
+}
+
+/// `$FIRECRACKER`, else `firecracker` on PATH. It is not packaged for Debian.
+fn firecracker() -> Option<PathBuf> {
+    std::env::var_os("FIRECRACKER")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| on_path("firecracker"))
+}
+
+/// Firecracker without its API: one vCPU, 32 MiB (as QEMU gets), the image as kernel. The
+/// guest ends the VM with an i8042 reset, which Firecracker turns into its own exit.
+fn firecracker_cmd(fc: &Path, config: &Path) -> Command {
+    let mut c = Command::new(fc);
+    c.arg("--no-api").arg("--config-file").arg(config);
+    c
+}
+
+fn firecracker_config(image: &Path) -> String {
+    serde_json::json!({
+        "boot-source": { "kernel_image_path": image, "boot_args": "bench" },
+        "drives": [],
+        "machine-config": { "vcpu_count": 1, "mem_size_mib": 32 },
+    })
+    .to_string()
 }
 
 /// The leanest QEMU microvm of DESIGN.md.
@@ -129,11 +157,29 @@ pub fn run(image: &Path, n: usize, peers: bool) -> Result<Vec<Row>, String> {
     };
     let qemu = if peers { qemu() } else { None };
     if peers && qemu.is_none() {
+        eprintln!("dust bench boot: qemu-system-x86_64 not installed; skipping QEMU");
+    }
+    let fc = if peers { firecracker() } else { None };
+    if peers && fc.is_none() {
         eprintln!(
-            "dust bench boot: qemu-system-x86_64 not installed; comparing with the floor only"
+            "dust bench boot: no firecracker binary on PATH or in $FIRECRACKER; skipping Firecracker"
         );
     }
-    let mut samples: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![(vec![], vec![], 0); 3];
+    let fc_config = dir.join("firecracker.json");
+    let fc = match fc {
+        Some(fc) => match std::fs::write(&fc_config, firecracker_config(image)) {
+            Ok(()) => Some(fc),
+            Err(e) => {
+                eprintln!(
+                    "dust bench boot: {}: {e}; skipping Firecracker",
+                    fc_config.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let mut samples: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![(vec![], vec![], 0); 4];
     for _ in 0..n {
         let mut runs: Vec<(usize, Command, Option<&str>)> = Vec::new();
         let mut d = Command::new(&exe);
@@ -142,8 +188,11 @@ pub fn run(image: &Path, n: usize, peers: bool) -> Result<Vec<Row>, String> {
         if let Some(q) = &qemu {
             runs.push((1, qemu_cmd(q, image), Some(READY_MARK)));
         }
+        if let Some(fc) = &fc {
+            runs.push((2, firecracker_cmd(fc, &fc_config), Some(READY_MARK)));
+        }
         if written.is_ok() {
-            runs.push((2, Command::new(&floor), None));
+            runs.push((3, Command::new(&floor), None));
         }
         for (i, cmd, mark) in runs {
             match time_run(cmd, mark) {
@@ -156,7 +205,7 @@ pub fn run(image: &Path, n: usize, peers: bool) -> Result<Vec<Row>, String> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let names = ["dust", "qemu-microvm", "static-process"];
+    let names = ["dust", "qemu-microvm", "firecracker", "static-process"];
     Ok(samples
         .into_iter()
         .enumerate()
@@ -183,15 +232,17 @@ pub fn print(rows: &[Row]) {
         );
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ready.count > 0);
-    if let (Some(d), Some(q)) = (get("dust"), get("qemu-microvm")) {
-        println!(
-            "ratio qemu/dust spawn->ready: {:.1}x",
-            q.ready.p50 / d.ready.p50
-        );
-        println!(
-            "ratio qemu/dust spawn->exit: {:.1}x",
-            q.exit.p50 / d.exit.p50
-        );
+    for (peer, short) in [("qemu-microvm", "qemu"), ("firecracker", "firecracker")] {
+        if let (Some(d), Some(q)) = (get("dust"), get(peer)) {
+            println!(
+                "ratio {short}/dust spawn->ready: {:.1}x",
+                q.ready.p50 / d.ready.p50
+            );
+            println!(
+                "ratio {short}/dust spawn->exit: {:.1}x",
+                q.exit.p50 / d.exit.p50
+            );
+        }
     }
 }
 

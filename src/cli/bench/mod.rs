@@ -2,7 +2,8 @@
 //!
 //! - `dust bench [URL]`: drive a service (or, without a URL, an embedded `serve` of the
 //!   built-in hello service) and report client latency and the server's phases.
-//! - `dust bench boot [--peers]`: process spawn -> guest ready, dust vs QEMU microvm.
+//! - `dust bench boot [--peers]`: process spawn -> guest ready, dust vs QEMU microvm and
+//!   Firecracker.
 
 mod boot;
 mod http;
@@ -68,7 +69,8 @@ pub struct BootArgs {
     /// Boots per contender.
     #[arg(short = 'n', long, default_value_t = 50)]
     pub runs: usize,
-    /// Also boot the image with QEMU -M microvm (when installed).
+    /// Also boot the image with QEMU -M microvm and Firecracker (`firecracker` on PATH or
+    /// $FIRECRACKER), each when installed.
     #[arg(long)]
     pub peers: bool,
     /// JSON output path.

@@ -15,14 +15,14 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use super::platform::create_devices;
 use super::run::VcpuThreads;
 use super::{BuildError, Vm};
-use crate::config::VmConfig;
+use crate::config::{BootProtocol, VmConfig};
 use crate::kvm::{kvm, kvm_err};
 use crate::loader;
 use crate::memory::{self, GuestMem};
 use crate::run_state::RunState;
 use crate::timings::{since, Timings};
 use crate::vcpu::Vcpu;
-use crate::x86_64::{cpuid, gdt, mptable, paging, regs, zero_page};
+use crate::x86_64::{cpuid, gdt, mptable, paging, pvh, regs, zero_page};
 
 pub(super) fn mem_err(
     what: &'static str,
@@ -82,8 +82,13 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         regs::setup_msrs(&fd)?;
         if id == 0 {
-            regs::setup_sregs(&fd, &seg)?;
-            regs::setup_regs(&fd, entry)?;
+            match config.boot {
+                BootProtocol::Linux => {
+                    regs::setup_sregs(&fd, &seg)?;
+                    regs::setup_regs(&fd, entry)?;
+                }
+                BootProtocol::Pvh => pvh::setup_vcpu(&fd, entry)?,
+            }
             regs::setup_fpu(&fd)?;
         }
         if config.irqchip {
@@ -188,5 +193,8 @@ fn load_guest(config: &VmConfig, mem: &GuestMem, cmdline: &Cmdline) -> Result<u6
     if config.vcpus > 1 {
         mptable::write(mem, config.vcpus).map_err(mem_err("the MP table"))?;
     }
-    Ok(kernel.entry)
+    match config.boot {
+        BootProtocol::Linux => Ok(kernel.entry),
+        BootProtocol::Pvh => Ok(pvh::prepare(mem, config, &kernel, initrd)?),
+    }
 }

@@ -87,6 +87,9 @@ pub enum BuildError {
     /// The device event loop could not start.
     #[error("starting the device event loop: {0}")]
     EventLoop(#[source] std::io::Error),
+    /// The PVH boot (`--boot pvh`) could not be set up.
+    #[error(transparent)]
+    Pvh(#[from] crate::x86_64::pvh::PvhError),
     /// The serial device's saved state was refused.
     #[error(transparent)]
     SerialState(#[from] ::devices::legacy::SerialRestoreError),

@@ -9,5 +9,6 @@ pub mod cpuid;
 pub mod gdt;
 pub mod mptable;
 pub mod paging;
+pub mod pvh;
 pub mod regs;
 pub mod zero_page;

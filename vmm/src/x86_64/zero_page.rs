@@ -29,6 +29,19 @@ pub struct BootInfo<'a> {
     pub memory_mib: u32,
 }
 
+/// The usable RAM as `(address, size)`: conventional memory below the EBDA, then RAM from
+/// 1 MiB, around the MMIO hole. The PVH memory map (`pvh.rs`) is the same list.
+pub fn e820_ram(memory_mib: u32) -> Vec<(u64, u64)> {
+    let mut e820 = vec![(0, EBDA_START)];
+    for (start, len) in ram_ranges(memory_mib) {
+        let (from, end) = (start.max(HIMEM_START), start + len);
+        if end > from {
+            e820.push((from, end - from));
+        }
+    }
+    e820
+}
+
 /// Build the zero page and write it at `ZERO_PAGE`.
 pub fn write(mem: &GuestMem, info: &BootInfo) -> Result<(), linux_loader::configurator::Error> {
     let mut params = boot_params::default();
@@ -45,14 +58,7 @@ pub fn write(mem: &GuestMem, info: &BootInfo) -> Result<(), linux_loader::config
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
     }
-    let mut e820 = vec![(0, EBDA_START)];
-    for (start, len) in ram_ranges(info.memory_mib) {
-        let (from, end) = (start.max(HIMEM_START), start + len);
-        if end > from {
-            e820.push((from, end - from));
-        }
-    }
-    for (i, (addr, size)) in e820.into_iter().enumerate() {
+    for (i, (addr, size)) in e820_ram(info.memory_mib).into_iter().enumerate() {
         params.e820_table[i] = boot_e820_entry {
             addr,
             size,
