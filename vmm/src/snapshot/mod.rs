@@ -211,11 +211,6 @@ pub fn take(config: &VmConfig, dir: &Path) -> Result<SnapshotInfo, SnapshotError
             "VMs with the in-kernel irqchip cannot be snapshotted yet (its PIT makes every restore sleep 7-24 ms in the kernel); use the default polling mode".into(),
         ));
     }
-    if config.initrd.is_some() {
-        return Err(SnapshotError::Unsupported(
-            "VMs with an initrd cannot be snapshotted".into(),
-        ));
-    }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let vm = crate::build(config).map_err(Box::new)?;
     vm.run_state_ref().capture_at_ready();
