@@ -1,6 +1,10 @@
 //! VM lifecycle benchmarks with the `hello` guest on /dev/kvm:
 //! - `create_to_ready`: build() -> start() -> guest writes "ready" (what a client waits for);
-//! - `create_boot_destroy`: the whole life, including teardown.
+//! - `create_boot_destroy`: the whole life, including teardown;
+//! - `snapshot/restore_shell`: what a snapshot-mode pool does ahead of a request (load and
+//!   check the snapshot, create the VM, map memory copy-on-write, devices, vCPU, set state);
+//! - `snapshot/start_to_first_entry`: a pre-built restored shell -> its vCPU enters the guest
+//!   right after `ready()` (what is left on a request's path).
 //!
 //! Run: `scripts/build-guests && cargo bench --bench boot`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -53,5 +57,45 @@ fn lifecycle(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lifecycle);
+fn snapshot(c: &mut Criterion) {
+    let Some(config) = hello() else { return };
+    let dir = std::env::temp_dir().join(format!("dust-bench-snap-{}", std::process::id()));
+    vmm::snapshot::take(&config, &dir).expect("take the template");
+    let rc = vmm::RestoreConfig {
+        snapshot: dir.clone(),
+        id: "bench".into(),
+        vsock: None,
+        serial: vmm::SerialConfig::None,
+        timeout: None,
+    };
+    let mut g = c.benchmark_group("snapshot");
+    g.sample_size(200).measurement_time(Duration::from_secs(5));
+    g.bench_function("restore_shell", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t0 = Instant::now();
+                let vm = vmm::restore(&rc).expect("restore");
+                total += t0.elapsed();
+                drop(vm);
+            }
+            total
+        })
+    });
+    g.bench_function("start_to_first_entry", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let vm = vmm::restore(&rc).expect("restore");
+                let report = vm.start().expect("start").wait();
+                total += Duration::from_micros(report.timings.first_entry_us);
+            }
+            total
+        })
+    });
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, lifecycle, snapshot);
 criterion_main!(benches);

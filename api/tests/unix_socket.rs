@@ -300,7 +300,7 @@ impl Control for Slow {
     fn services(&self) -> Vec<ServiceStatus> {
         Vec::new()
     }
-    fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+    async fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
         Err(AddError::Duplicate(config.name))
     }
     async fn remove_service(&self, _name: &str, _grace: Duration) -> bool {

@@ -170,8 +170,8 @@ fn vm_table(vms: &[Vm]) -> String {
 
 fn service_table(services: &[Service]) -> String {
     let mut out = format!(
-        "{:<16} {:<5} {:<22} {:>7} {:>4} {:>7}  {}\n",
-        "SERVICE", "MODE", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
+        "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
+        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
     );
     for s in services {
         let mode = if s.config.mode == Mode::Http {
@@ -179,10 +179,16 @@ fn service_table(services: &[Service]) -> String {
         } else {
             "tcp"
         };
+        let start = if s.config.snapshot {
+            "snapshot"
+        } else {
+            "boot"
+        };
         out += &format!(
-            "{:<16} {:<5} {:<22} {:>7} {:>4} {:>7}  {}\n",
+            "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
             s.config.name,
             mode,
+            start,
             s.address,
             s.stats.running,
             s.stats.idle,

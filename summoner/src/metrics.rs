@@ -67,6 +67,13 @@ struct ServiceLabel {
     service: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StartLabels {
+    service: String,
+    /// `boot` or `snapshot`: how the service's VMs start.
+    start: String,
+}
+
 fn phase_histogram() -> Histogram {
     // 50 us .. ~13 s.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
@@ -79,6 +86,7 @@ pub struct Metrics {
     phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     running: Family<ServiceLabel, Gauge>,
     idle: Family<ServiceLabel, Gauge>,
+    start: Family<StartLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -106,12 +114,19 @@ impl Default for Metrics {
             running.clone(),
         );
         registry.register("idle_workers", "Pre-built idle VM shells", idle.clone());
+        let start = Family::<StartLabels, Gauge>::default();
+        registry.register(
+            "service_start_mode",
+            "1 for how each service's VMs start: boot (the image, per VM) or snapshot (restored from a template)",
+            start.clone(),
+        );
         Self {
             registry,
             requests,
             phases,
             running,
             idle,
+            start,
         }
     }
 }
@@ -122,6 +137,20 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Record how a service's VMs start (`snapshot` or `boot`).
+    pub fn set_start_mode(&self, name: &str, snapshot: bool) {
+        let mode = |m: &str| StartLabels {
+            service: name.to_string(),
+            start: m.to_string(),
+        };
+        self.start
+            .get_or_create(&mode("snapshot"))
+            .set(i64::from(snapshot));
+        self.start
+            .get_or_create(&mode("boot"))
+            .set(i64::from(!snapshot));
     }
 
     /// The handle a service records into.

@@ -86,6 +86,7 @@ impl Service {
         let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
         let config = Arc::new(config);
         let smetrics = metrics.service(&config.name);
+        metrics.set_start_mode(&config.name, template.is_some());
         let pool = Arc::new(Pool::new(
             config.clone(),
             spawner,

@@ -167,19 +167,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     }
 }
 
-/// The host as a snapshot records it: KVM API version and CPU model.
+/// The host as a snapshot records it: KVM API version and the CPU's brand string (CPUID
+/// leaves 0x8000_0002-4: no file to read on the restore path).
 fn host_description() -> String {
     let api = kvm().map(|k| k.get_api_version()).unwrap_or(-1);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("KVM API {api}, {model}")
+    let mut brand = Vec::with_capacity(48);
+    for leaf in 0x8000_0002u32..=0x8000_0004 {
+        // Extended leaves up to 0x8000_0004 exist on every CPU that runs KVM.
+        let r = core::arch::x86_64::__cpuid(leaf);
+        for v in [r.eax, r.ebx, r.ecx, r.edx] {
+            brand.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let model = String::from_utf8_lossy(&brand);
+    format!(
+        "KVM API {api}, {}",
+        model.trim_matches(char::from(0)).trim()
+    )
 }
 
 /// Fingerprint of the CPUID a dust VM is given on this host.
