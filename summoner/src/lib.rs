@@ -71,6 +71,16 @@ impl Summoner {
     /// A summoner whose workers run `exe worker` and keep sockets in `run_dir` (created,
     /// mode 0700).
     pub fn new(exe: PathBuf, run_dir: PathBuf) -> std::io::Result<Self> {
+        Self::with_worker(exe, vec!["worker".into()], run_dir)
+    }
+
+    /// A summoner whose workers run `exe args...`: any program that speaks
+    /// [`vmm::worker::protocol`] on fd 3 (tests use a stand-in that needs no /dev/kvm).
+    pub fn with_worker(
+        exe: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        run_dir: PathBuf,
+    ) -> std::io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -78,7 +88,7 @@ impl Summoner {
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
-            spawner: worker::Spawner { exe, run_dir },
+            spawner: worker::Spawner { exe, args, run_dir },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),

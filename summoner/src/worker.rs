@@ -8,6 +8,7 @@
 //! process and reaps it off the request path; the admission permit it carries is released
 //! only once the process is gone, so "VMs alive" never exceeds the service's limit.
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -122,8 +123,11 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
 /// Starts worker processes.
 #[derive(Debug, Clone)]
 pub struct Spawner {
-    /// The `dust` executable (run as `dust worker`).
+    /// The worker executable: `dust`, or a stand-in that speaks the same protocol (the
+    /// summoner's tests use one that needs no /dev/kvm).
     pub exe: PathBuf,
+    /// Its arguments (`worker` for `dust`).
+    pub args: Vec<OsString>,
     /// Where VM sockets go.
     pub run_dir: PathBuf,
 }
@@ -143,7 +147,7 @@ impl Spawner {
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("worker")
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -225,10 +229,11 @@ impl IdleWorker {
         let pid = self.proc.child.as_ref().and_then(Child::id).unwrap_or(0);
         let entry = Registered::new(registry, &self.vm_id, service, pid);
         let (registry, id) = (registry.clone(), self.vm_id.clone());
+        // Last out of the registry, so that a VM it no longer lists has given back its slot.
         self.proc.on_reaped = Some(Box::new(move || {
-            registry.remove(&id);
             metrics.vm_stopped();
             drop(permit);
+            registry.remove(&id);
         }));
         let mut booting = BootingWorker {
             entry,
