@@ -40,14 +40,14 @@ pub enum AddError {
     Start(#[from] StartError),
 }
 
-/// Counters of one service, read exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Counters of one service, read exactly (the API shows them as a service's `stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceStats {
     /// VMs alive now.
     pub running: usize,
-    /// Most VMs alive at once so far.
+    /// Most VMs alive at once since the service started.
     pub max_running: usize,
-    /// Idle shells ready.
+    /// Pre-built idle VM shells ready.
     pub idle: usize,
     /// Requests waiting for admission.
     pub waiting: usize,
