@@ -91,7 +91,7 @@ fn qemu() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The leanest QEMU microvm of DESIGN.md.
+/// The leanest QEMU microvm that boots here (docs/benchmarks.md, the machines).
 fn qemu_cmd(qemu: &Path, image: &Path) -> Command {
     let mut c = Command::new(qemu);
     c.args([
