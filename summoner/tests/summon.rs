@@ -72,6 +72,11 @@ impl Env {
         self.summoner.add(s).unwrap()
     }
 
+    /// Add `s` and send it one request.
+    async fn add_and_get(&self, s: ServiceConfig) -> HttpReply {
+        get(self.add(s)).await
+    }
+
     fn stats(&self, name: &str) -> ServiceStats {
         self.summoner.stats(name).unwrap()
     }
@@ -122,8 +127,7 @@ async fn fake_worker() {
         fake::serve();
     }
     let env = env().await;
-    let addr = env.add(service("proto", "answer"));
-    let r = get(addr).await;
+    let r = env.add_and_get(service("proto", "answer")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-dust-vm").unwrap().as_bytes(), &r.body[..]);
     env.finish().await;
@@ -181,8 +185,7 @@ async fn without_a_pool_each_vm_is_built_cold() {
     let env = env().await;
     let mut s = service("cold", "answer");
     s.pool_size = 0;
-    let addr = env.add(s);
-    let r = get(addr).await;
+    let r = env.add_and_get(s).await;
     assert_eq!(r.status, 200);
     assert!(r.header("server-timing").unwrap().contains("desc=\"cold\""));
     assert_eq!(env.stats("cold").idle, 0);
@@ -194,8 +197,7 @@ async fn a_build_failure_is_500() {
     let env = env().await;
     let mut s = service("nobuild", "build-fails");
     s.pool_size = 0;
-    let addr = env.add(s);
-    let r = get(addr).await;
+    let r = env.add_and_get(s).await;
     assert_eq!(r.status, 500);
     assert!(String::from_utf8_lossy(&r.body).contains("fake: no such image"));
     assert_eq!(env.count("error"), 1);
@@ -210,8 +212,7 @@ async fn guest_failures_are_502() {
         ("refuse", "refuses", "not listening on vsock port 80"),
         ("die", "dies", "guest"),
     ] {
-        let addr = env.add(service(name, behaviour));
-        let r = get(addr).await;
+        let r = env.add_and_get(service(name, behaviour)).await;
         let body = String::from_utf8_lossy(&r.body);
         assert_eq!(r.status, 502, "{name}: {body}");
         assert!(body.contains(says), "{name}: {body}");
@@ -226,8 +227,7 @@ async fn the_deadline_is_504_and_kills_the_vm() {
     for (name, behaviour) in [("slowboot", "never-ready"), ("slowanswer", "never-answers")] {
         let mut s = service(name, behaviour);
         s.request_deadline = Duration::from_millis(300);
-        let addr = env.add(s);
-        let r = get(addr).await;
+        let r = env.add_and_get(s).await;
         assert_eq!(r.status, 504, "{name}");
         env.settle(name, POOL).await;
     }
