@@ -34,13 +34,17 @@ fn echo_vm(irqchip: bool, dir: &std::path::Path) -> Option<(VmHandle, UnixStream
     }
     let mut s = UnixStream::connect(&uds).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"CONNECT 5000\n").ok()?;
+    s.write_all(dust_abi::vsock::connect_line(5000).as_bytes())
+        .ok()?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    while s.read(&mut b).ok()? == 1 && b[0] != b'\n' {
+    while line.len() < dust_abi::vsock::LINE_MAX && s.read(&mut b).ok()? == 1 {
         line.push(b[0]);
+        if b[0] == b'\n' {
+            break;
+        }
     }
-    if !line.starts_with(b"OK") {
+    if dust_abi::vsock::parse_ok(&line).is_none() {
         eprintln!("vsock bench: echo guest did not accept (irqchip={irqchip}); skipped");
         return None;
     }

@@ -1,6 +1,6 @@
 //! Linux on dust: Debian's cloud kernel (fetched by scripts/fetch-linux) prints its banner on
 //! dust's serial. On the emulating KVM of our dev machines that is as far as Linux gets
-//! (DESIGN.md), so the test stops the VM as soon as the banner is seen.
+//! (docs/benchmarks.md, the machines), so the test stops the VM as soon as the banner is seen.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;

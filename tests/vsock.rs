@@ -46,19 +46,18 @@ fn boot_in(image: &str, cmdline: &str, dir: &Path, irqchip: bool) -> (VmHandle, 
 fn connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
     let mut s = UnixStream::connect(uds)?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    writeln!(s, "CONNECT {port}")?;
+    s.write_all(dust_abi::vsock::connect_line(port).as_bytes())?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    while s.read(&mut b)? == 1 {
+    while line.len() < dust_abi::vsock::LINE_MAX && s.read(&mut b)? == 1 {
+        line.push(b[0]);
         if b[0] == b'\n' {
             break;
         }
-        line.push(b[0]);
     }
-    if line.starts_with(b"OK ") {
-        Ok(s)
-    } else {
-        Err(std::io::Error::other(format!("refused: {line:?}")))
+    match dust_abi::vsock::parse_ok(&line) {
+        Some(_) => Ok(s),
+        None => Err(std::io::Error::other(format!("refused: {line:?}"))),
     }
 }
 

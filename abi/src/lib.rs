@@ -3,7 +3,7 @@
 //! One module that both sides read: the host crates (`devices`, `vmm`) and the no_std guest
 //! runtime (`guest/dust-guest`) depend on it, so a number here cannot drift between them.
 //! See `docs/guest-contract.md` for the prose version.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Guest-physical memory map.
 pub mod layout {
@@ -105,6 +105,116 @@ pub mod vsock {
     pub const HOST_CID: u64 = 2;
     /// Every dust guest's CID.
     pub const GUEST_CID: u64 = 3;
+
+    /// Longest handshake line, newline included (`CONNECT 4294967295\n` is 19 bytes).
+    pub const LINE_MAX: usize = 32;
+
+    /// One line of Firecracker's hybrid-vsock handshake on the VM's Unix socket: the host
+    /// client writes `CONNECT <guest_port>\n`; once the guest accepted, the device answers
+    /// `OK <host_port>\n`, and from then on the stream is the guest socket.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Line {
+        buf: [u8; LINE_MAX],
+        len: usize,
+    }
+
+    impl Line {
+        fn new(prefix: &[u8], port: u32) -> Self {
+            let mut digits = [0u8; 10];
+            let mut n = port;
+            let mut i = digits.len();
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let digits = &digits[i..];
+            let mut buf = [0u8; LINE_MAX];
+            let mut len = 0;
+            for &b in prefix.iter().chain(digits).chain(b"\n") {
+                buf[len] = b;
+                len += 1;
+            }
+            Self { buf, len }
+        }
+
+        /// The bytes to write.
+        pub fn as_bytes(&self) -> &[u8] {
+            &self.buf[..self.len]
+        }
+    }
+
+    /// `CONNECT <port>\n`: what a host client writes to reach guest port `port`.
+    pub fn connect_line(port: u32) -> Line {
+        Line::new(b"CONNECT ", port)
+    }
+
+    /// `OK <port>\n`: the device's answer once the guest accepted; `port` is the host side's.
+    pub fn ok_line(port: u32) -> Line {
+        Line::new(b"OK ", port)
+    }
+
+    /// The guest port of a complete `CONNECT <port>\n` line (exactly that: one space, 1-10
+    /// decimal digits that fit a u32, a newline).
+    pub fn parse_connect(line: &[u8]) -> Option<u32> {
+        parse(b"CONNECT ", line)
+    }
+
+    /// The host port of a complete `OK <port>\n` line, in the same strict form.
+    pub fn parse_ok(line: &[u8]) -> Option<u32> {
+        parse(b"OK ", line)
+    }
+
+    fn parse(prefix: &[u8], line: &[u8]) -> Option<u32> {
+        let digits = line.strip_prefix(prefix)?.strip_suffix(b"\n")?;
+        if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        digits.iter().try_fold(0u32, |acc, d| {
+            acc.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_are_written() {
+            assert_eq!(connect_line(80).as_bytes(), b"CONNECT 80\n");
+            assert_eq!(connect_line(u32::MAX).as_bytes(), b"CONNECT 4294967295\n");
+            assert_eq!(ok_line(1 << 30).as_bytes(), b"OK 1073741824\n");
+            assert_eq!(ok_line(0).as_bytes(), b"OK 0\n");
+        }
+
+        #[test]
+        fn lines_are_parsed_strictly() {
+            assert_eq!(parse_connect(b"CONNECT 80\n"), Some(80));
+            assert_eq!(parse_connect(b"CONNECT 0\n"), Some(0));
+            assert_eq!(parse_connect(b"CONNECT 4294967295\n"), Some(u32::MAX));
+            assert_eq!(parse_ok(b"OK 1073741824\n"), Some(1 << 30));
+            for bad in [
+                &b"CONNECT 4294967296\n"[..],
+                b"CONNECT 99999999999\n",
+                b"CONNECT \n",
+                b"CONNECT 80",
+                b"CONNECT  80\n",
+                b"CONNECT -1\n",
+                b"CONNECT 8a\n",
+                b"connect 80\n",
+                b"CONNECT 80 \n",
+                b"GET / HTTP/1.1\n",
+                b"OK 80\n",
+            ] {
+                assert_eq!(parse_connect(bad), None, "{:?}", bad);
+            }
+            assert_eq!(parse_ok(b"OK\n"), None);
+            assert_eq!(parse_ok(b"CONNECT 80\n"), None);
+        }
+    }
 }
 
 /// The per-VM info page: written by the VMM into every VM before its vCPU first runs (after a

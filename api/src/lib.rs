@@ -36,8 +36,6 @@ pub mod summoner_impl;
 
 #[cfg(test)]
 mod fake;
-#[cfg(test)]
-mod router_tests;
 
 pub use control::{Control, ServiceStatus};
 pub use error::{ApiError, ErrorCode, HttpError};

@@ -25,30 +25,6 @@ pub struct Version {
     pub api: String,
 }
 
-/// Live counters of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// VMs alive now.
-    pub running: usize,
-    /// Most VMs alive at once since the service started.
-    pub max_running: usize,
-    /// Pre-built idle VM shells ready.
-    pub idle: usize,
-    /// Requests waiting for admission.
-    pub waiting: usize,
-}
-
-impl From<ServiceStats> for Stats {
-    fn from(s: ServiceStats) -> Self {
-        Self {
-            running: s.running,
-            max_running: s.max_running,
-            idle: s.idle,
-            waiting: s.waiting,
-        }
-    }
-}
-
 /// A service: its config (the fields of a `PUT` body), where it is bound, and counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
@@ -58,7 +34,7 @@ pub struct Service {
     /// The bound address (the real port when `listen` has port 0).
     pub address: SocketAddr,
     /// Live counters.
-    pub stats: Stats,
+    pub stats: ServiceStats,
 }
 
 impl From<ServiceStatus> for Service {
@@ -66,7 +42,7 @@ impl From<ServiceStatus> for Service {
         Self {
             config: s.config,
             address: s.address,
-            stats: s.stats.into(),
+            stats: s.stats,
         }
     }
 }
@@ -142,7 +118,7 @@ mod tests {
         let s = Service {
             config: ServiceConfig::new("hello", "127.0.0.1:0".parse().unwrap(), "/x/img"),
             address: "127.0.0.1:4242".parse().unwrap(),
-            stats: Stats {
+            stats: ServiceStats {
                 running: 1,
                 max_running: 2,
                 idle: 3,

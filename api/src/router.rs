@@ -216,3 +216,6 @@ impl<C: Control> Router<C> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use summoner::{Mode, ServiceConfig};
+
+use super::service::ServiceFlags;
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -55,18 +56,9 @@ pub struct AddArgs {
     /// Listen address.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// http or tcp.
-    #[arg(long, default_value = "http")]
-    pub mode: String,
-    /// vsock port the guest listens on.
-    #[arg(long, default_value_t = 80)]
-    pub guest_port: u32,
-    /// Most VMs alive at once.
-    #[arg(long, default_value_t = 4)]
-    pub max_concurrent: usize,
-    /// Guest command line.
-    #[arg(long, default_value = "")]
-    pub cmdline: String,
+    /// The service's settings.
+    #[command(flatten)]
+    pub service: ServiceFlags,
 }
 
 struct Reply {
@@ -174,11 +166,6 @@ fn service_table(services: &[Service]) -> String {
         "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
     );
     for s in services {
-        let mode = if s.config.mode == Mode::Http {
-            "http"
-        } else {
-            "tcp"
-        };
         let start = if s.config.snapshot {
             "snapshot"
         } else {
@@ -187,7 +174,7 @@ fn service_table(services: &[Service]) -> String {
         out += &format!(
             "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
             s.config.name,
-            mode,
+            s.config.mode.to_string(),
             start,
             s.address,
             s.stats.running,
@@ -261,15 +248,7 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                 Ok(out)
             }
             ServicesCmd::Add(a) => {
-                let mut cfg = ServiceConfig::new(&a.name, a.listen, a.image);
-                cfg.mode = match a.mode.as_str() {
-                    "http" => Mode::Http,
-                    "tcp" => Mode::Tcp,
-                    other => return Err(format!("--mode {other:?}: use http or tcp")),
-                };
-                cfg.guest_port = a.guest_port;
-                cfg.max_concurrent = a.max_concurrent;
-                cfg.cmdline = a.cmdline;
+                let cfg = a.service.config(&a.name, a.listen, a.image);
                 let body = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
                 let r = request(&conn, "POST", "/v1/services", Some(body)).await?;
                 match r.status {

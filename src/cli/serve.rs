@@ -10,6 +10,8 @@ use clap::Args;
 use dust_abi::status;
 use summoner::{FileConfig, Mode, ServiceConfig, Summoner};
 
+use super::service::ServiceFlags;
+
 /// Flags of `dust serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -25,33 +27,9 @@ pub struct ServeArgs {
     /// Listen address (with --image, or for the built-in demo).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// http: one VM per request; tcp: one VM per connection.
-    #[arg(long, value_enum, default_value = "http")]
-    pub mode: ModeArg,
-    /// vsock port the guest listens on.
-    #[arg(long, default_value_t = 80)]
-    pub guest_port: u32,
-    /// Guest command line (dust appends vm=<id>).
-    #[arg(long, default_value = "")]
-    pub cmdline: String,
-    /// Guest memory, MiB.
-    #[arg(long = "mem", default_value_t = vmm::config::DEFAULT_MEMORY_MIB)]
-    pub memory_mib: u32,
-    /// Most VMs of the service alive at once.
-    #[arg(long, default_value_t = 4)]
-    pub max_concurrent: usize,
-    /// Requests that may wait for a slot (beyond: 503).
-    #[arg(long, default_value_t = 256)]
-    pub queue_depth: usize,
-    /// Longest wait for a slot, e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub queue_deadline: Duration,
-    /// Longest a request may take, e.g. 10s (then 504).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub request_deadline: Duration,
-    /// Pre-built idle VM shells kept ready.
-    #[arg(long, default_value_t = 2)]
-    pub pool: usize,
+    /// The service's settings (with --image).
+    #[command(flatten)]
+    pub service: ServiceFlags,
     /// Directory for per-VM sockets.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
@@ -66,15 +44,6 @@ pub struct ServeArgs {
     /// `Authorization: Bearer <token>` with the token from $DUST_API_TOKEN.
     #[arg(long)]
     pub api_tcp: Option<SocketAddr>,
-}
-
-/// Service mode flag.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum ModeArg {
-    /// One VM per HTTP request.
-    Http,
-    /// One VM per TCP connection.
-    Tcp,
 }
 
 /// Where the built-in demo's guest image is looked for: $DUST_GUEST_DIR, the checkout this
@@ -110,19 +79,7 @@ impl ServeArgs {
                  (or set DUST_GUEST_DIR)",
             )?,
         };
-        let mut s = ServiceConfig::new(&self.name, self.listen, image);
-        s.mode = match self.mode {
-            ModeArg::Http => Mode::Http,
-            ModeArg::Tcp => Mode::Tcp,
-        };
-        s.guest_port = self.guest_port;
-        s.cmdline = self.cmdline.clone();
-        s.memory_mib = self.memory_mib;
-        s.max_concurrent = self.max_concurrent;
-        s.queue_depth = self.queue_depth;
-        s.queue_deadline = self.queue_deadline;
-        s.request_deadline = self.request_deadline;
-        s.pool_size = self.pool;
+        let s = self.service.config(&self.name, self.listen, image);
         Ok((None, vec![s]))
     }
 }

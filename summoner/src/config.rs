@@ -19,6 +19,30 @@ pub enum Mode {
     Tcp,
 }
 
+/// A mode name that is neither `http` nor `tcp`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mode {0:?}: use http or tcp")]
+pub struct UnknownMode(String);
+
+/// The names serde reads, so that flags and config files accept the same words.
+impl std::str::FromStr for Mode {
+    type Err = UnknownMode;
+
+    fn from_str(s: &str) -> Result<Self, UnknownMode> {
+        use serde::de::value::{Error, StrDeserializer};
+        Self::deserialize(StrDeserializer::<Error>::new(s)).map_err(|_| UnknownMode(s.into()))
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        })
+    }
+}
+
 /// One service: a listener whose every request (or connection) summons a fresh VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +62,12 @@ pub struct ServiceConfig {
     /// Guest memory, MiB.
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
+    /// vCPUs of each VM (more than one needs `irqchip`).
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Create the in-kernel irqchip, as Linux guests need; unikernels poll without it.
+    #[serde(default)]
+    pub irqchip: bool,
     /// vsock port the guest listens on.
     #[serde(default = "default_port")]
     pub guest_port: u32,
@@ -65,26 +95,51 @@ pub struct ServiceConfig {
     pub snapshot: bool,
 }
 
+/// Defaults of the optional fields, for the config file, the API and the CLI flags alike.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `memory_mib`.
+    pub const MEMORY_MIB: u32 = vmm::config::DEFAULT_MEMORY_MIB;
+    /// `vcpus`.
+    pub const VCPUS: u8 = 1;
+    /// `guest_port`.
+    pub const GUEST_PORT: u32 = 80;
+    /// `max_concurrent`.
+    pub const MAX_CONCURRENT: usize = 4;
+    /// `queue_depth`.
+    pub const QUEUE_DEPTH: usize = 256;
+    /// `queue_deadline`.
+    pub const QUEUE_DEADLINE: Duration = Duration::from_secs(5);
+    /// `request_deadline`.
+    pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+    /// `pool_size`.
+    pub const POOL_SIZE: usize = 2;
+}
+
 fn default_memory() -> u32 {
-    vmm::config::DEFAULT_MEMORY_MIB
+    defaults::MEMORY_MIB
+}
+fn default_vcpus() -> u8 {
+    defaults::VCPUS
 }
 fn default_port() -> u32 {
-    80
+    defaults::GUEST_PORT
 }
 fn default_concurrency() -> usize {
-    4
+    defaults::MAX_CONCURRENT
 }
 fn default_queue_depth() -> usize {
-    256
+    defaults::QUEUE_DEPTH
 }
 fn default_queue_deadline() -> Duration {
-    Duration::from_secs(5)
+    defaults::QUEUE_DEADLINE
 }
 fn default_request_deadline() -> Duration {
-    Duration::from_secs(10)
+    defaults::REQUEST_DEADLINE
 }
 fn default_pool() -> usize {
-    2
+    defaults::POOL_SIZE
 }
 fn default_serial() -> SerialConfig {
     SerialConfig::None
@@ -161,6 +216,8 @@ impl ServiceConfig {
             image: image.into(),
             cmdline: String::new(),
             memory_mib: default_memory(),
+            vcpus: default_vcpus(),
+            irqchip: false,
             guest_port: default_port(),
             max_concurrent: default_concurrency(),
             queue_depth: default_queue_depth(),
@@ -230,6 +287,8 @@ impl ServiceConfig {
         vmm::VmConfig {
             cmdline,
             memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            irqchip: self.irqchip,
             serial: self.serial.clone(),
             // A safety net behind the summoner's own deadline, which kills the worker first.
             timeout: Some(self.request_deadline + Duration::from_secs(5)),
@@ -303,6 +362,7 @@ guest_port = 5000
         assert_eq!(c.services[0].queue_deadline, Duration::from_millis(250));
         assert_eq!(c.services[0].max_concurrent, 4);
         assert_eq!(c.services[1].mode, Mode::Tcp);
+        assert_eq!((c.services[0].vcpus, c.services[0].irqchip), (1, false));
         let e = toml::from_str::<FileConfig>(
             "[[service]]\nname='a'\nlisten='1.2.3.4:1'\nimage='x'\nport=3",
         )
@@ -324,9 +384,22 @@ guest_port = 5000
         s.memory_mib = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
         s.memory_mib = 32;
+        s.vcpus = 2;
+        assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
+        s.irqchip = true;
         assert_eq!(s.validate(), Ok(()));
         let vm = s.vm_config("hello-1", Path::new("/run/d"));
         assert_eq!(vm.cmdline, "vm=hello-1");
+        assert_eq!((vm.vcpus, vm.irqchip), (2, true));
         assert_eq!(vm.vsock.unwrap().uds, PathBuf::from("/run/d/hello-1.vsock"));
+    }
+
+    #[test]
+    fn modes_parse_as_in_config_files() {
+        assert_eq!("http".parse(), Ok(Mode::Http));
+        assert_eq!("tcp".parse(), Ok(Mode::Tcp));
+        assert_eq!(Mode::Tcp.to_string().parse(), Ok(Mode::Tcp));
+        let e = "udp".parse::<Mode>().unwrap_err().to_string();
+        assert!(e.contains("use http or tcp"), "{e}");
     }
 }

@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
-use crate::summon::{self, OutcomeGuard, SummonError};
-use crate::worker::RunningWorker;
+use crate::summon::{self, ConnectError, OutcomeGuard, SummonError};
+use crate::worker::{ServingWorker, WorkerError};
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -44,7 +44,9 @@ fn text(status: StatusCode, msg: String) -> Response<RespBody> {
 fn error_response(svc: &ServiceInner, e: &SummonError) -> Response<RespBody> {
     let mut r = match e {
         SummonError::Shed(_) => text(StatusCode::SERVICE_UNAVAILABLE, format!("dust: {e}")),
-        SummonError::Guest(_) => text(StatusCode::BAD_GATEWAY, format!("dust: {e}")),
+        SummonError::Guest(_) | SummonError::Connect(_) => {
+            text(StatusCode::BAD_GATEWAY, format!("dust: {e}"))
+        }
         SummonError::Timeout => text(StatusCode::GATEWAY_TIMEOUT, format!("dust: {e}")),
         SummonError::Internal(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("dust: {e}")),
     };
@@ -160,20 +162,20 @@ pub async fn handle(
 
 /// Send the request to the guest; a guest that dies first is a 502.
 async fn forward(
-    vm: &mut RunningWorker,
+    vm: &mut ServingWorker,
     stream: tokio::net::UnixStream,
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, SummonError> {
     strip_hop_by_hop(req.headers_mut());
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| SummonError::Guest(format!("HTTP handshake with the guest: {e}")))?;
+        .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     tokio::select! {
-        r = sender.send_request(req) => r.map_err(|e| SummonError::Guest(format!("guest did not answer: {e}"))),
-        exit = vm.ended() => Err(SummonError::Guest(exit.to_string())),
+        r = sender.send_request(req) => Ok(r.map_err(ConnectError::NoAnswer)?),
+        exit = vm.ended() => Err(SummonError::Guest(WorkerError::Ended(exit))),
     }
 }
 
@@ -181,7 +183,7 @@ async fn forward(
 /// client goes away, or the deadline passes).
 struct VmBody {
     inner: Incoming,
-    vm: Option<RunningWorker>,
+    vm: Option<ServingWorker>,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 

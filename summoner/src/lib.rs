@@ -41,14 +41,14 @@ pub enum AddError {
     Start(#[from] StartError),
 }
 
-/// Counters of one service, read exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Counters of one service, read exactly (the API shows them as a service's `stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceStats {
     /// VMs alive now.
     pub running: usize,
-    /// Most VMs alive at once so far.
+    /// Most VMs alive at once since the service started.
     pub max_running: usize,
-    /// Idle shells ready.
+    /// Pre-built idle VM shells ready.
     pub idle: usize,
     /// Requests waiting for admission.
     pub waiting: usize,
@@ -72,6 +72,16 @@ impl Summoner {
     /// A summoner whose workers run `exe worker` and keep sockets in `run_dir` (created,
     /// mode 0700).
     pub fn new(exe: PathBuf, run_dir: PathBuf) -> std::io::Result<Self> {
+        Self::with_worker(exe, vec!["worker".into()], run_dir)
+    }
+
+    /// A summoner whose workers run `exe args...`: any program that speaks
+    /// [`vmm::worker::protocol`] on fd 3 (tests use a stand-in that needs no /dev/kvm).
+    pub fn with_worker(
+        exe: PathBuf,
+        args: Vec<std::ffi::OsString>,
+        run_dir: PathBuf,
+    ) -> std::io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -79,7 +89,7 @@ impl Summoner {
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
-            spawner: worker::Spawner { exe, run_dir },
+            spawner: worker::Spawner { exe, args, run_dir },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),

@@ -2,7 +2,6 @@
 //! `DELETE /v1/vms/{id}` kills.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,36 +19,48 @@ pub enum VmPhase {
     Stopping,
 }
 
-impl VmPhase {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => VmPhase::Booting,
-            1 => VmPhase::Serving,
-            _ => VmPhase::Stopping,
-        }
-    }
-}
-
 /// One live VM.
-pub struct VmEntry {
-    /// Its service.
-    pub service: String,
-    /// Worker process id.
-    pub pid: u32,
-    /// When it was started.
-    pub started: Instant,
-    phase: AtomicU8,
+struct VmEntry {
+    service: String,
+    pid: u32,
+    started: Instant,
+    phase: VmPhase,
 }
 
-impl VmEntry {
-    /// Current phase.
-    pub fn phase(&self) -> VmPhase {
-        VmPhase::from_u8(self.phase.load(Ordering::SeqCst))
+/// A VM's place in the registry, held by the worker type that owns the VM: the booting
+/// worker registers it, the serving worker moves it to [`VmPhase::Serving`], and dropping it
+/// (the worker is being killed) marks it [`VmPhase::Stopping`]. The entry itself is removed
+/// once the process is reaped.
+pub struct Registered {
+    registry: Arc<Registry>,
+    id: String,
+}
+
+impl Registered {
+    /// Register a started VM as booting.
+    pub fn new(registry: &Arc<Registry>, id: &str, service: &str, pid: u32) -> Self {
+        let e = VmEntry {
+            service: service.to_string(),
+            pid,
+            started: Instant::now(),
+            phase: VmPhase::Booting,
+        };
+        registry.map().insert(id.to_string(), e);
+        Self {
+            registry: registry.clone(),
+            id: id.to_string(),
+        }
     }
 
     /// Move to `phase`.
     pub fn set_phase(&self, phase: VmPhase) {
-        self.phase.store(phase as u8, Ordering::SeqCst);
+        self.registry.set_phase(&self.id, phase);
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.set_phase(VmPhase::Stopping);
     }
 }
 
@@ -71,24 +82,18 @@ pub struct VmInfo {
 /// The live VMs.
 #[derive(Default)]
 pub struct Registry {
-    vms: Mutex<BTreeMap<String, Arc<VmEntry>>>,
+    vms: Mutex<BTreeMap<String, VmEntry>>,
 }
 
 impl Registry {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<VmEntry>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VmEntry>> {
         self.vms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add a started VM.
-    pub fn insert(&self, id: &str, service: &str, pid: u32) -> Arc<VmEntry> {
-        let e = Arc::new(VmEntry {
-            service: service.to_string(),
-            pid,
-            started: Instant::now(),
-            phase: AtomicU8::new(VmPhase::Booting as u8),
-        });
-        self.map().insert(id.to_string(), e.clone());
-        e
+    fn set_phase(&self, id: &str, phase: VmPhase) {
+        if let Some(e) = self.map().get_mut(id) {
+            e.phase = phase;
+        }
     }
 
     /// Forget a reaped VM.
@@ -100,7 +105,7 @@ impl Registry {
         VmInfo {
             id: id.to_string(),
             service: e.service.clone(),
-            phase: e.phase(),
+            phase: e.phase,
             age_ms: e.started.elapsed().as_millis() as u64,
             pid: e.pid,
         }
@@ -118,10 +123,11 @@ impl Registry {
 
     /// Kill a VM's worker (its client gets 502); false if there is no such VM.
     pub fn kill(&self, id: &str) -> bool {
-        let Some(e) = self.map().get(id).cloned() else {
+        let mut map = self.map();
+        let Some(e) = map.get_mut(id) else {
             return false;
         };
-        e.set_phase(VmPhase::Stopping);
+        e.phase = VmPhase::Stopping;
         // SAFETY: kill(2) on a pid we spawned and have not reaped yet (entries are removed
         // only after the reaper's wait), so it cannot name a recycled process.
         unsafe { libc::kill(e.pid as i32, libc::SIGKILL) };

@@ -2,17 +2,18 @@
 //! -> vsock CONNECT to the guest's port. What comes back is a byte stream into a VM that did
 //! not exist a moment before, plus the time each phase took.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dust_abi::vsock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use vmm::VmExit;
 
 use crate::admission::Rejected;
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
-use crate::worker::{RunningWorker, WorkerError};
+use crate::worker::{ServingWorker, WorkerError};
 
 /// Phase durations of one request so far.
 #[derive(Debug, Default, Clone)]
@@ -35,15 +36,47 @@ pub enum SummonError {
     /// Admission refused.
     #[error("overloaded: {0}")]
     Shed(#[from] Rejected),
-    /// The guest crashed, exited early or refused the connection.
+    /// The guest crashed or exited before it was ready, or while the request was forwarded.
     #[error("guest failed: {0}")]
-    Guest(String),
+    Guest(#[source] WorkerError),
+    /// The guest did not take the connection or did not answer on it.
+    #[error("guest failed: {0}")]
+    Connect(#[from] ConnectError),
     /// Past the request deadline.
     #[error("deadline exceeded")]
     Timeout,
     /// The summoner could not get a VM.
     #[error("cannot start a VM: {0}")]
-    Internal(String),
+    Internal(#[source] WorkerError),
+}
+
+/// Why the request could not reach the guest's port.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The VM's vsock socket cannot be connected.
+    #[error("vsock {path}: {source}")]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The handshake broke off.
+    #[error("vsock CONNECT: {0}")]
+    Io(#[from] std::io::Error),
+    /// The device closed the socket: nothing listens on the port.
+    #[error("guest is not listening on vsock port {0}")]
+    NotListening(u32),
+    /// Something other than `OK <port>` came back.
+    #[error("vsock CONNECT refused: {0:?}")]
+    Refused(String),
+    /// HTTP mode: the guest did not speak HTTP/1.1.
+    #[error("HTTP handshake with the guest: {0}")]
+    Handshake(#[source] hyper::Error),
+    /// HTTP mode: the guest closed or broke the connection instead of answering.
+    #[error("guest did not answer: {0}")]
+    NoAnswer(#[source] hyper::Error),
 }
 
 impl SummonError {
@@ -51,7 +84,7 @@ impl SummonError {
     pub fn outcome(&self) -> Outcome {
         match self {
             SummonError::Shed(_) => Outcome::shed,
-            SummonError::Guest(_) => Outcome::crash,
+            SummonError::Guest(_) | SummonError::Connect(_) => Outcome::crash,
             SummonError::Timeout => Outcome::timeout,
             SummonError::Internal(_) => Outcome::error,
         }
@@ -60,20 +93,12 @@ impl SummonError {
 
 /// A VM ready for this request, connected.
 pub struct Summoned {
-    /// The running VM (killed when dropped).
-    pub vm: RunningWorker,
+    /// The serving VM (killed when dropped).
+    pub vm: ServingWorker,
     /// The stream to the guest's port.
     pub stream: UnixStream,
     /// Phases so far.
     pub phases: Phases,
-}
-
-fn guest_failed(e: WorkerError) -> SummonError {
-    match e {
-        WorkerError::Ended(exit @ VmExit::Timeout) => SummonError::Guest(exit.to_string()),
-        WorkerError::Ended(exit) => SummonError::Guest(exit.to_string()),
-        other => SummonError::Guest(other.to_string()),
-    }
 }
 
 /// Get a fresh, ready, connected VM for one request.
@@ -91,62 +116,58 @@ pub async fn summon(
     let (idle, warm) = tokio::time::timeout_at(by, svc.pool.take())
         .await
         .map_err(|_| SummonError::Timeout)?
-        .map_err(|e| SummonError::Internal(e.to_string()))?;
+        .map_err(SummonError::Internal)?;
     phases.warm = warm;
     phases.spawn = t.elapsed();
 
     let t = Instant::now();
-    let mut vm = idle
+    let booting = idle
         .start(
             Some(permit),
             svc.metrics.clone(),
-            svc.registry.clone(),
+            &svc.registry,
             &svc.config.name,
         )
         .await
-        .map_err(|e| SummonError::Internal(e.to_string()))?;
-    tokio::time::timeout_at(by, vm.ready())
-        .await
-        .map_err(|_| SummonError::Timeout)?
-        .map_err(guest_failed)?;
-    phases.boot = t.elapsed();
-
-    let t = Instant::now();
-    let stream = tokio::time::timeout_at(by, connect(&vm, svc.config.guest_port))
+        .map_err(SummonError::Internal)?;
+    let vm = tokio::time::timeout_at(by, booting.ready())
         .await
         .map_err(|_| SummonError::Timeout)?
         .map_err(SummonError::Guest)?;
+    phases.boot = t.elapsed();
+
+    let t = Instant::now();
+    let stream = tokio::time::timeout_at(by, connect(vm.vsock(), svc.config.guest_port))
+        .await
+        .map_err(|_| SummonError::Timeout)??;
     phases.connect = t.elapsed();
     Ok(Summoned { vm, stream, phases })
 }
 
-/// Firecracker's hybrid vsock handshake: `CONNECT <port>\n` -> `OK <host_port>\n`.
-async fn connect(vm: &RunningWorker, port: u32) -> Result<UnixStream, String> {
-    let path = vm.vsock().ok_or("VM has no vsock socket")?;
+/// Firecracker's hybrid vsock handshake on the VM's socket `path`: `CONNECT <port>\n` ->
+/// `OK <host_port>\n` (`dust_abi::vsock`).
+async fn connect(path: &Path, port: u32) -> Result<UnixStream, ConnectError> {
     let mut s = UnixStream::connect(path)
         .await
-        .map_err(|e| format!("vsock {}: {e}", path.display()))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .await
-        .map_err(|e| format!("vsock CONNECT: {e}"))?;
+        .map_err(|source| ConnectError::Socket {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    s.write_all(vsock::connect_line(port).as_bytes()).await?;
     // Byte by byte, so that nothing the guest sends after the OK line is consumed here.
-    let mut line = Vec::with_capacity(16);
-    loop {
+    let mut line = Vec::with_capacity(vsock::LINE_MAX);
+    while line.last() != Some(&b'\n') && line.len() < vsock::LINE_MAX {
         let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(1) if b[0] == b'\n' => break,
-            Ok(1) if line.len() < 32 => line.push(b[0]),
-            Ok(_) => return Err(format!("guest is not listening on vsock port {port}")),
-            Err(e) => return Err(format!("vsock CONNECT: {e}")),
+        if s.read(&mut b).await? == 0 {
+            return Err(ConnectError::NotListening(port));
         }
+        line.push(b[0]);
     }
-    if line.starts_with(b"OK ") {
-        Ok(s)
-    } else {
-        Err(format!(
-            "vsock CONNECT refused: {}",
-            String::from_utf8_lossy(&line)
-        ))
+    match vsock::parse_ok(&line) {
+        Some(_) => Ok(s),
+        None => Err(ConnectError::Refused(
+            String::from_utf8_lossy(&line).into_owned(),
+        )),
     }
 }
 

@@ -1,11 +1,14 @@
-//! Worker processes, seen from the summoner: one VM per process (DESIGN.md, process model).
+//! Worker processes, seen from the summoner: one VM per process (docs/architecture.md,
+//! process model).
 //!
 //! The lifecycle is in the types: [`IdleWorker`] (process started, VM shell built, never ran
-//! guest code) -> [`RunningWorker`] (started; waits for ready, serves one request) -> dead.
-//! Dropping a `RunningWorker` kills its process and reaps it off the request path; the
-//! admission permit it carries is released only once the process is gone, so "VMs alive"
-//! never exceeds the service's limit.
+//! guest code) -> [`BootingWorker`] (started, waiting for the guest's ready) ->
+//! [`ServingWorker`] (ready: its vsock socket reaches the guest) -> dead. The registry shows
+//! the phase of the type that holds the VM. Dropping a booting or serving worker kills its
+//! process and reaps it off the request path; the admission permit it carries is released
+//! only once the process is gone, so "VMs alive" never exceeds the service's limit.
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use vmm::worker::protocol::{Command as Cmd, Event, CONTROL_FD};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;
-use crate::registry::{Registry, VmEntry, VmPhase};
+use crate::registry::{Registered, Registry, VmPhase};
 
 /// A worker that failed before or while starting its VM.
 #[derive(Debug, thiserror::Error)]
@@ -45,22 +48,33 @@ pub enum WorkerError {
     /// The worker went away without a word.
     #[error("worker exited unexpectedly")]
     Vanished,
-    /// The VM ended before it was ready.
-    #[error("VM ended before it was ready: {0}")]
+    /// The VM ended (before it was ready, or while it served).
+    #[error("{0}")]
     Ended(VmExit),
+    /// The worker answered out of turn.
+    #[error("unexpected event from the worker: {0:?}")]
+    Unexpected(Box<Event>),
+    /// A command could not be encoded.
+    #[error("encoding a worker command: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
-/// A live worker process and its control channel.
+/// What runs once a worker's process is dead and reaped.
+type OnReaped = Box<dyn FnOnce() + Send + Sync>;
+
+/// A live worker process and its control channel. Dropping it kills the process.
 struct Process {
+    /// `None` only while it is being dropped.
     child: Option<Child>,
     ctl: OwnedWriteHalf,
     events: mpsc::UnboundedReceiver<Event>,
     vsock: PathBuf,
+    on_reaped: Option<OnReaped>,
 }
 
 impl Process {
     async fn send(&mut self, cmd: &Cmd) -> Result<(), WorkerError> {
-        let mut line = serde_json::to_vec(cmd).map_err(|e| WorkerError::Reported(e.to_string()))?;
+        let mut line = serde_json::to_vec(cmd)?;
         line.push(b'\n');
         self.ctl.write_all(&line).await?;
         Ok(())
@@ -74,13 +88,17 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            reap(child, self.vsock.clone(), None);
+            reap(
+                child,
+                std::mem::take(&mut self.vsock),
+                self.on_reaped.take(),
+            );
         }
     }
 }
 
-/// Kill `child` and wait for it in the background; then remove its socket and drop `permit`.
-fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>>) {
+/// Kill `child` and wait for it in the background; then remove its socket and run `after`.
+fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
     let _ = child.start_kill();
     let finish = move || {
         let _ = std::fs::remove_file(&vsock);
@@ -105,8 +123,11 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>
 /// Starts worker processes.
 #[derive(Debug, Clone)]
 pub struct Spawner {
-    /// The `dust` executable (run as `dust worker`).
+    /// The worker executable: `dust`, or a stand-in that speaks the same protocol (the
+    /// summoner's tests use one that needs no /dev/kvm).
     pub exe: PathBuf,
+    /// Its arguments (`worker` for `dust`).
+    pub args: Vec<OsString>,
     /// Where VM sockets go.
     pub run_dir: PathBuf,
 }
@@ -174,7 +195,7 @@ impl Spawner {
                 proc,
             }),
             Event::Error { message } => Err(WorkerError::Reported(message)),
-            other => Err(WorkerError::Reported(format!("unexpected event {other:?}"))),
+            other => Err(WorkerError::Unexpected(Box::new(other))),
         }
     }
 
@@ -182,7 +203,7 @@ impl Spawner {
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("worker")
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -226,64 +247,62 @@ impl Spawner {
             ctl,
             events,
             vsock,
+            on_reaped: None,
         })
     }
 }
 
 impl IdleWorker {
-    /// Run the VM. `permit` (the admission slot) and `metrics` travel with it until the
-    /// process is dead.
+    /// Run the VM. `permit` (the admission slot) and `metrics`' running count travel with
+    /// it until the process is dead.
     pub async fn start(
         mut self,
         permit: Option<OwnedSemaphorePermit>,
         metrics: Arc<ServiceMetrics>,
-        registry: Arc<Registry>,
+        registry: &Arc<Registry>,
         service: &str,
-    ) -> Result<RunningWorker, WorkerError> {
+    ) -> Result<BootingWorker, WorkerError> {
         metrics.vm_started();
         let pid = self.proc.child.as_ref().and_then(Child::id).unwrap_or(0);
-        let entry = registry.insert(&self.vm_id, service, pid);
-        let mut running = RunningWorker {
-            vm_id: std::mem::take(&mut self.vm_id),
-            proc: Some(self.proc),
-            permit,
-            metrics,
-            registry,
+        let entry = Registered::new(registry, &self.vm_id, service, pid);
+        let (registry, id) = (registry.clone(), self.vm_id.clone());
+        // Last out of the registry, so that a VM it no longer lists has given back its slot.
+        self.proc.on_reaped = Some(Box::new(move || {
+            metrics.vm_stopped();
+            drop(permit);
+            registry.remove(&id);
+        }));
+        let mut booting = BootingWorker {
             entry,
+            vm_id: self.vm_id,
+            proc: self.proc,
         };
-        running.proc_mut()?.send(&Cmd::Start).await?;
-        Ok(running)
+        booting.proc.send(&Cmd::Start).await?;
+        Ok(booting)
     }
 }
 
-/// A worker whose VM runs.
-pub struct RunningWorker {
+/// A worker whose VM runs and whose guest is not ready yet. Dropping it kills the VM.
+pub struct BootingWorker {
+    // Fields drop in order: the registry shows "stopping" before the kill.
+    entry: Registered,
     /// VM id.
     pub vm_id: String,
-    proc: Option<Process>,
-    permit: Option<OwnedSemaphorePermit>,
-    metrics: Arc<ServiceMetrics>,
-    registry: Arc<Registry>,
-    entry: Arc<VmEntry>,
+    proc: Process,
 }
 
-impl RunningWorker {
-    fn proc_mut(&mut self) -> Result<&mut Process, WorkerError> {
-        self.proc.as_mut().ok_or(WorkerError::Vanished)
-    }
-
-    /// The VM's vsock socket.
-    pub fn vsock(&self) -> Option<&Path> {
-        self.proc.as_ref().map(|p| p.vsock.as_path())
-    }
-
+impl BootingWorker {
     /// Wait for the guest's "ready".
-    pub async fn ready(&mut self) -> Result<(), WorkerError> {
+    pub async fn ready(mut self) -> Result<ServingWorker, WorkerError> {
         loop {
-            match self.proc_mut()?.next().await? {
+            match self.proc.next().await? {
                 Event::Ready { .. } => {
                     self.entry.set_phase(VmPhase::Serving);
-                    return Ok(());
+                    return Ok(ServingWorker {
+                        _entry: self.entry,
+                        vm_id: self.vm_id,
+                        proc: self.proc,
+                    });
                 }
                 Event::Exited { exit, .. } => return Err(WorkerError::Ended(exit)),
                 Event::Error { message } => return Err(WorkerError::Reported(message)),
@@ -291,17 +310,31 @@ impl RunningWorker {
             }
         }
     }
+}
+
+/// A worker whose guest is ready: its vsock socket reaches the guest. Dropping it kills the
+/// VM.
+pub struct ServingWorker {
+    // Held for its drop, which marks the VM stopping before the kill.
+    _entry: Registered,
+    /// VM id.
+    pub vm_id: String,
+    proc: Process,
+}
+
+impl ServingWorker {
+    /// The VM's vsock socket.
+    pub fn vsock(&self) -> &Path {
+        &self.proc.vsock
+    }
 
     /// Wait until the VM ends on its own; returns how.
     pub async fn ended(&mut self) -> VmExit {
         loop {
-            match self.proc_mut() {
-                Ok(p) => match p.next().await {
-                    Ok(Event::Exited { exit, .. }) => return exit,
-                    Ok(Event::Error { message }) => return VmExit::VmmError(message),
-                    Ok(_) => {}
-                    Err(_) => return VmExit::VmmError("worker vanished".into()),
-                },
+            match self.proc.next().await {
+                Ok(Event::Exited { exit, .. }) => return exit,
+                Ok(Event::Error { message }) => return VmExit::VmmError(message),
+                Ok(_) => {}
                 Err(_) => return VmExit::VmmError("worker vanished".into()),
             }
         }
@@ -310,8 +343,8 @@ impl RunningWorker {
     /// Time the guest has spent in KVM_RUN so far (a round trip to the worker; 0 if it does
     /// not answer within a few milliseconds).
     pub async fn guest_us(&mut self) -> u64 {
+        let p = &mut self.proc;
         let ask = async {
-            let p = self.proc_mut()?;
             p.send(&Cmd::Stats).await?;
             loop {
                 match p.next().await? {
@@ -326,30 +359,5 @@ impl RunningWorker {
             .ok()
             .and_then(Result::ok)
             .unwrap_or(0)
-    }
-}
-
-impl Drop for RunningWorker {
-    fn drop(&mut self) {
-        let permit = self.permit.take();
-        let metrics = self.metrics.clone();
-        let (registry, id) = (self.registry.clone(), std::mem::take(&mut self.vm_id));
-        self.entry.set_phase(VmPhase::Stopping);
-        let after: Box<dyn FnOnce() + Send> = Box::new(move || {
-            registry.remove(&id);
-            metrics.vm_stopped();
-            drop(permit);
-        });
-        match self.proc.as_mut().and_then(|p| p.child.take()) {
-            Some(child) => {
-                let vsock = self
-                    .proc
-                    .as_ref()
-                    .map(|p| p.vsock.clone())
-                    .unwrap_or_default();
-                reap(child, vsock, Some(after));
-            }
-            None => after(),
-        }
     }
 }

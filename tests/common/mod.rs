@@ -1,9 +1,12 @@
 //! Shared helpers of the integration tests: real guests on real /dev/kvm, nothing mocked.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+
+mod host;
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use host::*;
 
 /// True when /dev/kvm can be used. Without it the test says so loudly and passes, except
 /// under CI (`CI=true`), where a missing /dev/kvm fails the run.
@@ -60,147 +63,4 @@ pub fn dust() -> Command {
 /// Run `dust run <args>`, returning its output.
 pub fn dust_run(args: &[&str]) -> Output {
     dust().arg("run").args(args).output().expect("spawn dust")
-}
-
-/// A scratch directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "dust-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).expect("write temp file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Open file descriptors of this process.
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
-/// Threads of this process.
-pub fn thread_count() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Threads: line")
-}
-
-/// A minimal blocking HTTP/1.1 exchange (one request per connection), for tests that must
-/// see exactly what went over the wire.
-pub struct HttpReply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Read one HTTP/1.1 response (Content-Length or close-delimited body) from `s`.
-pub fn read_reply(s: &mut impl std::io::Read) -> std::io::Result<HttpReply> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "no response head",
-            ));
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let len = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    let mut body = Vec::new();
-    match len {
-        Some(n) => {
-            body.resize(n, 0);
-            s.read_exact(&mut body)?;
-        }
-        None => {
-            s.read_to_end(&mut body)?;
-        }
-    }
-    Ok(HttpReply {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// `GET path` on a fresh connection.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<HttpReply> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )?;
-    read_reply(&mut s)
-}
-
-/// Child processes of this process (worker leak check).
-pub fn child_pids() -> Vec<u32> {
-    let me = std::process::id();
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|pid| {
-                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                        .ok()
-                        .and_then(|s| {
-                            let after = s.rsplit_once(')')?.1.to_string();
-                            after.split_whitespace().nth(1)?.parse::<u32>().ok()
-                        })
-                        == Some(me)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -119,7 +119,7 @@ fn firecracker_config(image: &Path) -> String {
     .to_string()
 }
 
-/// The leanest QEMU microvm of DESIGN.md.
+/// The leanest QEMU microvm that boots here (docs/benchmarks.md, the machines).
 fn qemu_cmd(qemu: &Path, image: &Path) -> Command {
     let mut c = Command::new(qemu);
     c.args([

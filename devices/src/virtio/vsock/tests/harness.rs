@@ -292,7 +292,8 @@ impl Harness {
     pub fn client(&self, port: u32) -> UnixStream {
         let mut s = UnixStream::connect(&self.uds).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        writeln!(s, "CONNECT {port}").unwrap();
+        s.write_all(dust_abi::vsock::connect_line(port).as_bytes())
+            .unwrap();
         s
     }
 

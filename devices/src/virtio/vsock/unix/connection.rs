@@ -249,10 +249,9 @@ impl Connection {
         self.state = State::Established;
         // Tell the host client its port. A fresh socket's send buffer takes these few bytes
         // whole; if it somehow does not, the connection cannot be used.
-        let mut line = [0u8; 24];
-        let len = format_ok_line(&mut line, self.local_port);
-        match super::sys::send(&self.stream, &line[..len]) {
-            Ok(n) if n == len => Verdict::Keep,
+        let line = dust_abi::vsock::ok_line(self.local_port);
+        match super::sys::send(&self.stream, line.as_bytes()) {
+            Ok(n) if n == line.as_bytes().len() => Verdict::Keep,
             Ok(_) | Err(_) => {
                 warn!(
                     port = self.local_port,
@@ -516,41 +515,5 @@ impl Connection {
             // Half close: the host may still read what the guest sends.
             self.emit(pkt, OP_SHUTDOWN, SHUTDOWN_SEND, Verdict::Keep)
         }
-    }
-}
-
-/// Write `OK <port>\n` into `buf`; returns its length.
-fn format_ok_line(buf: &mut [u8; 24], port: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let mut n = port;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let digits = &digits[i..];
-    buf[..3].copy_from_slice(b"OK ");
-    buf[3..3 + digits.len()].copy_from_slice(digits);
-    buf[3 + digits.len()] = b'\n';
-    4 + digits.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ok_line() {
-        let mut buf = [0u8; 24];
-        let n = format_ok_line(&mut buf, 1 << 30);
-        assert_eq!(&buf[..n], b"OK 1073741824\n");
-        let n = format_ok_line(&mut buf, 0);
-        assert_eq!(&buf[..n], b"OK 0\n");
-        let n = format_ok_line(&mut buf, u32::MAX);
-        assert_eq!(&buf[..n], b"OK 4294967295\n");
     }
 }

@@ -14,14 +14,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use dust_abi::vsock::{GUEST_CID, HOST_CID};
+use dust_abi::vsock::{parse_connect, GUEST_CID, HOST_CID, LINE_MAX as CONNECT_LINE_MAX};
 use event_manager::{EventOps, EventSet, Events};
 use tracing::{debug, warn};
 use virtio_vsock::packet::VsockPacket;
 
 use super::connection::{Connection, Ctrl, RxOutcome, Verdict};
 use super::sys::{connect_nonblocking, peek};
-use super::{parse_connect_line, CONNECT_LINE_MAX, FIRST_LOCAL_PORT, MAX_CONNECTIONS};
+use super::{FIRST_LOCAL_PORT, MAX_CONNECTIONS};
 use crate::virtio::vsock::packet::{RxHeader, OP_REQUEST, OP_RST, TYPE_STREAM};
 use crate::virtio::vsock::VsockError;
 
@@ -297,7 +297,7 @@ impl VsockMuxer {
             }
             return;
         }
-        match parse_connect_line(line) {
+        match parse_connect(line) {
             Some(port) => self.host_connect(fd, port),
             None => self.drop_client(fd, ops, "malformed CONNECT line"),
         }
