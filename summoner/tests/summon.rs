@@ -68,13 +68,13 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 impl Env {
-    fn add(&self, s: ServiceConfig) -> SocketAddr {
-        self.summoner.add(s).unwrap()
+    async fn add(&self, s: ServiceConfig) -> SocketAddr {
+        self.summoner.add(s).await.unwrap()
     }
 
     /// Add `s` and send it one request.
     async fn add_and_get(&self, s: ServiceConfig) -> HttpReply {
-        get(self.add(s)).await
+        get(self.add(s).await).await
     }
 
     fn stats(&self, name: &str) -> ServiceStats {
@@ -136,7 +136,7 @@ async fn fake_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_a_vm_of_its_own() {
     let env = env().await;
-    let addr = env.add(service("fresh", "answer"));
+    let addr = env.add(service("fresh", "answer")).await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..6 {
         let r = get(addr).await;
@@ -150,7 +150,7 @@ async fn every_request_gets_a_vm_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_timing_names_every_phase_and_the_guest_time() {
     let env = env().await;
-    let addr = env.add(service("timing", "answer"));
+    let addr = env.add(service("timing", "answer")).await;
     let r = get(addr).await;
     let timing = r.header("server-timing").unwrap();
     for phase in [
@@ -169,7 +169,7 @@ async fn server_timing_names_every_phase_and_the_guest_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_refills_after_each_request_and_serves_warm() {
     let env = env().await;
-    let addr = env.add(service("refill", "answer"));
+    let addr = env.add(service("refill", "answer")).await;
     for _ in 0..3 {
         env.settle("refill", POOL).await;
         let r = get(addr).await;
@@ -257,7 +257,7 @@ async fn a_full_service_sheds_with_503_and_retry_after() {
     let mut s = service("full", "never-answers");
     s.max_concurrent = 1;
     s.queue_depth = 0;
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     let held = held_request(&env, addr).await;
     let r = get(addr).await;
     assert_eq!(r.status, 503);
@@ -270,7 +270,7 @@ async fn a_full_service_sheds_with_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_takes_its_vm_with_it() {
     let env = env().await;
-    let addr = env.add(service("gone", "never-answers"));
+    let addr = env.add(service("gone", "never-answers")).await;
     let held = held_request(&env, addr).await;
     assert_eq!(env.stats("gone").running, 1);
     drop(held);
@@ -286,7 +286,7 @@ async fn the_permit_is_released_when_the_vm_is_reaped() {
     let mut s = service("permit", "answer");
     s.max_concurrent = 1;
     s.queue_depth = 0;
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     // With one slot and no queue, each request is admitted only if the last VM's permit
     // came back; a leaked permit turns the next request into a 503.
     for i in 0..5 {
@@ -301,7 +301,7 @@ async fn the_permit_is_released_when_the_vm_is_reaped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_serving_vm_is_502_for_its_client() {
     let env = env().await;
-    let addr = env.add(service("kill", "never-answers"));
+    let addr = env.add(service("kill", "never-answers")).await;
     let mut held = held_request(&env, addr).await;
     let id = env.summoner.vms()[0].id.clone();
     assert!(env.summoner.kill_vm(&id));
@@ -318,7 +318,7 @@ async fn tcp_mode_splices_a_connection_into_its_own_vm() {
     let env = env().await;
     let mut s = service("splice", "echo");
     s.mode = Mode::Tcp;
-    let addr = env.add(s);
+    let addr = env.add(s).await;
     let echoed = tokio::task::spawn_blocking(move || {
         let mut c = TcpStream::connect(addr).unwrap();
         c.write_all(b"ping").unwrap();
@@ -336,7 +336,7 @@ async fn tcp_mode_splices_a_connection_into_its_own_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_kills_in_flight_and_idle_vms() {
     let env = env().await;
-    let addr = env.add(service("stop", "never-answers"));
+    let addr = env.add(service("stop", "never-answers")).await;
     let held = held_request(&env, addr).await;
     // finish() gives in-flight requests a grace period, then kills them, and checks that
     // no worker or socket is left.
@@ -347,7 +347,7 @@ async fn shutdown_kills_in_flight_and_idle_vms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_service_closes_its_port() {
     let env = env().await;
-    let addr = env.add(service("gone-soon", "answer"));
+    let addr = env.add(service("gone-soon", "answer")).await;
     assert!(
         env.summoner
             .remove("gone-soon", Duration::from_secs(1))
@@ -359,5 +359,40 @@ async fn removing_a_service_closes_its_port() {
             .await
     );
     assert!(TcpStream::connect(addr).is_err());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
+    let env = env().await;
+    let mut s = service("snap", "answer");
+    s.snapshot = true;
+    let r = env.add_and_get(s).await;
+    assert_eq!(r.status, 200);
+    let timing = r.header("server-timing").unwrap();
+    assert!(timing.contains("desc=\"snapshot\""), "{timing}");
+    let run = env.dir.path().join("run");
+    let snaps = || {
+        std::fs::read_dir(&run)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".snap")
+            })
+            .count()
+    };
+    assert_eq!(snaps(), 1, "the template's snapshot is in the run dir");
+    assert!(env
+        .summoner
+        .metrics_text()
+        .contains("dust_service_start_mode{service=\"snap\",start=\"snapshot\"} 1"));
+    assert!(env.summoner.remove("snap", Duration::from_secs(1)).await);
+    until("the snapshot is deleted", || snaps() == 0).await;
+    // A template that never gets ready fails the service, which never exists.
+    let mut bad = service("snap-bad", "crashes");
+    bad.snapshot = true;
+    let err = env.summoner.add(bad).await.unwrap_err().to_string();
+    assert!(err.contains("template"), "{err}");
+    assert!(env.summoner.stats("snap-bad").is_none());
     env.finish().await;
 }

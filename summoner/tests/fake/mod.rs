@@ -118,6 +118,33 @@ pub fn serve() -> ! {
                 let timings = Timings::default();
                 send(&out, &Event::Built { timings });
             }
+            Command::Snapshot { config, dir } => {
+                // A "template": the behaviour goes into the snapshot directory, which the
+                // restored shells read back.
+                let behaviour = Behaviour::from_cmdline(&config.cmdline);
+                if behaviour == Behaviour::BuildFails || behaviour == Behaviour::Crashes {
+                    let message = "fake: the guest did not reach ready".to_string();
+                    send(&out, &Event::Error { message });
+                    std::process::exit(i32::from(dust_abi::status::VMM_ERROR));
+                }
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("snapshot"), &config.cmdline).unwrap();
+                let info = vmm::snapshot::SnapshotInfo {
+                    guest_us: GUEST_US,
+                    total_us: GUEST_US,
+                    memory_bytes: 4096,
+                };
+                send(&out, &Event::Snapshotted { info });
+                std::process::exit(0);
+            }
+            Command::Restore { config } => {
+                let cmdline = std::fs::read_to_string(config.snapshot.join("snapshot")).unwrap();
+                let behaviour = Behaviour::from_cmdline(&cmdline);
+                let uds = config.vsock.unwrap().uds;
+                vm = Some((config.id, behaviour, UnixListener::bind(uds).unwrap()));
+                let timings = Timings::default();
+                send(&out, &Event::Built { timings });
+            }
             Command::Start => {
                 let (vm_id, behaviour, listener) = vm.take().unwrap();
                 match behaviour {
