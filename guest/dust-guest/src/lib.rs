@@ -27,7 +27,6 @@ extern crate alloc;
 pub mod boot;
 mod cell;
 pub mod cmdline;
-mod devices;
 #[cfg(not(test))]
 mod heap;
 pub mod http;
@@ -36,6 +35,7 @@ mod irq;
 mod mem;
 #[cfg(not(test))]
 mod panic;
+mod pseudo;
 #[cfg(not(test))]
 mod pvh;
 mod scan;
@@ -47,7 +47,7 @@ pub mod vminfo;
 pub mod vsock;
 
 pub use cmdline::{arg_value, args, cmdline, params};
-pub use devices::{PANIC_STATUS, exit, halt, ready};
+pub use pseudo::{PANIC_STATUS, exit, halt, ready};
 
 /// What a guest's `main` may return; the value becomes the VM's exit status.
 pub trait Termination {

@@ -132,5 +132,5 @@ pub extern "C" fn rust_eh_personality() {}
 /// Referenced by the prebuilt `core`; never called with `panic = "abort"`.
 #[unsafe(no_mangle)]
 pub extern "C" fn _Unwind_Resume() -> ! {
-    crate::devices::exit(crate::devices::PANIC_STATUS)
+    crate::pseudo::exit(crate::pseudo::PANIC_STATUS)
 }

@@ -1,6 +1,6 @@
 //! Panics print their message on serial and end the VM with [`PANIC_STATUS`].
 
-use crate::devices::{PANIC_STATUS, exit};
+use crate::pseudo::{PANIC_STATUS, exit};
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

@@ -89,7 +89,7 @@ impl Serial {
         // 2-4 byte `rep outsb` as one wide port access, which a UART ignores.
         if bytes.len() <= 4 {
             for &b in bytes {
-                crate::devices::outb(COM1, b);
+                crate::pseudo::outb(COM1, b);
             }
             return;
         }
