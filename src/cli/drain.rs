@@ -3,7 +3,7 @@
 //! a balancer can follow. On SIGTERM, SIGINT or `POST /v1/drain`: health answers 503 at once;
 //! the services keep accepting for the drain delay, so the balancer's health checks see the
 //! 503 and it stops sending; then the caller closes the listeners and lets in-flight requests
-//! finish within the grace period. A second signal during the delay cuts it short.
+//! finish within the grace period. A signal during the delay cuts it short.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,7 +97,7 @@ pub async fn wait_then_drain(summoner: &Summoner, delay: Duration) {
     eprintln!("dust: draining: health answers 503, still accepting for {shown}");
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
-        _ = term.recv() => eprintln!("dust: second signal: drain delay cut short"),
-        _ = int.recv() => eprintln!("dust: second signal: drain delay cut short"),
+        _ = term.recv() => eprintln!("dust: signal during the drain delay: cut short"),
+        _ = int.recv() => eprintln!("dust: signal during the drain delay: cut short"),
     }
 }
