@@ -60,4 +60,8 @@ pub trait Control: Send + Sync + 'static {
 
     /// Prometheus text exposition of the daemon's metrics.
     fn metrics_text(&self) -> String;
+
+    /// Start draining the whole daemon, as SIGTERM does: `/healthz` turns 503 at once, the
+    /// daemon stops after its drain delay and grace period. False if it was already draining.
+    fn drain(&self) -> bool;
 }

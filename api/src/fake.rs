@@ -20,6 +20,8 @@ pub struct Fake {
     pub log: Mutex<Vec<String>>,
     /// Make the next add fail as if its port were taken.
     pub fail_next_add: AtomicBool,
+    /// Set by the first drain.
+    pub draining: AtomicBool,
 }
 
 impl Fake {
@@ -120,5 +122,11 @@ impl Control for Fake {
 
     fn metrics_text(&self) -> String {
         "# HELP dust_running_vms VMs alive\n# TYPE dust_running_vms gauge\n# EOF\n".into()
+    }
+
+    fn drain(&self) -> bool {
+        let first = !self.draining.swap(true, Ordering::SeqCst);
+        self.log.lock().unwrap().push("drain".into());
+        first
     }
 }

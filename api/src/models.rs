@@ -16,6 +16,15 @@ pub struct Health {
     pub status: String,
 }
 
+/// `POST /v1/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Always "draining".
+    pub status: String,
+    /// False if an earlier signal or request had already started the drain.
+    pub started: bool,
+}
+
 /// `GET /v1/version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {

@@ -205,6 +205,17 @@ impl<C: Control> Router<C> {
                 tracing::info!(vm = %param, "VM killed through the control API");
                 no_content()
             }
+            Endpoint::Drain => {
+                let started = c.drain();
+                tracing::info!(started, "drain requested through the control API");
+                json(
+                    StatusCode::ACCEPTED,
+                    &models::Drain {
+                        status: "draining".into(),
+                        started,
+                    },
+                )
+            }
             Endpoint::Metrics => {
                 let mut resp = Response::new(Full::new(Bytes::from(c.metrics_text())));
                 resp.headers_mut().insert(

@@ -28,6 +28,8 @@ pub enum Endpoint {
     DeleteVm,
     /// Prometheus text.
     Metrics,
+    /// Drain and stop the daemon, as SIGTERM does.
+    Drain,
 }
 
 /// One route: a method, a path template (`{param}` matches one non-empty segment) and what
@@ -63,6 +65,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/vms/{id}", Endpoint::GetVm),
     route("DELETE", "/v1/vms/{id}", Endpoint::DeleteVm),
     route("GET", "/metrics", Endpoint::Metrics),
+    route("POST", "/v1/drain", Endpoint::Drain),
 ];
 
 /// A matched route and its one path parameter, if the template has one.

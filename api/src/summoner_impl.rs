@@ -69,4 +69,8 @@ impl Control for Summoner {
     fn metrics_text(&self) -> String {
         Summoner::metrics_text(self)
     }
+
+    fn drain(&self) -> bool {
+        Summoner::drain(self)
+    }
 }

@@ -317,6 +317,9 @@ impl Control for Slow {
     fn metrics_text(&self) -> String {
         String::new()
     }
+    fn drain(&self) -> bool {
+        false
+    }
 }
 
 #[tokio::test]

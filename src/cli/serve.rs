@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use dust_abi::status;
-use summoner::{FileConfig, Mode, ServiceConfig, Summoner};
+use summoner::{FileConfig, Mode, Summoner};
 
 use super::service::ServiceFlags;
 
@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// `Authorization: Bearer <token>` with the token from $DUST_API_TOKEN.
     #[arg(long)]
     pub api_tcp: Option<SocketAddr>,
+    /// Serve /healthz, /readyz and /livez here for load balancers (docs/deploy.md).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
+    /// After SIGTERM or POST /v1/drain, keep accepting this long while /healthz already
+    /// answers 503, so balancers stop sending first (default 0, or the file's drain_delay).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_delay: Option<Duration>,
 }
 
 /// Where the built-in demo's guest image is looked for: $DUST_GUEST_DIR, the checkout this
@@ -61,7 +68,7 @@ pub fn find_guest(name: &str) -> Option<PathBuf> {
 }
 
 impl ServeArgs {
-    fn services(&self) -> Result<(Option<PathBuf>, Vec<ServiceConfig>), String> {
+    fn services(&self) -> Result<FileConfig, String> {
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -70,7 +77,7 @@ impl ServeArgs {
             if file.services.is_empty() {
                 return Err(format!("{}: no [[service]] defined", path.display()));
             }
-            return Ok((file.run_dir, file.services));
+            return Ok(file);
         }
         let image = match &self.image {
             Some(i) => i.clone(),
@@ -80,23 +87,34 @@ impl ServeArgs {
             )?,
         };
         let s = self.service.config(&self.name, self.listen, image);
-        Ok((None, vec![s]))
+        Ok(FileConfig {
+            services: vec![s],
+            ..FileConfig::default()
+        })
     }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    let (file_run_dir, services) = match args.services() {
+    let file = match args.services() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dust: {e}");
             return ExitCode::from(status::VMM_ERROR);
         }
     };
+    // Before the runtime starts threads: this edits the environment.
+    if let Err(e) = super::drain::adopt_sockets() {
+        eprintln!("dust: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
+    let services = file.services;
+    let health_listen = args.health_listen.or(file.health_listen);
+    let drain_delay = args.drain_delay.unwrap_or(file.drain_delay);
     let run_dir = args
         .run_dir
         .clone()
-        .or(file_run_dir)
+        .or(file.run_dir)
         .unwrap_or_else(summoner::default_run_dir);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -150,12 +168,25 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         eprintln!("dust: control API on {}", api.unix_path().display());
+        super::drain::warn_unclaimed();
+        let health = match health_listen.map(|a| super::drain::Health::start(a, summoner.clone())) {
+            Some(Ok((h, addr))) => {
+                eprintln!("dust: health on http://{addr}/healthz");
+                Some(h)
+            }
+            Some(Err(e)) => {
+                eprintln!("dust: {e}");
+                summoner.shutdown(Duration::ZERO).await;
+                return ExitCode::from(status::VMM_ERROR);
+            }
+            None => None,
+        };
         let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api_task = tokio::spawn(api.serve(summoner.clone(), async move {
             let _ = api_stopped.await;
         }));
         notify_systemd();
-        wait_for_stop().await;
+        super::drain::wait_then_drain(&summoner, drain_delay).await;
         let grace = humantime::format_duration(args.grace);
         eprintln!("dust: stopping (grace {grace})");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -163,6 +194,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         summoner.shutdown(args.grace).await;
         let _ = stop_api.send(());
         let _ = api_task.await;
+        if let Some(h) = health {
+            h.stop().await;
+        }
         ExitCode::SUCCESS
     })
 }
@@ -200,19 +234,5 @@ fn notify_systemd() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
         });
-    }
-}
-
-async fn wait_for_stop() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

@@ -330,6 +330,14 @@ pub struct FileConfig {
     /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// Where `/healthz`, `/readyz` and `/livez` are served for load balancers (default:
+    /// nowhere).
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
+    /// After SIGTERM or `POST /v1/drain`, how long services keep accepting while health
+    /// already says 503, so that balancers stop sending first (default: 0).
+    #[serde(default, with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -363,6 +371,11 @@ guest_port = 5000
         assert_eq!(c.services[0].max_concurrent, 4);
         assert_eq!(c.services[1].mode, Mode::Tcp);
         assert_eq!((c.services[0].vcpus, c.services[0].irqchip), (1, false));
+        assert_eq!((c.health_listen, c.drain_delay), (None, Duration::ZERO));
+        let c: FileConfig =
+            toml::from_str("health_listen = \"127.0.0.1:9090\"\ndrain_delay = \"3s\"\n").unwrap();
+        assert_eq!(c.health_listen, "127.0.0.1:9090".parse().ok());
+        assert_eq!(c.drain_delay, Duration::from_secs(3));
         let e = toml::from_str::<FileConfig>(
             "[[service]]\nname='a'\nlisten='1.2.3.4:1'\nimage='x'\nport=3",
         )

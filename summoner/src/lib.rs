@@ -8,10 +8,14 @@
 //! - [`admission`]: concurrency limit, bounded queue, deadlines.
 //! - [`summon`], [`http`], [`tcp`]: the per-request path.
 //! - [`metrics`]: counters and phase histograms.
+//! - [`health`]: `/healthz` for load balancers, and the drain flag.
+//! - [`listen`]: sockets inherited through systemd socket activation, or bound.
 
 pub mod admission;
 pub mod config;
+pub mod health;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
@@ -60,6 +64,7 @@ pub struct Summoner {
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
+    drain: health::Drain,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -93,6 +98,7 @@ impl Summoner {
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
+            drain: health::Drain::default(),
         })
     }
 

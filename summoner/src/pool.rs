@@ -26,6 +26,8 @@ pub struct Pool {
     id_prefix: String,
     /// Snapshot mode: shells are restored from this instead of booted.
     template: Option<Arc<Template>>,
+    /// Why the last background build failed, until one succeeds (health reads it).
+    failure: Mutex<Option<String>>,
 }
 
 impl Pool {
@@ -53,6 +55,7 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             refill: Notify::new(),
             closed: AtomicBool::new(false),
+            failure: Mutex::new(None),
         }
     }
 
@@ -110,6 +113,7 @@ impl Pool {
             match self.spawn().await {
                 Ok(w) => {
                     backoff = Duration::from_millis(100);
+                    self.set_failure(None);
                     if self.closed.load(Ordering::SeqCst) {
                         break;
                     }
@@ -119,6 +123,7 @@ impl Pool {
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
+                    self.set_failure(Some(e.to_string()));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -143,6 +148,19 @@ impl Pool {
     /// Whether shells are restored from a snapshot.
     pub fn snapshot_mode(&self) -> bool {
         self.template.is_some()
+    }
+
+    fn set_failure(&self, why: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    /// Why the pool cannot build shells, if its last attempt failed: the image is gone, the
+    /// snapshot cannot be restored, workers cannot start. `None` while filled or filling.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Shells ready now.

@@ -80,7 +80,11 @@ impl Service {
             addr: config.listen,
             source,
         };
-        let std_listener = std::net::TcpListener::bind(config.listen).map_err(bind_err)?;
+        let (std_listener, inherited) =
+            crate::listen::take_or_bind(&config.name, config.listen).map_err(bind_err)?;
+        if inherited {
+            tracing::info!(service = %config.name, "using the socket systemd passed");
+        }
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let local_addr = std_listener.local_addr().map_err(bind_err)?;
         let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
@@ -118,6 +122,11 @@ impl Service {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Whether it still accepts connections (its accept loop has not ended).
+    pub fn accepting(&self) -> bool {
+        !self.accept.is_finished()
     }
 
     /// Config.

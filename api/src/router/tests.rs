@@ -137,6 +137,19 @@ async fn health_version_metrics() {
 }
 
 #[tokio::test]
+async fn post_drain_is_202_and_only_the_first_starts_it() {
+    let t = T::new(Fake::default());
+    let a = t.req(Method::POST, "/v1/drain", &[], "", None).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.json(), json!({"status": "draining", "started": true}));
+    let a = t.req(Method::POST, "/v1/drain", &[], "", None).await;
+    assert_eq!(a.json(), json!({"status": "draining", "started": false}));
+    assert_eq!(t.fake.log(), ["drain", "drain"]);
+    let a = t.get("/v1/drain").await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405_with_allow() {
     let t = T::new(Fake::default());
     let a = t.get("/v1/nope").await;
