@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod run;
 pub mod serve;
+pub mod worker;
 
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
 /// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level

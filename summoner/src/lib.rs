@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod exit;
 pub mod http;
 pub mod metrics;
 pub mod pool;

@@ -82,6 +82,11 @@ impl Drop for Process {
 /// Kill `child` and wait for it in the background; then remove its socket and drop `permit`.
 fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>>) {
     let _ = child.start_kill();
+    let vm = vsock
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let finish = move || {
         let _ = std::fs::remove_file(&vsock);
         if let Some(f) = after {
@@ -91,7 +96,9 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {
-                let _ = child.wait().await;
+                if let Ok(status) = child.wait().await {
+                    crate::exit::report(&vm, status);
+                }
                 finish();
             });
         }

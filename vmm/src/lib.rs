@@ -8,6 +8,7 @@ pub mod config;
 pub mod event_loop;
 pub mod loader;
 pub mod memory;
+pub mod seccomp;
 pub mod timings;
 pub mod vcpu;
 mod vm;

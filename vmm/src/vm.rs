@@ -520,8 +520,13 @@ impl VcpuThreads {
             let join = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    // Filtered before the thread can see a vCPU (docs/security.md).
+                    let filtered = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
                     if let Ok(l) = wait.recv() {
-                        let exit = l.vcpu.run(&l.shared);
+                        let exit = match filtered {
+                            Ok(()) => l.vcpu.run(&l.shared),
+                            Err(e) => VmExit::VmmError(e.to_string()),
+                        };
                         l.shared.finish(exit);
                         *l.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
                         let _ = l.done.send(());

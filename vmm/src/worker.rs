@@ -106,6 +106,12 @@ pub fn serve() -> u8 {
         match cmd {
             Command::Build { vm_id: _, config } => match crate::build(&config, None) {
                 Ok(vm) => {
+                    // Filter this thread before the shell is reported built (security.md).
+                    if let Err(e) = crate::seccomp::worker_built(&config.cmdline) {
+                        let message = e.to_string();
+                        send(&out, &Event::Error { message });
+                        return dust_abi::status::VMM_ERROR;
+                    }
                     let timings = vm.timings().clone();
                     send(&out, &Event::Built { timings });
                     built = Some(vm);
@@ -126,6 +132,7 @@ pub fn serve() -> u8 {
                     send(&out, &Event::Error { message });
                     continue;
                 };
+                crate::seccomp::worker_starting();
                 match start(vm, &out) {
                     Ok(killer) => running = Some(killer),
                     Err(e) => {
