@@ -92,16 +92,17 @@ pub fn find_guest(name: &str) -> Option<PathBuf> {
 }
 
 impl ServeArgs {
-    fn services(&self) -> Result<(Option<PathBuf>, Vec<ServiceConfig>), String> {
+    fn services(&self) -> Result<(FileConfig, Vec<ServiceConfig>), String> {
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let file: FileConfig =
+            let mut file: FileConfig =
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             if file.services.is_empty() {
                 return Err(format!("{}: no [[service]] defined", path.display()));
             }
-            return Ok((file.run_dir, file.services));
+            let services = std::mem::take(&mut file.services);
+            return Ok((file, services));
         }
         let image = match &self.image {
             Some(i) => i.clone(),
@@ -123,19 +124,24 @@ impl ServeArgs {
         s.queue_deadline = self.queue_deadline;
         s.request_deadline = self.request_deadline;
         s.pool_size = self.pool;
-        Ok((None, vec![s]))
+        Ok((FileConfig::default(), vec![s]))
     }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    let (file_run_dir, services) = match args.services() {
+    let (file, services) = match args.services() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dust: {e}");
             return ExitCode::from(status::VMM_ERROR);
         }
     };
+    if let Err(e) = file.jail.validate() {
+        eprintln!("dust: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
+    let (file_run_dir, jail) = (file.run_dir, file.jail);
     let run_dir = args
         .run_dir
         .clone()
@@ -159,13 +165,16 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
-        let summoner = match Summoner::new(exe, run_dir.clone()) {
+        let summoner = match Summoner::with_jail(exe, run_dir.clone(), jail) {
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
+        for m in summoner.jail_missing() {
+            eprintln!("dust: worker jail: cannot apply {m}");
+        }
         for s in services {
             let (name, mode) = (s.name.clone(), s.mode);
             match summoner.add(s) {

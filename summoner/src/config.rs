@@ -59,6 +59,10 @@ pub struct ServiceConfig {
     /// Guest serial output (default: discarded).
     #[serde(default = "default_serial")]
     pub serial: SerialConfig,
+    /// Memory limit of each VM's worker (cgroup), MiB; default: guest memory + the
+    /// `[jail]` overhead. Past it the kernel kills the worker and the client gets 502.
+    #[serde(default)]
+    pub memory_limit_mib: Option<u32>,
 }
 
 fn default_memory() -> u32 {
@@ -164,6 +168,7 @@ impl ServiceConfig {
             request_deadline: default_request_deadline(),
             pool_size: default_pool(),
             serial: default_serial(),
+            memory_limit_mib: None,
         }
     }
 
@@ -248,6 +253,9 @@ pub struct FileConfig {
     /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// How workers are jailed (docs/security.md); on by default.
+    #[serde(default)]
+    pub jail: crate::jail::JailConfig,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,

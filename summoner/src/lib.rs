@@ -10,9 +10,11 @@
 //! - [`metrics`]: counters and phase histograms.
 
 pub mod admission;
+pub mod cgroup;
 pub mod config;
 pub mod exit;
 pub mod http;
+pub mod jail;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
@@ -72,6 +74,15 @@ impl Summoner {
     /// A summoner whose workers run `exe worker` and keep sockets in `run_dir` (created,
     /// mode 0700).
     pub fn new(exe: PathBuf, run_dir: PathBuf) -> std::io::Result<Self> {
+        Self::with_jail(exe, run_dir, jail::JailConfig::default())
+    }
+
+    /// [`Summoner::new`] with workers jailed as `jail` says (docs/security.md).
+    pub fn with_jail(
+        exe: PathBuf,
+        run_dir: PathBuf,
+        jail: jail::JailConfig,
+    ) -> std::io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -79,7 +90,13 @@ impl Summoner {
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
-            spawner: worker::Spawner { exe, run_dir },
+            spawner: worker::Spawner {
+                jail: jail
+                    .enabled
+                    .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
+                exe,
+                run_dir,
+            },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
@@ -156,6 +173,14 @@ impl Summoner {
         self.registry.kill(id)
     }
 
+    /// What the worker jail cannot apply in this process (e.g. not root), for the log.
+    pub fn jail_missing(&self) -> Vec<String> {
+        match &self.spawner.jail {
+            Some(j) => j.missing.clone(),
+            None => vec!["the whole jail ([jail] enabled = false); seccomp still applies".into()],
+        }
+    }
+
     /// Prometheus text.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
@@ -169,5 +194,8 @@ impl Summoner {
         for s in all {
             s.stop(grace).await;
         }
+        // Workers reaped in the background leave their jail directories and cgroups
+        // behind until they are gone; wait for that, briefly.
+        jail::released(Duration::from_secs(5)).await;
     }
 }

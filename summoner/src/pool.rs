@@ -63,7 +63,8 @@ impl Pool {
     pub async fn spawn(&self) -> Result<IdleWorker, WorkerError> {
         let id = self.new_id();
         let config = self.config.vm_config(&id, &self.spawner.run_dir);
-        self.spawner.spawn(id, config).await
+        let limit = self.config.memory_limit_mib;
+        self.spawner.spawn_limited(id, config, limit).await
     }
 
     /// An idle shell if one is ready (warm), else a freshly built one (cold).

@@ -89,6 +89,7 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>
         .into_owned();
     let finish = move || {
         let _ = std::fs::remove_file(&vsock);
+        crate::jail::release(&vsock);
         if let Some(f) = after {
             f();
         }
@@ -99,7 +100,8 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<Box<dyn FnOnce() + Send>
                 if let Ok(status) = child.wait().await {
                     crate::exit::report(&vm, status);
                 }
-                finish();
+                // Removing the VM's cgroups may wait for its last process to go.
+                let _ = tokio::task::spawn_blocking(finish).await;
             });
         }
         Err(_) => {
@@ -116,6 +118,8 @@ pub struct Spawner {
     pub exe: PathBuf,
     /// Where VM sockets go.
     pub run_dir: PathBuf,
+    /// How workers are jailed (None: not at all; seccomp still applies).
+    pub jail: Option<Arc<crate::jail::Jail>>,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -130,6 +134,24 @@ pub struct IdleWorker {
 impl Spawner {
     /// Start a worker and have it build `config`'s VM as `vm_id`.
     pub async fn spawn(&self, vm_id: String, config: VmConfig) -> Result<IdleWorker, WorkerError> {
+        self.spawn_limited(vm_id, config, None).await
+    }
+
+    /// [`Spawner::spawn`], with the VM's memory limit (cgroup) if not the default.
+    pub async fn spawn_limited(
+        &self,
+        vm_id: String,
+        config: VmConfig,
+        memory_limit_mib: Option<u32>,
+    ) -> Result<IdleWorker, WorkerError> {
+        // Jail: per-VM root and cgroups, in-jail paths (docs/security.md).
+        let (config, jail_spec, jailed_vsock) = match &self.jail {
+            Some(j) => {
+                let p = j.prepare(&vm_id, config, memory_limit_mib)?;
+                (p.config, Some(p.spec), Some(p.vsock))
+            }
+            None => (config, None, None),
+        };
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
@@ -138,6 +160,11 @@ impl Spawner {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if let Some(spec) = &jail_spec {
+            let json =
+                serde_json::to_string(spec).map_err(|e| WorkerError::Reported(e.to_string()))?;
+            cmd.env(vmm::jail::ENV, json);
+        }
         // SAFETY: between fork and exec we only call dup2/fcntl, which are async-signal-safe,
         // on fds that are valid in the child (inherited from this process).
         unsafe {
@@ -151,9 +178,14 @@ impl Spawner {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| WorkerError::Spawn {
-            exe: self.exe.clone(),
-            source,
+        let child = cmd.spawn().map_err(|source| {
+            if let Some(v) = &jailed_vsock {
+                crate::jail::release(v);
+            }
+            WorkerError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            }
         })?;
         drop(theirs);
         ours.set_nonblocking(true)?;
@@ -172,11 +204,13 @@ impl Spawner {
                 }
             }
         });
-        let vsock = config
-            .vsock
-            .as_ref()
-            .map(|v| v.uds.clone())
-            .unwrap_or_default();
+        let vsock = jailed_vsock.unwrap_or_else(|| {
+            config
+                .vsock
+                .as_ref()
+                .map(|v| v.uds.clone())
+                .unwrap_or_default()
+        });
         let mut proc = Process {
             child: Some(child),
             ctl,

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod event_loop;
+pub mod jail;
 pub mod loader;
 pub mod memory;
 pub mod seccomp;
@@ -27,6 +28,11 @@ pub fn runtime_dir() -> std::path::PathBuf {
         Some(d) => std::path::PathBuf::from(d).join("dust"),
         None => std::path::PathBuf::from(format!("/tmp/dust-{uid}")),
     }
+}
+
+/// Open /dev/kvm now (once per process), e.g. before a jail hides it.
+pub fn open_kvm() -> Result<(), BuildError> {
+    vm::kvm().map(|_| ())
 }
 
 pub use config::{ConfigError, SerialConfig, VmConfig, VsockConfig};

@@ -93,7 +93,7 @@ fn mem_err(what: &'static str) -> impl FnOnce(vm_memory::GuestMemoryError) -> Bu
 }
 
 /// /dev/kvm, opened once per process (a pre-started worker has it open before any request).
-fn kvm() -> Result<&'static Kvm, BuildError> {
+pub(crate) fn kvm() -> Result<&'static Kvm, BuildError> {
     static KVM: OnceLock<Kvm> = OnceLock::new();
     if let Some(k) = KVM.get() {
         return Ok(k);
