@@ -87,3 +87,169 @@ async fn a_forbidden_syscall_kills_the_worker_with_sigsys_and_the_client_gets_50
     }
     env.finish().await;
 }
+
+/// Children of `pid` (a worker's monitor has one: the jailed worker).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+fn status_field(path: &str, field: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("{field} in {path}"))
+}
+
+fn ns(pid: &str, kind: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+/// The memory limit of `pid`'s cgroup, v1 or v2.
+fn memory_limit(pid: u32) -> u64 {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cg.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        if ctrl.split(',').any(|c| c == "memory") {
+            let f = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+            return std::fs::read_to_string(f).unwrap().trim().parse().unwrap();
+        }
+        if ctrl.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").is_file() {
+            let f = format!("/sys/fs/cgroup{path}/memory.max");
+            if let Ok(v) = std::fs::read_to_string(f) {
+                return v.trim().parse().unwrap_or(u64::MAX);
+            }
+        }
+    }
+    panic!("no memory cgroup for {pid}: {cg}")
+}
+
+impl Env {
+    /// Wait until `name` has `n` idle workers.
+    async fn settle(&self, name: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.summoner.stats(name).unwrap().idle < n {
+            assert!(Instant::now() < deadline, "pool never filled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed() {
+    require_kvm!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("*** SKIPPED: the jail needs root ***");
+        return;
+    }
+    let env = env().await;
+    let mut s = service("jailed", "http-hello");
+    s.pool_size = 2;
+    s.memory_mib = 32;
+    let addr = env.summoner.add(s).unwrap();
+    assert_eq!(get(addr).await.status, 200);
+    env.settle("jailed", 2).await;
+    let monitors = child_pids();
+    assert_eq!(monitors.len(), 2, "{monitors:?}");
+    let mut pid_namespaces = Vec::new();
+    for m in monitors {
+        let inner = children_of(m);
+        assert_eq!(inner.len(), 1, "monitor {m} has {inner:?}");
+        let w = inner[0];
+        for pid in [m, w] {
+            let mut threads = 0;
+            for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+                let st = format!("{}/status", t.unwrap().path().display());
+                assert_eq!(status_field(&st, "Seccomp:"), "2", "{st}");
+                threads += 1;
+            }
+            let st = format!("/proc/{pid}/status");
+            let uids = status_field(&st, "Uid:");
+            assert!(
+                uids.split_whitespace().all(|u| u != "0"),
+                "{pid}: uid {uids}"
+            );
+            assert_eq!(status_field(&st, "CapEff:"), "0000000000000000");
+            assert_eq!(status_field(&st, "NoNewPrivs:"), "1");
+            assert!(pid != w || threads >= 3, "worker {w}: {threads} threads");
+        }
+        let ws = w.to_string();
+        for kind in ["mnt", "pid", "net", "ipc", "uts"] {
+            assert_ne!(ns(&ws, kind), ns("self", kind), "{kind} namespace of {w}");
+        }
+        pid_namespaces.push(ns(&ws, "pid"));
+        // Guest memory + the default 64 MiB overhead.
+        assert_eq!(memory_limit(w), (32 + 64) << 20);
+        // Its root: no host files, its image, its socket directory.
+        let root = format!("/proc/{w}/root");
+        assert!(!std::path::Path::new(&format!("{root}/etc/passwd")).exists());
+        assert!(std::path::Path::new(&format!("{root}/image")).is_file());
+        assert!(std::path::Path::new(&format!("{root}/run")).is_dir());
+        // Its network: a loopback device, nothing else.
+        let dev = std::fs::read_to_string(format!("/proc/{w}/net/dev")).unwrap();
+        let ifaces: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next().map(str::trim))
+            .collect();
+        assert_eq!(ifaces, ["lo"]);
+        // Its processes: it is pid 1 of its own namespace.
+        let nspid = status_field(&format!("/proc/{w}/status"), "NSpid:");
+        assert!(nspid.ends_with(" 1") || nspid.ends_with("\t1"), "{nspid}");
+    }
+    assert_ne!(
+        pid_namespaces[0], pid_namespaces[1],
+        "workers share a pid ns"
+    );
+    for _ in 0..3 {
+        assert_eq!(get(addr).await.status, 200);
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_over_its_memory_limit_loses_its_worker_and_no_one_else_notices() {
+    require_kvm!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("*** SKIPPED: cgroups need root ***");
+        return;
+    }
+    let env = env().await;
+    // The same guest touches ~48 MiB of its 64: fine under the default limit (64 + 64
+    // MiB), fatal under 32 MiB.
+    let mut small = service("hog-small", "mem-hog");
+    small.memory_mib = 64;
+    small.memory_limit_mib = Some(32);
+    let mut roomy = service("hog-roomy", "mem-hog");
+    roomy.memory_mib = 64;
+    let small = env.summoner.add(small).unwrap();
+    let roomy = env.summoner.add(roomy).unwrap();
+    let hello = env.summoner.add(service("hello", "http-hello")).unwrap();
+    for _ in 0..2 {
+        let r = get(small).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        let r = get(roomy).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(get(hello).await.status, 200);
+    }
+    env.finish().await;
+}

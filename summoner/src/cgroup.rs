@@ -137,6 +137,34 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// Remove the empty VM cgroups a daemon that did not shut down cleanly (SIGKILL, a
+    /// crash) left under `parent`. Populated ones (a live daemon's VMs) cannot be removed
+    /// and are left alone.
+    pub fn sweep(&self, parent: &str) {
+        let roots = match self {
+            Hierarchy::V2(root) => vec![root.clone()],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut r = vec![memory.clone(), pids.clone()];
+                r.extend(cpu.clone());
+                r
+            }
+        };
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let populated = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                    .map_or(true, |p| !p.trim().is_empty());
+                if e.path().is_dir() && !populated {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
 /// Kill whatever still runs in `dirs` and remove them (waiting up to a second for the
 /// processes to go: a cgroup with members cannot be removed).
 pub fn remove(dirs: &[PathBuf]) {

@@ -129,6 +129,9 @@ impl Jail {
         let mut cgroups = None;
         if privileged {
             cgroups = cgroup::detect();
+            if let Some(h) = &cgroups {
+                h.sweep(&config.cgroup_parent);
+            }
             if cgroups.is_none() {
                 missing.push("cgroups (no memory+pids controllers found)".into());
             }
