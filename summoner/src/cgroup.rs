@@ -16,7 +16,9 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Most processes + threads.
     pub pids: u32,
-    /// Relative CPU weight, 1-10000 (100 = the default share).
+    /// Relative CPU weight, 1-10000 (100 = the default share). With the default weight
+    /// and no quota the VM gets no CPU cgroup at all: all VMs in one CPU group would share
+    /// one task's worth of CPU against everything else on the host.
     pub cpu_weight: u32,
     /// At most this many percent of one CPU, if set.
     pub cpu_quota_percent: Option<u32>,
@@ -69,6 +71,12 @@ fn mkdir(dir: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
 }
 
+impl Limits {
+    fn cpu(&self) -> bool {
+        self.cpu_weight != 100 || self.cpu_quota_percent.is_some()
+    }
+}
+
 impl Hierarchy {
     /// Create `<parent>/<vm>` with `limits`; returns the directories the worker joins.
     pub fn create(&self, parent: &str, vm: &str, limits: &Limits) -> io::Result<Vec<PathBuf>> {
@@ -87,7 +95,9 @@ impl Hierarchy {
                     write(&d, "memory.max", &limits.memory_bytes.to_string())?;
                     let _ = write(&d, "memory.swap.max", "0");
                     write(&d, "pids.max", &limits.pids.to_string())?;
-                    let _ = write(&d, "cpu.weight", &limits.cpu_weight.to_string());
+                    if limits.cpu() {
+                        write(&d, "cpu.weight", &limits.cpu_weight.to_string())?;
+                    }
                     if let Some(pct) = limits.cpu_quota_percent {
                         write(&d, "cpu.max", &format!("{} 100000", u64::from(pct) * 1000))?;
                     }
@@ -117,7 +127,7 @@ impl Hierarchy {
                     mkdir(&p)?;
                     made.push(p.clone());
                     write(&p, "pids.max", &limits.pids.to_string())?;
-                    if let Some(cpu) = cpu {
+                    if let Some(cpu) = cpu.as_ref().filter(|_| limits.cpu()) {
                         let c = cpu.join(parent).join(vm);
                         mkdir(&c)?;
                         made.push(c.clone());

@@ -26,6 +26,8 @@ pub struct JailConfig {
     pub gid: u32,
     /// Where per-VM root directories are made (default: the run dir).
     pub chroot_base: Option<PathBuf>,
+    /// A cgroup per VM (memory, pids, CPU limits).
+    pub cgroups: bool,
     /// The cgroup (under each controller's root) that holds one cgroup per VM.
     pub cgroup_parent: String,
     /// Memory the VMM itself may use on top of guest memory, MiB (services can set their
@@ -52,6 +54,7 @@ impl Default for JailConfig {
             uid: 65534,
             gid: 65534,
             chroot_base: None,
+            cgroups: true,
             cgroup_parent: "dust".into(),
             memory_overhead_mib: 64,
             pids_max: 64,
@@ -128,12 +131,14 @@ impl Jail {
         let mut missing = Vec::new();
         let mut cgroups = None;
         if privileged {
-            cgroups = cgroup::detect();
-            if let Some(h) = &cgroups {
-                h.sweep(&config.cgroup_parent);
-            }
-            if cgroups.is_none() {
-                missing.push("cgroups (no memory+pids controllers found)".into());
+            if config.cgroups {
+                cgroups = cgroup::detect();
+                if let Some(h) = &cgroups {
+                    h.sweep(&config.cgroup_parent);
+                }
+                if cgroups.is_none() {
+                    missing.push("cgroups (no memory+pids controllers found)".into());
+                }
             }
         } else {
             missing.push(
