@@ -253,3 +253,44 @@ async fn a_guest_over_its_memory_limit_loses_its_worker_and_no_one_else_notices(
     }
     env.finish().await;
 }
+
+#[test]
+fn the_daemon_runs_under_its_own_filter_and_still_serves() {
+    require_kvm!();
+    let _serial = ONE_AT_A_TIME.blocking_lock();
+    let dir = TempDir::new("isolation-daemon");
+    let mut child = common::dust()
+        .args(["serve", "--image"])
+        .arg(guest("http-hello"))
+        .args(["--listen", "127.0.0.1:0", "--pool", "1", "--run-dir"])
+        .arg(dir.path().join("run"))
+        .arg("--api-socket")
+        .arg(dir.path().join("api.sock"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        assert!(err.read_line(&mut line).unwrap() > 0, "daemon ended early");
+        if let Some(a) = line.trim().strip_prefix("dust: serving hello on http://") {
+            break a.parse().unwrap();
+        }
+    };
+    let r = http_get(addr, "/").unwrap();
+    assert_eq!(r.status, 200);
+    for t in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
+        let st = format!("{}/status", t.unwrap().path().display());
+        assert_eq!(status_field(&st, "Seccomp:"), "2", "{st}");
+    }
+    // SAFETY: a signal to our own, not yet reaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the run dir: {left:?}");
+}

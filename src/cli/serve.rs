@@ -142,6 +142,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::from(status::VMM_ERROR);
     }
     let (file_run_dir, jail) = (file.run_dir, file.jail);
+    // Before the runtime starts a thread, so that all of them inherit it (security.md).
+    if let Err(e) = vmm::seccomp::apply_daemon() {
+        eprintln!("dust: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
     let run_dir = args
         .run_dir
         .clone()

@@ -213,7 +213,17 @@ fn mounts(spec: &JailSpec) -> Result<(), JailError> {
     }
 }
 
+/// Set both limits to `value`, or to the hard limit if that is lower (without root a
+/// process can only lower it).
 fn setrlimit(what: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), JailError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for the duration of the call.
+    let rc = unsafe { libc::getrlimit(what, &mut lim) };
+    check(rc.into(), format!("RLIMIT_{name}"))?;
+    let value = value.min(lim.rlim_max);
     let lim = libc::rlimit {
         rlim_cur: value,
         rlim_max: value,

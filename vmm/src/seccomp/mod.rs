@@ -119,6 +119,19 @@ pub fn worker_starting() {
     test_hooks::fire();
 }
 
+/// The daemon's own filter (`dust serve`), for its calling thread and every thread and
+/// process it starts later: a denylist (EPERM) of what dust never needs and an attacker
+/// would want (ptrace, process_vm_*, bpf, perf_event_open, kernel modules, kexec, keyrings,
+/// io_uring, setns, the new mount API, ...). Workers inherit it under their own allowlists.
+pub fn apply_daemon() -> Result<(), SeccompError> {
+    let mut map = compile()?;
+    let prog = take(&mut map, "daemon")?;
+    seccompiler::apply_filter(&prog).map_err(|source| SeccompError::Install {
+        what: "daemon",
+        source,
+    })
+}
+
 /// Compile `allowlist.json` for this machine.
 pub fn compile() -> Result<BpfMap, SeccompError> {
     seccompiler::compile_from_json(ALLOWLIST.as_bytes(), TargetArch::x86_64)
@@ -171,7 +184,7 @@ mod tests {
     #[test]
     fn the_allowlist_compiles_with_every_thread_kind() {
         let map = compile().unwrap();
-        for k in ["main", "vcpu", "events", "monitor", "no_clone3"] {
+        for k in ["main", "vcpu", "events", "monitor", "no_clone3", "daemon"] {
             assert!(map.get(k).is_some_and(|p| !p.is_empty()), "{k}");
         }
     }
