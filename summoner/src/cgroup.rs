@@ -202,3 +202,60 @@ pub fn remove(dirs: &[PathBuf]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_cgroup_gets_its_limits_and_goes_away() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let Some(h) = detect().filter(|_| root) else {
+            eprintln!("*** SKIPPED: needs root and a memory+pids cgroup hierarchy ***");
+            return;
+        };
+        let limits = Limits {
+            memory_bytes: 48 << 20,
+            pids: 7,
+            cpu_weight: 50,
+            cpu_quota_percent: Some(25),
+        };
+        let vm = format!("unit-{}", std::process::id());
+        let dirs = h.create("dust-unit-test", &vm, &limits).unwrap();
+        let read = |f: &str| {
+            dirs.iter()
+                .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
+                .unwrap_or_default()
+        };
+        match &h {
+            Hierarchy::V2(_) => {
+                assert_eq!(read("memory.max").trim(), (48u64 << 20).to_string());
+                assert_eq!(read("cpu.max").trim(), "25000 100000");
+            }
+            Hierarchy::V1 { cpu, .. } => {
+                let limit = read("memory.limit_in_bytes");
+                assert_eq!(limit.trim(), (48u64 << 20).to_string());
+                if cpu.is_some() {
+                    assert_eq!(read("cpu.cfs_quota_us").trim(), "25000");
+                    assert_eq!(read("cpu.shares").trim(), "512");
+                }
+            }
+        }
+        assert_eq!(read("pids.max").trim(), "7");
+        remove(&dirs);
+        assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+        h.sweep("dust-unit-test");
+        let parents = match &h {
+            Hierarchy::V2(r) => vec![r.join("dust-unit-test")],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut v = vec![memory.join("dust-unit-test"), pids.join("dust-unit-test")];
+                v.extend(cpu.as_ref().map(|c| c.join("dust-unit-test")));
+                v
+            }
+        };
+        for p in parents {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}

@@ -287,3 +287,29 @@ pub async fn released(limit: std::time::Duration) {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jail_table_parses_with_defaults_and_refuses_root() {
+        let f: crate::FileConfig =
+            toml::from_str("[jail]\nuid = 1234\ncpu_quota_percent = 50\n").unwrap();
+        assert_eq!(f.jail.uid, 1234);
+        assert_eq!(f.jail.gid, 65534);
+        assert_eq!(f.jail.cpu_quota_percent, Some(50));
+        assert!(f.jail.enabled);
+        assert_eq!(f.jail.validate(), Ok(()));
+        let root = JailConfig {
+            uid: 0,
+            ..JailConfig::default()
+        };
+        assert_eq!(root.validate(), Err(JailConfigError::Root));
+        assert!(toml::from_str::<crate::FileConfig>("[jail]\nuser = 3\n").is_err());
+        assert_eq!(
+            toml::from_str::<crate::FileConfig>("").unwrap().jail,
+            JailConfig::default()
+        );
+    }
+}

@@ -147,7 +147,13 @@ impl Spawner {
         // Jail: per-VM root and cgroups, in-jail paths (docs/security.md).
         let (config, jail_spec, jailed_vsock) = match &self.jail {
             Some(j) => {
-                let p = j.prepare(&vm_id, config, memory_limit_mib)?;
+                // mkdir, chown and cgroup writes: not on a runtime thread that may be
+                // serving a request.
+                let (j, id) = (j.clone(), vm_id.clone());
+                let p =
+                    tokio::task::spawn_blocking(move || j.prepare(&id, config, memory_limit_mib))
+                        .await
+                        .map_err(|e| WorkerError::Reported(e.to_string()))??;
                 (p.config, Some(p.spec), Some(p.vsock))
             }
             None => (config, None, None),
