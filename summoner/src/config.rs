@@ -61,7 +61,7 @@ pub struct ServiceConfig {
     pub serial: SerialConfig,
     /// Memory limit of each VM's worker (cgroup), MiB; default: guest memory + the
     /// `[jail]` overhead. Past it the kernel kills the worker and the client gets 502.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<u32>,
 }
 
@@ -200,6 +200,12 @@ impl ServiceConfig {
                     why: e.to_string(),
                 })
             }
+        }
+        if self.memory_limit_mib == Some(0) {
+            return Err(ServiceConfigError::Zero {
+                name,
+                field: "memory_limit_mib",
+            });
         }
         if self.max_concurrent == 0 {
             return Err(ServiceConfigError::Zero {
