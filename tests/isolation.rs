@@ -294,3 +294,23 @@ fn the_daemon_runs_under_its_own_filter_and_still_serves() {
         .collect();
     assert!(left.is_empty(), "left in the run dir: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_virtio_guests_in_jailed_filtered_workers_end_with_a_device_error() {
+    require_kvm!();
+    let env = env().await;
+    let hello = env.summoner.add(service("hello", "http-hello")).unwrap();
+    for mode in ["oob", "loop", "huge"] {
+        let mut s = service(&format!("bad-{mode}"), "bad-virtio");
+        s.cmdline = mode.into();
+        let addr = env.summoner.add(s).unwrap();
+        let r = get(addr).await;
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 502, "{mode}: {body}");
+        // Stopped by the device's own checks, inside the allowlists: not by seccomp.
+        assert!(body.contains("vsock"), "{mode}: {body}");
+        assert!(!body.contains("seccomp"), "{mode}: {body}");
+        assert_eq!(get(hello).await.status, 200);
+    }
+    env.finish().await;
+}
