@@ -1,7 +1,8 @@
 //! How a worker process ended, in words for the log. A worker killed by SIGSYS broke its
 //! seccomp filter (the worker itself reported which syscall on its control socket and on
 //! stderr just before); one killed by SIGKILL that the summoner did not kill was most
-//! likely the kernel's OOM killer enforcing the VM's memory limit.
+//! likely the kernel's OOM killer enforcing the VM's memory limit. What a worker writes to
+//! stderr (e.g. which syscall its filter refused) goes to the log with its VM id.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -15,4 +16,15 @@ pub fn report(vm: &str, status: ExitStatus) {
         Some(sig) if sig != libc::SIGKILL => tracing::warn!(vm, "worker killed by signal {sig}"),
         _ => {}
     }
+}
+
+/// Log each line `vm`'s worker writes to stderr, until it closes it.
+pub fn forward_stderr(vm: String, err: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(err).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::warn!(vm, "{line}");
+        }
+    });
 }

@@ -164,7 +164,8 @@ impl Spawner {
         cmd.arg("worker")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Forwarded to the log (a jailed worker may not write files: RLIMIT_FSIZE 0).
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(spec) = &jail_spec {
             let json =
@@ -194,6 +195,10 @@ impl Spawner {
             }
         })?;
         drop(theirs);
+        let mut child = child;
+        if let Some(err) = child.stderr.take() {
+            crate::exit::forward_stderr(vm_id.clone(), err);
+        }
         ours.set_nonblocking(true)?;
         let (rd, ctl) = UnixStream::from_std(ours)?.into_split();
         let (tx, events) = mpsc::unbounded_channel();
