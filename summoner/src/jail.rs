@@ -147,11 +147,15 @@ impl Jail {
                     .into(),
             );
         }
+        let base = config
+            .chroot_base
+            .clone()
+            .unwrap_or_else(|| run_dir.to_path_buf());
+        if privileged {
+            sweep_roots(&base);
+        }
         Self {
-            base: config
-                .chroot_base
-                .clone()
-                .unwrap_or_else(|| run_dir.to_path_buf()),
+            base,
             config,
             privileged,
             cgroups,
@@ -231,6 +235,20 @@ impl Jail {
             spec,
             vsock,
         })
+    }
+}
+
+/// Remove per-VM roots a daemon that did not shut down cleanly left in `base` (a
+/// directory holding exactly what [`make_root`] makes: an `image` file and a `run/`).
+fn sweep_roots(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.join(&vmm::jail::IMAGE[1..]).is_file() && p.join(&vmm::jail::RUN[1..]).is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        }
     }
 }
 
