@@ -148,6 +148,22 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
+    /// Remove `parent` if no VM cgroup is left in it (best effort: another daemon's VMs
+    /// keep it).
+    pub fn remove_parent(&self, parent: &str) {
+        let roots = match self {
+            Hierarchy::V2(root) => vec![root.clone()],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut r = vec![memory.clone(), pids.clone()];
+                r.extend(cpu.clone());
+                r
+            }
+        };
+        for root in roots {
+            let _ = std::fs::remove_dir(root.join(parent));
+        }
+    }
+
     /// Remove the empty VM cgroups a daemon that did not shut down cleanly (SIGKILL, a
     /// crash) left under `parent`. Populated ones (a live daemon's VMs) cannot be removed
     /// and are left alone.

@@ -252,6 +252,15 @@ fn sweep_roots(base: &Path) {
     }
 }
 
+impl Jail {
+    /// The daemon is done: remove the cgroup parent if it is empty.
+    pub fn finish(&self) {
+        if let Some(h) = &self.cgroups {
+            h.remove_parent(&self.config.cgroup_parent);
+        }
+    }
+}
+
 /// The per-VM root: `run/` for the vsock socket (the worker's), empty files to mount the
 /// image, initrd and serial file on.
 fn make_root(root: &Path, uid: u32, gid: u32, config: &VmConfig) -> io::Result<()> {

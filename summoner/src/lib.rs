@@ -197,5 +197,8 @@ impl Summoner {
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
         jail::released(Duration::from_secs(5)).await;
+        if let Some(j) = &self.spawner.jail {
+            j.finish();
+        }
     }
 }
