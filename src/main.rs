@@ -77,6 +77,6 @@ fn main() -> ExitCode {
         Command::Ps(conn) => cli::client::ps(conn),
         Command::Services { conn, cmd } => cli::client::services(conn, cmd),
         Command::Kill { conn, vm } => cli::client::kill(conn, vm),
-        Command::Worker => ExitCode::from(vmm::worker::serve()),
+        Command::Worker => cli::worker::worker(),
     }
 }

@@ -104,6 +104,17 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first: a daemon that shuts down removes its workers' jail directories
+        // and cgroups (SIGKILL would leave empty cgroups for the next start to sweep).
+        // SAFETY: a signal to our own, not yet reaped child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = &self.dir;

@@ -200,12 +200,13 @@ async fn five_hundred_snapshot_requests_and_a_hundred_replacements_leak_nothing(
         }
     };
     settle().await;
-    // Idle shells' sockets change names as shells are used; count them, name the rest.
+    // Idle shells' sockets (or, jailed, their per-VM roots) change names as shells are
+    // used: count them, and name the snapshots.
     let shape = || {
         let f = run_dir_files(&tmp);
-        let socks = f.iter().filter(|n| n.ends_with(".vsock")).count();
-        let rest: Vec<String> = f.into_iter().filter(|n| !n.ends_with(".vsock")).collect();
-        (socks, rest)
+        let (snaps, shells): (Vec<String>, Vec<String>) =
+            f.into_iter().partition(|n| n.ends_with(".snap"));
+        (shells.len(), snaps)
     };
     let (fds, files) = (fd_count(), shape());
     for i in 0..500 {

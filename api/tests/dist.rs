@@ -54,7 +54,26 @@ fn unit_keeps_what_kvm_and_the_daemon_need() {
     );
     assert_eq!(get("DevicePolicy"), Some("closed"));
     assert_eq!(get("DeviceAllow"), Some("/dev/kvm rw"));
-    assert_eq!(get("CapabilityBoundingSet"), Some(""));
+    // Exactly what jailing the workers needs (docs/security.md); they drop all of it.
+    let mut caps: Vec<&str> = get("CapabilityBoundingSet")
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    caps.sort_unstable();
+    assert_eq!(
+        caps,
+        [
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
+            "CAP_SYS_ADMIN"
+        ]
+    );
+    assert_eq!(get("AmbientCapabilities"), Some(""));
+    assert_eq!(get("RestrictNamespaces"), Some("mnt pid net ipc uts"));
     assert_eq!(get("KillMode"), Some("mixed"));
     assert_eq!(get("RuntimeDirectory"), Some("dust"));
     // PrivateDevices would hide /dev/kvm.

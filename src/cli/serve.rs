@@ -103,6 +103,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(status::VMM_ERROR);
         }
     };
+    if let Err(e) = file.jail.validate() {
+        eprintln!("dust: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
     // Before the runtime starts threads: this edits the environment.
     if let Err(e) = super::drain::adopt_sockets() {
         eprintln!("dust: {e}");
@@ -111,6 +115,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let services = file.services;
     let health_listen = args.health_listen.or(file.health_listen);
     let drain_delay = args.drain_delay.unwrap_or(file.drain_delay);
+    let jail = file.jail;
+    // Before the runtime starts a thread, so that all of them inherit it (security.md).
+    if let Err(e) = vmm::seccomp::apply_daemon() {
+        eprintln!("dust: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
     let run_dir = args
         .run_dir
         .clone()
@@ -134,13 +144,16 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
-        let summoner = match Summoner::new(exe, run_dir.clone()) {
+        let summoner = match Summoner::with_jail(exe, run_dir.clone(), jail) {
             Ok(s) => std::sync::Arc::new(s),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
+        for m in summoner.jail_missing() {
+            eprintln!("dust: worker jail: cannot apply {m}");
+        }
         for s in services {
             let (name, mode) = (s.name.clone(), s.mode);
             match summoner.add(s).await {

@@ -93,6 +93,10 @@ pub struct ServiceConfig {
     /// service is created, and restore every request's VM from that snapshot.
     #[serde(default)]
     pub snapshot: bool,
+    /// Memory limit of each VM's worker (cgroup), MiB; default: guest memory + the
+    /// `[jail]` overhead. Past it the kernel kills the worker and the client gets 502.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u32>,
 }
 
 /// Defaults of the optional fields, for the config file, the API and the CLI flags alike.
@@ -226,6 +230,7 @@ impl ServiceConfig {
             pool_size: default_pool(),
             serial: default_serial(),
             snapshot: false,
+            memory_limit_mib: None,
         }
     }
 
@@ -257,6 +262,12 @@ impl ServiceConfig {
                     why: e.to_string(),
                 })
             }
+        }
+        if self.memory_limit_mib == Some(0) {
+            return Err(ServiceConfigError::Zero {
+                name,
+                field: "memory_limit_mib",
+            });
         }
         if self.max_concurrent == 0 {
             return Err(ServiceConfigError::Zero {
@@ -338,6 +349,9 @@ pub struct FileConfig {
     /// already says 503, so that balancers stop sending first (default: 0).
     #[serde(default, with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// How workers are jailed (docs/security.md); on by default.
+    #[serde(default)]
+    pub jail: crate::jail::JailConfig,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,

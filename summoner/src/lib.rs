@@ -12,9 +12,12 @@
 //! - [`listen`]: sockets inherited through systemd socket activation, or bound.
 
 pub mod admission;
+pub mod cgroup;
 pub mod config;
+pub mod exit;
 pub mod health;
 pub mod http;
+pub mod jail;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
@@ -77,15 +80,31 @@ impl Summoner {
     /// A summoner whose workers run `exe worker` and keep sockets in `run_dir` (created,
     /// mode 0700).
     pub fn new(exe: PathBuf, run_dir: PathBuf) -> std::io::Result<Self> {
-        Self::with_worker(exe, vec!["worker".into()], run_dir)
+        Self::with_worker(
+            exe,
+            vec!["worker".into()],
+            run_dir,
+            jail::JailConfig::default(),
+        )
     }
 
-    /// A summoner whose workers run `exe args...`: any program that speaks
-    /// [`vmm::worker::protocol`] on fd 3 (tests use a stand-in that needs no /dev/kvm).
+    /// [`Summoner::new`] with workers jailed as `jail` says (docs/security.md).
+    pub fn with_jail(
+        exe: PathBuf,
+        run_dir: PathBuf,
+        jail: jail::JailConfig,
+    ) -> std::io::Result<Self> {
+        Self::with_worker(exe, vec!["worker".into()], run_dir, jail)
+    }
+
+    /// A summoner whose workers run `exe args...` (any program that speaks
+    /// [`vmm::worker::protocol`] on fd 3; tests use a stand-in that needs no /dev/kvm),
+    /// jailed as `jail` says (docs/security.md).
     pub fn with_worker(
         exe: PathBuf,
         args: Vec<std::ffi::OsString>,
         run_dir: PathBuf,
+        jail: jail::JailConfig,
     ) -> std::io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         std::fs::DirBuilder::new()
@@ -94,7 +113,14 @@ impl Summoner {
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self {
-            spawner: worker::Spawner { exe, args, run_dir },
+            spawner: worker::Spawner {
+                jail: jail
+                    .enabled
+                    .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
+                exe,
+                args,
+                run_dir,
+            },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
@@ -189,6 +215,14 @@ impl Summoner {
         self.registry.kill(id)
     }
 
+    /// What the worker jail cannot apply in this process (e.g. not root), for the log.
+    pub fn jail_missing(&self) -> Vec<String> {
+        match &self.spawner.jail {
+            Some(j) => j.missing.clone(),
+            None => vec!["the whole jail ([jail] enabled = false); seccomp still applies".into()],
+        }
+    }
+
     /// Prometheus text.
     pub fn metrics_text(&self) -> String {
         self.metrics.render()
@@ -201,6 +235,12 @@ impl Summoner {
             .collect();
         for s in all {
             s.stop(grace).await;
+        }
+        // Workers reaped in the background leave their jail directories and cgroups
+        // behind until they are gone; wait for that, briefly.
+        jail::released(Duration::from_secs(5)).await;
+        if let Some(j) = &self.spawner.jail {
+            j.finish();
         }
     }
 }

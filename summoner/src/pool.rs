@@ -75,15 +75,11 @@ impl Pool {
     pub async fn spawn(&self) -> Result<IdleWorker, WorkerError> {
         let id = self.new_id();
         let run_dir = &self.spawner.run_dir;
+        let limit = self.config.memory_limit_mib;
+        let boot = self.config.vm_config(&id, run_dir);
         match &self.template {
-            Some(t) => {
-                let config = self.config.restore_config(&id, run_dir, t.dir());
-                self.spawner.restore(id, config).await
-            }
-            None => {
-                let config = self.config.vm_config(&id, run_dir);
-                self.spawner.spawn(id, config).await
-            }
+            Some(t) => self.spawner.restore(id, boot, t.dir(), limit).await,
+            None => self.spawner.spawn_limited(id, boot, limit).await,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vmm::worker::protocol::{Command as Cmd, Event};
+use vmm::worker::protocol::Event;
 
 use crate::config::ServiceConfig;
 use crate::worker::{Spawner, WorkerError};
@@ -35,13 +35,8 @@ impl Template {
                 memory_bytes: 0,
             },
         };
-        let cmd = Cmd::Snapshot {
-            config: Box::new(vm.clone()),
-            dir: this.dir.clone(),
-        };
         // `this` removes the directory if anything below fails.
-        let vsock = vm.vsock.map(|v| v.uds).unwrap_or_default();
-        match spawner.run_once(&cmd, vsock).await? {
+        match spawner.snapshot(id, vm, &this.dir).await? {
             Event::Snapshotted { info } => {
                 this.info = info;
                 Ok(this)

@@ -100,8 +100,14 @@ impl Drop for Process {
 /// Kill `child` and wait for it in the background; then remove its socket and run `after`.
 fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
     let _ = child.start_kill();
+    let vm = vsock
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let finish = move || {
         let _ = std::fs::remove_file(&vsock);
+        crate::jail::release(&vsock);
         if let Some(f) = after {
             f();
         }
@@ -109,8 +115,11 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {
-                let _ = child.wait().await;
-                finish();
+                if let Ok(status) = child.wait().await {
+                    crate::exit::report(&vm, status);
+                }
+                // Removing the VM's cgroups may wait for its last process to go.
+                let _ = tokio::task::spawn_blocking(finish).await;
             });
         }
         Err(_) => {
@@ -130,6 +139,8 @@ pub struct Spawner {
     pub args: Vec<OsString>,
     /// Where VM sockets go.
     pub run_dir: PathBuf,
+    /// How workers are jailed (None: not at all; seccomp still applies).
+    pub jail: Option<Arc<crate::jail::Jail>>,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -141,52 +152,135 @@ pub struct IdleWorker {
     proc: Process,
 }
 
+/// A worker process about to start: its jail (if any) and the paths it sees.
+struct Launch {
+    vm_id: String,
+    spec: Option<vmm::jail::JailSpec>,
+    /// The VM's vsock socket, as the summoner reaches it.
+    vsock: PathBuf,
+}
+
 impl Spawner {
     /// Start a worker and have it build `config`'s VM as `vm_id`.
     pub async fn spawn(&self, vm_id: String, config: VmConfig) -> Result<IdleWorker, WorkerError> {
-        let vsock = config
-            .vsock
-            .as_ref()
-            .map(|v| v.uds.clone())
-            .unwrap_or_default();
-        let cmd = Cmd::Build {
-            vm_id: vm_id.clone(),
-            config: Box::new(config),
-        };
-        self.spawn_with(vm_id, &cmd, vsock).await
+        self.spawn_limited(vm_id, config, None).await
     }
 
-    /// Start a worker and have it restore `config`'s snapshot as a shell.
+    /// [`Spawner::spawn`], with the VM's memory limit (cgroup) if not the default.
+    pub async fn spawn_limited(
+        &self,
+        vm_id: String,
+        config: VmConfig,
+        memory_limit_mib: Option<u32>,
+    ) -> Result<IdleWorker, WorkerError> {
+        let (config, launch) = self.prepare(vm_id, config, memory_limit_mib, None).await?;
+        let cmd = Cmd::Build {
+            vm_id: launch.vm_id.clone(),
+            config: Box::new(config),
+        };
+        self.spawn_with(launch, &cmd).await
+    }
+
+    /// Start a worker and have it restore the snapshot in `snapshot` as a shell; `boot` is
+    /// the VM config the snapshot was taken with, for this VM's id, socket and serial.
     pub async fn restore(
         &self,
         vm_id: String,
-        config: vmm::RestoreConfig,
+        boot: VmConfig,
+        snapshot: &Path,
+        memory_limit_mib: Option<u32>,
     ) -> Result<IdleWorker, WorkerError> {
-        let vsock = config
-            .vsock
-            .as_ref()
-            .map(|v| v.uds.clone())
-            .unwrap_or_default();
-        let cmd = Cmd::Restore {
-            config: Box::new(config),
+        let mount = vmm::jail::SnapshotMount {
+            dir: snapshot.to_path_buf(),
+            writable: false,
+            max_file_bytes: 0,
         };
-        self.spawn_with(vm_id, &cmd, vsock).await
+        let (config, launch) = self
+            .prepare(vm_id, boot, memory_limit_mib, Some(mount))
+            .await?;
+        let rc = vmm::RestoreConfig {
+            snapshot: match &launch.spec {
+                Some(spec) if spec.namespaces => vmm::jail::SNAPSHOT.into(),
+                _ => snapshot.to_path_buf(),
+            },
+            id: config.id.clone(),
+            vsock: config.vsock.clone(),
+            serial: config.serial.clone(),
+            timeout: config.timeout,
+        };
+        let cmd = Cmd::Restore {
+            config: Box::new(rc),
+        };
+        self.spawn_with(launch, &cmd).await
     }
 
-    /// Start a worker, send it `cmd` and return its first event; the process is reaped.
-    pub async fn run_once(&self, cmd: &Cmd, vsock: PathBuf) -> Result<Event, WorkerError> {
-        let mut proc = self.start_process(vsock)?;
-        proc.send(cmd).await?;
+    /// A template: a worker boots `config` to its guest's ready and saves it into `dir`
+    /// (created here), then exits. Returns the worker's one answer.
+    pub async fn snapshot(
+        &self,
+        vm_id: String,
+        config: VmConfig,
+        dir: &Path,
+    ) -> Result<Event, WorkerError> {
+        std::fs::create_dir_all(dir)?;
+        let mount = vmm::jail::SnapshotMount {
+            dir: dir.to_path_buf(),
+            writable: true,
+            // The memory file is the guest's RAM; the state file is far smaller.
+            max_file_bytes: (u64::from(config.memory_mib) << 20) + (16 << 20),
+        };
+        let (config, launch) = self.prepare(vm_id, config, None, Some(mount)).await?;
+        let out = match &launch.spec {
+            Some(spec) if spec.namespaces => vmm::jail::SNAPSHOT.into(),
+            _ => dir.to_path_buf(),
+        };
+        let cmd = Cmd::Snapshot {
+            config: Box::new(config),
+            dir: out,
+        };
+        let mut proc = self.start_process(launch)?;
+        proc.send(&cmd).await?;
         proc.next().await
     }
 
-    async fn spawn_with(
+    /// Make the VM's jail (per-VM root, cgroups) and rewrite `config` to the paths the
+    /// worker sees inside it. Off the runtime threads: mkdir, chown and cgroup writes.
+    async fn prepare(
         &self,
         vm_id: String,
-        cmd: &Cmd,
-        vsock: PathBuf,
-    ) -> Result<IdleWorker, WorkerError> {
-        let mut proc = self.start_process(vsock)?;
+        config: VmConfig,
+        memory_limit_mib: Option<u32>,
+        snapshot: Option<vmm::jail::SnapshotMount>,
+    ) -> Result<(VmConfig, Launch), WorkerError> {
+        let Some(j) = &self.jail else {
+            let vsock = config
+                .vsock
+                .as_ref()
+                .map(|v| v.uds.clone())
+                .unwrap_or_default();
+            let launch = Launch {
+                vm_id,
+                spec: None,
+                vsock,
+            };
+            return Ok((config, launch));
+        };
+        let (j, id) = (j.clone(), vm_id.clone());
+        let p =
+            tokio::task::spawn_blocking(move || j.prepare(&id, config, memory_limit_mib, snapshot))
+                .await
+                .map_err(|e| WorkerError::Reported(e.to_string()))??;
+        let launch = Launch {
+            vm_id,
+            spec: Some(p.spec),
+            vsock: p.vsock,
+        };
+        Ok((p.config, launch))
+    }
+
+    async fn spawn_with(&self, launch: Launch, cmd: &Cmd) -> Result<IdleWorker, WorkerError> {
+        let vm_id = launch.vm_id.clone();
+        let mut proc = self.start_process(launch)?;
         proc.send(cmd).await?;
         match proc.next().await? {
             Event::Built { timings } => Ok(IdleWorker {
@@ -199,15 +293,21 @@ impl Spawner {
         }
     }
 
-    fn start_process(&self, vsock: PathBuf) -> Result<Process, WorkerError> {
+    fn start_process(&self, launch: Launch) -> Result<Process, WorkerError> {
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // Forwarded to the log (a jailed worker may not write files: RLIMIT_FSIZE 0).
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(spec) = &launch.spec {
+            let json =
+                serde_json::to_string(spec).map_err(|e| WorkerError::Reported(e.to_string()))?;
+            cmd.env(vmm::jail::ENV, json);
+        }
         // SAFETY: between fork and exec we only call dup2/fcntl, which are async-signal-safe,
         // on fds that are valid in the child (inherited from this process).
         unsafe {
@@ -221,11 +321,19 @@ impl Spawner {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| WorkerError::Spawn {
-            exe: self.exe.clone(),
-            source,
+        let mut child = cmd.spawn().map_err(|source| {
+            if launch.spec.is_some() {
+                crate::jail::release(&launch.vsock);
+            }
+            WorkerError::Spawn {
+                exe: self.exe.clone(),
+                source,
+            }
         })?;
         drop(theirs);
+        if let Some(err) = child.stderr.take() {
+            crate::exit::forward_stderr(launch.vm_id.clone(), err);
+        }
         ours.set_nonblocking(true)?;
         let (rd, ctl) = UnixStream::from_std(ours)?.into_split();
         let (tx, events) = mpsc::unbounded_channel();
@@ -246,7 +354,7 @@ impl Spawner {
             child: Some(child),
             ctl,
             events,
-            vsock,
+            vsock: launch.vsock,
             on_reaped: None,
         })
     }

@@ -38,6 +38,7 @@ async fn env() -> Env {
         std::env::current_exe().unwrap(),
         fake::args(),
         dir.path().join("run"),
+        fake::no_jail(),
     )
     .unwrap();
     Env {

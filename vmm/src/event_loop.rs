@@ -54,6 +54,11 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("vm-events".into())
             .spawn(move || {
+                // Filtered before it handles any guest-controlled data (docs/security.md).
+                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
+                    tracing::error!("event loop: {e}");
+                    return;
+                }
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = em.run() {
                         tracing::error!("event loop: {e:?}");

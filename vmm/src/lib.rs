@@ -7,10 +7,12 @@
 
 pub mod config;
 mod event_loop;
+pub mod jail;
 mod kvm;
 mod loader;
 mod memory;
 mod run_state;
+pub mod seccomp;
 pub mod snapshot;
 mod timings;
 mod vcpu;
@@ -31,6 +33,11 @@ pub fn runtime_dir() -> std::path::PathBuf {
         Some(d) => std::path::PathBuf::from(d).join("dust"),
         None => std::path::PathBuf::from(format!("/tmp/dust-{uid}")),
     }
+}
+
+/// Open /dev/kvm now (once per process), e.g. before a jail hides it.
+pub fn open_kvm() -> Result<(), BuildError> {
+    kvm::kvm().map(|_| ()).map_err(BuildError::OpenKvm)
 }
 
 pub use config::{BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};

@@ -4,9 +4,11 @@
 //!   built-in hello service) and report client latency and the server's phases.
 //! - `dust bench boot [--peers]`: process spawn -> guest ready, dust vs QEMU microvm and
 //!   Firecracker.
+//! - `dust bench jail`: the worker jail's cost, on the request path and per shell.
 
 mod boot;
 mod http;
+mod jail;
 mod report;
 mod stats;
 
@@ -59,6 +61,8 @@ pub struct BenchArgs {
 pub enum BenchCmd {
     /// Process spawn -> guest ready and -> exit, dust vs. peers.
     Boot(BootArgs),
+    /// What the worker jail costs: host-side request time and shell build, with and without.
+    Jail(jail::JailArgs),
 }
 
 /// Flags of `dust bench boot`.
@@ -112,6 +116,12 @@ pub fn bench(args: BenchArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e.to_string()),
     };
+    if let Some(BenchCmd::Jail(j)) = &args.cmd {
+        return match rt.block_on(jail::run(j)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        };
+    }
     rt.block_on(drive(args))
 }
 

@@ -96,6 +96,15 @@ fn crash_exit() -> Event {
     }
 }
 
+/// The fake worker does not enter the jail the real one does, so the summoner must not
+/// prepare one for it.
+pub fn no_jail() -> summoner::jail::JailConfig {
+    summoner::jail::JailConfig {
+        enabled: false,
+        ..Default::default()
+    }
+}
+
 /// Serve the worker protocol on fd 3 until the summoner goes away; never returns.
 pub fn serve() -> ! {
     // SAFETY: the summoner hands its worker fd 3 as the control socket; nothing else in

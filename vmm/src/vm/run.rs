@@ -161,8 +161,13 @@ impl VcpuThreads {
             let join = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    // Filtered before the thread can see a vCPU (docs/security.md).
+                    let filtered = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
                     if let Ok(l) = wait.recv() {
-                        let exit = l.vcpu.run(&l.state);
+                        let exit = match filtered {
+                            Ok(()) => l.vcpu.run(&l.state),
+                            Err(e) => VmExit::VmmError(e.to_string()),
+                        };
                         l.state.finish(exit);
                         *l.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
                         let _ = l.done.send(());

@@ -61,6 +61,11 @@ pub fn serve() -> u8 {
         state = match (cmd, state) {
             (Command::Build { vm_id: _, config }, State::Empty) => match crate::build(&config) {
                 Ok(vm) => {
+                    // Filter this thread before the shell is reported built (security.md).
+                    if let Err(e) = crate::seccomp::worker_built(&config.cmdline) {
+                        send_error(&out, e.to_string());
+                        return dust_abi::status::VMM_ERROR;
+                    }
                     let timings = vm.timings().clone();
                     send(&out, &Event::Built { timings });
                     State::Built(Box::new(vm))
@@ -72,6 +77,10 @@ pub fn serve() -> u8 {
             },
             (Command::Restore { config }, State::Empty) => match crate::restore(&config) {
                 Ok(vm) => {
+                    if let Err(e) = crate::seccomp::worker_built("") {
+                        send_error(&out, e.to_string());
+                        return dust_abi::status::VMM_ERROR;
+                    }
                     let timings = vm.timings().clone();
                     send(&out, &Event::Built { timings });
                     State::Built(Box::new(vm))
@@ -125,6 +134,7 @@ pub fn serve() -> u8 {
 
 /// Start the VM; a waiter thread reports its end and exits the process.
 fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
+    crate::seccomp::worker_starting();
     let t0 = Instant::now();
     let ready_out = out.clone();
     vm.on_ready(move |at| {

@@ -1,0 +1,30 @@
+//! `dust worker` (internal): one VM per process, driven by the summoner over fd 3. Before
+//! it reads a command it turns on its per-thread seccomp filters and enters the jail the
+//! summoner described in its environment (docs/security.md).
+
+use std::process::ExitCode;
+
+use dust_abi::status::VMM_ERROR;
+
+/// Run the worker protocol until the VM ends.
+pub fn worker() -> ExitCode {
+    if let Err(e) = vmm::seccomp::enable() {
+        eprintln!("dust worker: {e}");
+        return ExitCode::from(VMM_ERROR);
+    }
+    // Still one thread here, as the jail needs.
+    match vmm::jail::spec_from_env() {
+        Ok(Some(spec)) => {
+            if let Err(e) = vmm::jail::enter(&spec) {
+                eprintln!("dust worker: {e}");
+                return ExitCode::from(VMM_ERROR);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("dust worker: {e}");
+            return ExitCode::from(VMM_ERROR);
+        }
+    }
+    ExitCode::from(vmm::worker::serve())
+}

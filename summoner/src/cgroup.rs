@@ -1,0 +1,277 @@
+//! A cgroup per VM (docs/security.md): memory (guest memory + VMM overhead), pids, CPU
+//! weight and an optional CPU quota. cgroup v2 where the host has a unified hierarchy with
+//! the memory and pids controllers; otherwise the v1 controllers mounted under
+//! /sys/fs/cgroup/{memory,pids,cpu}.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// What one VM's cgroup allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory of every process of the VM, bytes (past it the kernel OOM-kills the worker).
+    pub memory_bytes: u64,
+    /// Most processes + threads.
+    pub pids: u32,
+    /// Relative CPU weight, 1-10000 (100 = the default share). With the default weight
+    /// and no quota the VM gets no CPU cgroup at all: all VMs in one CPU group would share
+    /// one task's worth of CPU against everything else on the host.
+    pub cpu_weight: u32,
+    /// At most this many percent of one CPU, if set.
+    pub cpu_quota_percent: Option<u32>,
+}
+
+/// The host's cgroup layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Unified (v2), mounted here.
+    V2(PathBuf),
+    /// Legacy (v1): one mount per controller.
+    V1 {
+        /// The memory controller.
+        memory: PathBuf,
+        /// The pids controller.
+        pids: PathBuf,
+        /// The cpu controller, if mounted.
+        cpu: Option<PathBuf>,
+    },
+}
+
+fn has_v2_controllers(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.controllers")).is_ok_and(|c| {
+        let have: Vec<&str> = c.split_whitespace().collect();
+        have.contains(&"memory") && have.contains(&"pids")
+    })
+}
+
+/// The hierarchy to use here, if any.
+pub fn detect() -> Option<Hierarchy> {
+    let root = Path::new(ROOT);
+    if has_v2_controllers(root) {
+        return Some(Hierarchy::V2(root.to_path_buf()));
+    }
+    let v1 = |name: &str| Some(root.join(name)).filter(|p| p.join("cgroup.procs").is_file());
+    Some(Hierarchy::V1 {
+        memory: v1("memory")?,
+        pids: v1("pids")?,
+        cpu: v1("cpu").or_else(|| v1("cpu,cpuacct")),
+    })
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
+    std::fs::write(dir.join(file), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
+}
+
+fn mkdir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
+}
+
+impl Limits {
+    fn cpu(&self) -> bool {
+        self.cpu_weight != 100 || self.cpu_quota_percent.is_some()
+    }
+}
+
+impl Hierarchy {
+    /// Create `<parent>/<vm>` with `limits`; returns the directories the worker joins.
+    pub fn create(&self, parent: &str, vm: &str, limits: &Limits) -> io::Result<Vec<PathBuf>> {
+        match self {
+            Hierarchy::V2(root) => {
+                // Controllers must be enabled on the way down (best effort: a delegated
+                // subtree may already have them).
+                let _ = write(root, "cgroup.subtree_control", "+memory +pids +cpu");
+                let p = root.join(parent);
+                mkdir(&p)?;
+                let _ = write(&p, "cgroup.subtree_control", "+memory +pids +cpu");
+                let d = p.join(vm);
+                mkdir(&d)?;
+                let made = vec![d.clone()];
+                let set = || -> io::Result<()> {
+                    write(&d, "memory.max", &limits.memory_bytes.to_string())?;
+                    let _ = write(&d, "memory.swap.max", "0");
+                    write(&d, "pids.max", &limits.pids.to_string())?;
+                    if limits.cpu() {
+                        write(&d, "cpu.weight", &limits.cpu_weight.to_string())?;
+                    }
+                    if let Some(pct) = limits.cpu_quota_percent {
+                        write(&d, "cpu.max", &format!("{} 100000", u64::from(pct) * 1000))?;
+                    }
+                    Ok(())
+                };
+                set().inspect_err(|_| remove(&made))?;
+                Ok(made)
+            }
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut made = Vec::new();
+                let result = (|| -> io::Result<()> {
+                    let m = memory.join(parent).join(vm);
+                    mkdir(&m)?;
+                    made.push(m.clone());
+                    write(
+                        &m,
+                        "memory.limit_in_bytes",
+                        &limits.memory_bytes.to_string(),
+                    )?;
+                    // No swap either, where swap accounting exists.
+                    let _ = write(
+                        &m,
+                        "memory.memsw.limit_in_bytes",
+                        &limits.memory_bytes.to_string(),
+                    );
+                    let p = pids.join(parent).join(vm);
+                    mkdir(&p)?;
+                    made.push(p.clone());
+                    write(&p, "pids.max", &limits.pids.to_string())?;
+                    if let Some(cpu) = cpu.as_ref().filter(|_| limits.cpu()) {
+                        let c = cpu.join(parent).join(vm);
+                        mkdir(&c)?;
+                        made.push(c.clone());
+                        let shares = u64::from(limits.cpu_weight) * 1024 / 100;
+                        write(&c, "cpu.shares", &shares.max(2).to_string())?;
+                        if let Some(pct) = limits.cpu_quota_percent {
+                            write(&c, "cpu.cfs_period_us", "100000")?;
+                            write(&c, "cpu.cfs_quota_us", &(u64::from(pct) * 1000).to_string())?;
+                        }
+                    }
+                    Ok(())
+                })();
+                result.inspect_err(|_| remove(&made))?;
+                Ok(made)
+            }
+        }
+    }
+}
+
+impl Hierarchy {
+    /// Remove `parent` if no VM cgroup is left in it (best effort: another daemon's VMs
+    /// keep it).
+    pub fn remove_parent(&self, parent: &str) {
+        let roots = match self {
+            Hierarchy::V2(root) => vec![root.clone()],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut r = vec![memory.clone(), pids.clone()];
+                r.extend(cpu.clone());
+                r
+            }
+        };
+        for root in roots {
+            let _ = std::fs::remove_dir(root.join(parent));
+        }
+    }
+
+    /// Remove the empty VM cgroups a daemon that did not shut down cleanly (SIGKILL, a
+    /// crash) left under `parent`. Populated ones (a live daemon's VMs) cannot be removed
+    /// and are left alone.
+    pub fn sweep(&self, parent: &str) {
+        let roots = match self {
+            Hierarchy::V2(root) => vec![root.clone()],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut r = vec![memory.clone(), pids.clone()];
+                r.extend(cpu.clone());
+                r
+            }
+        };
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let populated = std::fs::read_to_string(e.path().join("cgroup.procs"))
+                    .map_or(true, |p| !p.trim().is_empty());
+                if e.path().is_dir() && !populated {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Kill whatever still runs in `dirs` and remove them (waiting up to a second for the
+/// processes to go: a cgroup with members cannot be removed).
+pub fn remove(dirs: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for d in dirs {
+        loop {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: a signal to a process of this VM's cgroup; no memory involved.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            match std::fs::remove_dir(d) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!("cannot remove cgroup {}: {e}", d.display());
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_cgroup_gets_its_limits_and_goes_away() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let Some(h) = detect().filter(|_| root) else {
+            eprintln!("*** SKIPPED: needs root and a memory+pids cgroup hierarchy ***");
+            return;
+        };
+        let limits = Limits {
+            memory_bytes: 48 << 20,
+            pids: 7,
+            cpu_weight: 50,
+            cpu_quota_percent: Some(25),
+        };
+        let vm = format!("unit-{}", std::process::id());
+        let dirs = h.create("dust-unit-test", &vm, &limits).unwrap();
+        let read = |f: &str| {
+            dirs.iter()
+                .find_map(|d| std::fs::read_to_string(d.join(f)).ok())
+                .unwrap_or_default()
+        };
+        match &h {
+            Hierarchy::V2(_) => {
+                assert_eq!(read("memory.max").trim(), (48u64 << 20).to_string());
+                assert_eq!(read("cpu.max").trim(), "25000 100000");
+            }
+            Hierarchy::V1 { cpu, .. } => {
+                let limit = read("memory.limit_in_bytes");
+                assert_eq!(limit.trim(), (48u64 << 20).to_string());
+                if cpu.is_some() {
+                    assert_eq!(read("cpu.cfs_quota_us").trim(), "25000");
+                    assert_eq!(read("cpu.shares").trim(), "512");
+                }
+            }
+        }
+        assert_eq!(read("pids.max").trim(), "7");
+        remove(&dirs);
+        assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+        h.sweep("dust-unit-test");
+        let parents = match &h {
+            Hierarchy::V2(r) => vec![r.join("dust-unit-test")],
+            Hierarchy::V1 { memory, pids, cpu } => {
+                let mut v = vec![memory.join("dust-unit-test"), pids.join("dust-unit-test")];
+                v.extend(cpu.as_ref().map(|c| c.join("dust-unit-test")));
+                v
+            }
+        };
+        for p in parents {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The worker's jail (docs/security.md), entered by `dust worker` before it reads its first
+//! command: join the VM's cgroups, new mount/pid/net/ipc/uts namespaces, the per-VM
+//! directory as `/` (holding only the guest image, the vsock socket directory and, if
+//! configured, the serial file), rlimits, no capabilities, `no_new_privs`, an unprivileged
+//! uid/gid. `/dev/kvm` is opened before, so the jail holds no device node at all.
+//!
+//! A process cannot move itself into a new pid namespace, only its children: so the worker
+//! forks once inside the new namespaces. The child (pid 1 there) goes on to serve the VM;
+//! the parent stays behind as a small monitor that waits for it and ends the same way
+//! (same exit code, same signal), so the summoner sees one worker whatever the layout. The
+//! child dies with the monitor (`PR_SET_PDEATHSIG`), so killing the monitor kills the VM.
+//!
+//! The summoner writes the [`JailSpec`] into the worker's environment ([`ENV`]).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod enter;
+
+pub use enter::enter;
+
+/// The environment variable that carries a worker's [`JailSpec`] as JSON.
+pub const ENV: &str = "DUST_JAIL";
+
+/// Where the guest image is inside the jail.
+pub const IMAGE: &str = "/image";
+/// Where the initrd is inside the jail.
+pub const INITRD: &str = "/initrd";
+/// Where the serial output file is inside the jail.
+pub const SERIAL: &str = "/serial";
+/// The directory of the vsock socket inside the jail.
+pub const RUN: &str = "/run";
+/// Where a snapshot directory appears inside the jail (restored VMs read it, templates
+/// write it).
+pub const SNAPSHOT: &str = "/snapshot";
+
+/// A snapshot directory bind-mounted at [`SNAPSHOT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotMount {
+    /// The directory on the host.
+    pub dir: PathBuf,
+    /// Writable for a template; read-only for restored VMs.
+    pub writable: bool,
+    /// A template's largest file (its memory file: the guest's RAM), the jail's
+    /// RLIMIT_FSIZE while it writes the snapshot.
+    #[serde(default)]
+    pub max_file_bytes: u64,
+}
+
+/// How to jail one worker. Paths are host paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailSpec {
+    /// The per-VM directory that becomes `/` (prepared by the summoner: `run/` owned by
+    /// `uid`, empty files to mount the image, initrd and serial file on).
+    pub root: PathBuf,
+    /// New namespaces, pivot_root and a uid/gid change (needs root).
+    pub namespaces: bool,
+    /// The unprivileged user and group to run as.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// The guest image, mounted read-only at [`IMAGE`].
+    pub image: PathBuf,
+    /// The initrd, mounted read-only at [`INITRD`].
+    pub initrd: Option<PathBuf>,
+    /// The serial output file, mounted read-write at [`SERIAL`].
+    pub serial: Option<PathBuf>,
+    /// cgroup directories to join (their `cgroup.procs`).
+    pub cgroups: Vec<PathBuf>,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: u64,
+    /// RLIMIT_NPROC (counts every thread of the uid, across workers).
+    pub max_processes: u64,
+    /// RLIMIT_FSIZE when there is a serial file (else 0: the worker writes no file).
+    pub serial_max_bytes: u64,
+    /// Snapshot mode: the snapshot directory, mounted at [`SNAPSHOT`].
+    #[serde(default)]
+    pub snapshot: Option<SnapshotMount>,
+}
+
+/// Why the jail could not be entered. The worker exits; the summoner reports the error.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// The spec in the environment is unreadable.
+    #[error("jail spec in ${ENV}: {0}")]
+    Spec(#[from] serde_json::Error),
+    /// /dev/kvm could not be opened before the jail.
+    #[error(transparent)]
+    Kvm(#[from] crate::BuildError),
+    /// A step failed.
+    #[error("jail: {step}: {source}")]
+    Step {
+        /// What was being done.
+        step: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The monitor's filter.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+/// The spec in this process's environment, if the summoner gave one.
+pub fn spec_from_env() -> Result<Option<JailSpec>, JailError> {
+    match std::env::var(ENV) {
+        Ok(json) => Ok(Some(serde_json::from_str(&json)?)),
+        Err(_) => Ok(None),
+    }
+}
