@@ -49,9 +49,16 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image.
-    #[arg(long)]
-    pub image: PathBuf,
+    /// Guest image (not needed with --wasm).
+    #[arg(long, required_unless_present = "wasm")]
+    pub image: Option<PathBuf>,
+    /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
+    /// (see docs/wasm.md); snapshot mode.
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// Fuel per request of a --wasm service (out of fuel: 504).
+    #[arg(long, requires = "wasm")]
+    pub fuel: Option<u64>,
     /// Listen address.
     #[arg(long)]
     pub listen: SocketAddr,
@@ -255,7 +262,10 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                 Ok(out)
             }
             ServicesCmd::Add(a) => {
-                let mut cfg = ServiceConfig::new(&a.name, a.listen, a.image);
+                let mut cfg = ServiceConfig::new(&a.name, a.listen, a.image.unwrap_or_default());
+                // The daemon reads the module: give it an absolute path.
+                cfg.wasm = a.wasm.map(|w| std::path::absolute(&w).unwrap_or(w));
+                cfg.fuel = a.fuel;
                 cfg.mode = match a.mode.as_str() {
                     "http" => Mode::Http,
                     "tcp" => Mode::Tcp,

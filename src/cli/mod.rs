@@ -5,6 +5,7 @@ pub mod client;
 pub mod guest;
 pub mod run;
 pub mod serve;
+pub mod wasm;
 
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
 /// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level

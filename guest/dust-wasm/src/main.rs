@@ -9,7 +9,8 @@
 //! request on an instance no request used before.
 //!
 //! Command line: `fuel=N` (wasm fuel per request; out of fuel answers 504), `warmup=1`,
-//! `env.NAME=value` (extra environment variables), `vm=<id>` (fallback VM id).
+//! `env.NAME=value` (extra environment variables), `verbose=1` (log the fuel each request
+//! used), `vm=<id>` (fallback VM id).
 //! A trap answers 502; the trap goes to the serial log, prefixed with the VM id.
 #![no_std]
 #![no_main]
@@ -31,7 +32,7 @@ dust_guest::entry!(main);
 /// vsock port.
 const PORT: u32 = 80;
 /// Fuel per request when the command line gives none (see docs/wasm.md).
-const DEFAULT_FUEL: u64 = 2_000_000;
+const DEFAULT_FUEL: u64 = 1_000_000;
 /// Guest memory kept for the runtime, the compiled code and the request, beyond the
 /// module itself (the host's check uses the same number: `summoner::wasm::OVERHEAD_MIB`).
 const OVERHEAD: u64 = 8 << 20;
@@ -69,6 +70,8 @@ struct Runner {
     fuel: u64,
     memory_limit: usize,
     extra_env: Vec<(&'static str, &'static str)>,
+    /// Log the fuel each run used (`verbose=1`).
+    verbose: bool,
 }
 
 type Prepared = (Store<wasi::Ctx>, Instance);
@@ -133,6 +136,10 @@ impl Runner {
         };
         let result = start.call(&mut store, ());
         store.data_mut().flush_stderr();
+        if self.verbose {
+            let left = store.get_fuel().unwrap_or(0);
+            log(&format!("fuel used: {} of {}", self.fuel - left, self.fuel));
+        }
         let exit = match result {
             Ok(()) => 0,
             Err(e) => match (e.i32_exit_status(), e.as_trap_code()) {
@@ -206,6 +213,7 @@ fn main() -> Result<(), Error> {
         extra_env: dust_guest::params()
             .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v)))
             .collect(),
+        verbose: dust_guest::arg_value("verbose") == Some("1"),
     };
     if dust_guest::arg_value("warmup") == Some("1") {
         // Whatever it answers, the functions it called are now translated.
