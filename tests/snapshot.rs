@@ -123,7 +123,7 @@ async fn summoner(tmp: &TempDir) -> Summoner {
 
 fn counter_service(name: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest("counter"));
-    s.snapshot = true;
+    s.snapshot = Some(true);
     s.pool_size = 2;
     s
 }

@@ -50,9 +50,16 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image.
-    #[arg(long)]
-    pub image: PathBuf,
+    /// Guest image (not needed with --wasm).
+    #[arg(long, required_unless_present = "wasm")]
+    pub image: Option<PathBuf>,
+    /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
+    /// (see docs/wasm.md); snapshot mode.
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// Fuel per request of a --wasm service (out of fuel: 504).
+    #[arg(long, requires = "wasm")]
+    pub fuel: Option<u64>,
     /// Listen address.
     #[arg(long)]
     pub listen: SocketAddr,
@@ -166,7 +173,7 @@ fn service_table(services: &[Service]) -> String {
         "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
     );
     for s in services {
-        let start = if s.config.snapshot {
+        let start = if s.config.snapshot_mode() {
             "snapshot"
         } else {
             "boot"
@@ -248,7 +255,12 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                 Ok(out)
             }
             ServicesCmd::Add(a) => {
-                let cfg = a.service.config(&a.name, a.listen, a.image);
+                let mut cfg = a
+                    .service
+                    .config(&a.name, a.listen, a.image.unwrap_or_default());
+                // The daemon reads the module: give it an absolute path.
+                cfg.wasm = a.wasm.map(|w| std::path::absolute(&w).unwrap_or(w));
+                cfg.fuel = a.fuel;
                 let body = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
                 let r = request(&conn, "POST", "/v1/services", Some(body)).await?;
                 match r.status {

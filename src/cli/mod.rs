@@ -7,6 +7,7 @@ pub mod guest;
 pub mod run;
 pub mod serve;
 pub mod service;
+pub mod wasm;
 pub mod worker;
 
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual

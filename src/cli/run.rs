@@ -12,7 +12,7 @@ use vmm::{BootProtocol, VmConfig, VsockConfig};
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Guest image: x86_64 ELF (vmlinux or a dust unikernel) or bzImage. Not with --restore.
-    #[arg(required_unless_present = "restore")]
+    #[arg(required_unless_present_any = ["restore", "wasm"])]
     pub image: Option<PathBuf>,
     /// Boot to the guest's ready(), save the VM into this directory (files `snapshot` and
     /// `memory`, see docs/snapshots.md) and exit 0.
@@ -50,6 +50,9 @@ pub struct RunArgs {
     /// 32-bit protected mode, EBX = hvm_start_info, as QEMU microvm and Firecracker boot it).
     #[arg(long, value_enum, default_value_t = Boot::Linux)]
     pub boot: Boot,
+    /// Run one request through a WebAssembly handler (see docs/wasm.md).
+    #[command(flatten)]
+    pub wasm: super::wasm::WasmArgs,
 }
 
 /// `--boot`.
@@ -99,6 +102,10 @@ fn block_stop_signals() -> libc::sigset_t {
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
 /// the VM is torn down and the serial output flushed.
 pub fn run(args: RunArgs) -> ExitCode {
+    if let Some(module) = &args.wasm.wasm {
+        let image = args.image.as_deref();
+        return super::wasm::run(image, module, &args.wasm, args.memory_mib, args.timeout);
+    }
     let stop_signals = block_stop_signals();
     let config = args.config();
     if let Some(dir) = &args.snapshot_out {

@@ -21,7 +21,14 @@ pub struct ServeArgs {
     /// Serve one service from this guest image instead of a config file.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Service name (with --image).
+    /// Serve one WebAssembly handler (wasm32-wasip1 module, WAGI) run by the built-in
+    /// dust-wasm guest, in snapshot mode (see docs/wasm.md).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub wasm: Option<PathBuf>,
+    /// Fuel per request of the --wasm service (out of fuel: 504).
+    #[arg(long, requires = "wasm")]
+    pub fuel: Option<u64>,
+    /// Service name (with --image or --wasm).
     #[arg(long, default_value = "hello")]
     pub name: String,
     /// Listen address (with --image, or for the built-in demo).
@@ -79,14 +86,17 @@ impl ServeArgs {
             }
             return Ok(file);
         }
-        let image = match &self.image {
-            Some(i) => i.clone(),
-            None => find_guest("http-hello").ok_or(
+        let image = match (&self.image, &self.wasm) {
+            (Some(i), _) => i.clone(),
+            (None, Some(_)) => PathBuf::new(), // the built-in dust-wasm guest
+            (None, None) => find_guest("http-hello").ok_or(
                 "the built-in hello service needs the http-hello guest: run scripts/build-guests \
                  (or set DUST_GUEST_DIR)",
             )?,
         };
-        let s = self.service.config(&self.name, self.listen, image);
+        let mut s = self.service.config(&self.name, self.listen, image);
+        s.wasm = self.wasm.clone();
+        s.fuel = self.fuel;
         Ok(FileConfig {
             services: vec![s],
             ..FileConfig::default()

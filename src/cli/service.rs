@@ -44,7 +44,7 @@ pub struct ServiceFlags {
     #[arg(long, default_value_t = defaults::POOL_SIZE)]
     pub pool: usize,
     /// Snapshot mode: boot the image once, at creation, to its guest's ready() and restore
-    /// every request's VM from that snapshot (docs/snapshots.md).
+    /// every request's VM from that snapshot (docs/snapshots.md). Always on for --wasm.
     #[arg(long)]
     pub snapshot: bool,
 }
@@ -69,7 +69,7 @@ impl ServiceFlags {
             queue_deadline: Duration::from(self.queue_deadline),
             request_deadline: Duration::from(self.request_deadline),
             pool_size: self.pool,
-            snapshot: self.snapshot,
+            snapshot: self.snapshot.then_some(true),
             ..ServiceConfig::new(name, listen, image)
         }
     }

@@ -54,7 +54,8 @@ pub struct ServiceConfig {
     /// `http` or `tcp`.
     #[serde(default)]
     pub mode: Mode,
-    /// Guest image.
+    /// Guest image (for a `wasm` service: the built-in `dust-wasm` guest when empty).
+    #[serde(default)]
     pub image: PathBuf,
     /// Guest command line; dust appends `vm=<id>`.
     #[serde(default)]
@@ -90,9 +91,17 @@ pub struct ServiceConfig {
     #[serde(default = "default_serial")]
     pub serial: SerialConfig,
     /// Snapshot mode: boot the image once to its guest's ready in a template VM when the
-    /// service is created, and restore every request's VM from that snapshot.
-    #[serde(default)]
-    pub snapshot: bool,
+    /// service is created, and restore every request's VM from that snapshot. Default: on
+    /// for `wasm` services, off for the others (see [`ServiceConfig::snapshot_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
+    /// A WebAssembly handler (`wasm32-wasip1` module) run per request by the built-in
+    /// `dust-wasm` guest; see docs/wasm.md and `crate::wasm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<PathBuf>,
+    /// Fuel per request of a `wasm` service (default `wasm::DEFAULT_FUEL`); out of fuel is 504.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
     /// Memory limit of each VM's worker (cgroup), MiB; default: guest memory + the
     /// `[jail]` overhead. Past it the kernel kills the worker and the client gets 502.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -199,6 +208,17 @@ pub enum ServiceConfigError {
         /// Field.
         field: &'static str,
     },
+    /// The WebAssembly module cannot be served.
+    #[error("service {name}: wasm module {path}: {source}")]
+    Wasm {
+        /// Service.
+        name: String,
+        /// Module path.
+        path: String,
+        /// Why.
+        #[source]
+        source: crate::wasm::WasmError,
+    },
     /// The VM part is invalid.
     #[error("service {name}: {source}")]
     Vm {
@@ -229,8 +249,31 @@ impl ServiceConfig {
             request_deadline: default_request_deadline(),
             pool_size: default_pool(),
             serial: default_serial(),
-            snapshot: false,
+            snapshot: None,
             memory_limit_mib: None,
+            wasm: None,
+            fuel: None,
+        }
+    }
+
+    /// A WebAssembly service: `module` run by the built-in `dust-wasm` guest, snapshot mode.
+    pub fn wasm(name: &str, listen: SocketAddr, module: impl Into<PathBuf>) -> Self {
+        Self {
+            wasm: Some(module.into()),
+            ..Self::new(name, listen, PathBuf::new())
+        }
+    }
+
+    /// Whether VMs are restored from a template (the default for `wasm` services).
+    pub fn snapshot_mode(&self) -> bool {
+        self.snapshot.unwrap_or(self.wasm.is_some())
+    }
+
+    /// The guest image: `image`, or for a `wasm` service without one the built-in guest.
+    pub fn image_path(&self) -> PathBuf {
+        match (&self.wasm, self.image.as_os_str().is_empty()) {
+            (Some(_), true) => crate::wasm::find_guest().unwrap_or_default(),
+            _ => self.image.clone(),
         }
     }
 
@@ -246,22 +289,32 @@ impl ServiceConfig {
         if !ok_name {
             return Err(ServiceConfigError::Name(name));
         }
-        match std::fs::metadata(&self.image) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(ServiceConfigError::Image {
-                    name,
-                    path: self.image.display().to_string(),
-                    why: "not a regular file".into(),
-                })
+        let image = self.image_path();
+        let why = match std::fs::metadata(&image) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("not a regular file".to_string()),
+            Err(_) if self.wasm.is_some() && image.as_os_str().is_empty() => Some(format!(
+                "the built-in {} guest is missing (run scripts/build-guests, or set \
+                 DUST_GUEST_DIR)",
+                crate::wasm::GUEST
+            )),
+            Err(_) if image.as_os_str().is_empty() => {
+                Some("no image given (give `image`, or `wasm` for a WebAssembly handler)".into())
             }
-            Err(e) => {
-                return Err(ServiceConfigError::Image {
-                    name,
-                    path: self.image.display().to_string(),
-                    why: e.to_string(),
-                })
-            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            let path = image.display().to_string();
+            return Err(ServiceConfigError::Image { name, path, why });
+        }
+        if let Some(module) = &self.wasm {
+            crate::wasm::check_file(module, self.memory_mib).map_err(|source| {
+                ServiceConfigError::Wasm {
+                    name: name.clone(),
+                    path: module.display().to_string(),
+                    source,
+                }
+            })?;
         }
         if self.memory_limit_mib == Some(0) {
             return Err(ServiceConfigError::Zero {
@@ -290,11 +343,17 @@ impl ServiceConfig {
 
     /// The VM config of one request's VM.
     pub fn vm_config(&self, vm_id: &str, run_dir: &Path) -> vmm::VmConfig {
-        let cmdline = if self.cmdline.trim().is_empty() {
+        let mut cmdline = if self.cmdline.trim().is_empty() {
             format!("vm={vm_id}")
         } else {
             format!("{} vm={vm_id}", self.cmdline.trim())
         };
+        if self.wasm.is_some() {
+            cmdline = format!(
+                "{} {cmdline}",
+                crate::wasm::cmdline(self.fuel, self.snapshot_mode())
+            );
+        }
         vmm::VmConfig {
             cmdline,
             memory_mib: self.memory_mib,
@@ -307,7 +366,9 @@ impl ServiceConfig {
                 uds: vsock_path(run_dir, vm_id),
             }),
             id: vm_id.to_string(),
-            ..vmm::VmConfig::new(&self.image)
+            // A wasm service's module is the dust-wasm guest's initrd.
+            initrd: self.wasm.clone(),
+            ..vmm::VmConfig::new(self.image_path())
         }
     }
 

@@ -26,6 +26,7 @@ pub mod service;
 pub mod summon;
 pub mod tcp;
 pub mod template;
+pub mod wasm;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -139,7 +140,7 @@ impl Summoner {
             return Err(AddError::Duplicate(config.name));
         }
         config.validate().map_err(StartError::from)?;
-        let template = match config.snapshot {
+        let template = match config.snapshot_mode() {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)
                     .await

@@ -11,6 +11,9 @@ use vmm::worker::protocol::Event;
 use crate::config::ServiceConfig;
 use crate::worker::{Spawner, WorkerError};
 
+/// The least time a template VM gets to reach ready.
+pub const TEMPLATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A service's snapshot on disk.
 #[derive(Debug)]
 pub struct Template {
@@ -26,7 +29,10 @@ impl Template {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-template-{:x}-{n}", config.name, std::process::id());
         let dir = spawner.run_dir.join(format!("{id}.snap"));
-        let vm = config.vm_config(&id, &spawner.run_dir);
+        let mut vm = config.vm_config(&id, &spawner.run_dir);
+        // A template does more than a request (a wasm template compiles its module: seconds
+        // on an emulating KVM), so it gets at least TEMPLATE_TIMEOUT.
+        vm.timeout = vm.timeout.map(|t| t.max(TEMPLATE_TIMEOUT));
         let mut this = Self {
             dir,
             info: vmm::snapshot::SnapshotInfo {

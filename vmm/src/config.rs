@@ -93,7 +93,7 @@ pub enum SerialConfig {
     /// The VMM's stdout.
     #[default]
     Stdout,
-    /// A file, created or truncated.
+    /// A file, created if missing and appended to (the VMs of a service share one).
     File(PathBuf),
     /// Discard output.
     None,

@@ -104,6 +104,13 @@ impl Request {
         &self.bytes[self.body.clone()]
     }
 
+    /// A request made from a complete head (through its blank line), without a body: one
+    /// the guest makes up itself, e.g. to warm a handler up before `ready()`.
+    pub fn from_head(head: &[u8]) -> Result<Self, Error> {
+        let len = find_head_end(head, 0).ok_or(Error::Malformed("incomplete head"))?;
+        parse_head(head[..len].to_vec(), len)
+    }
+
     fn str(&self, r: &Range<usize>) -> &str {
         // httparse only hands out tokens and header names, which are ASCII.
         core::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("")
@@ -260,6 +267,8 @@ fn parse_head(bytes: Vec<u8>, head_len: usize) -> Result<Request, Error> {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
@@ -268,7 +277,9 @@ pub fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "",
     }
 }

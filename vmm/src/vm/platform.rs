@@ -1,7 +1,6 @@
 //! The devices every VM gets (serial, i8042, debug exit, console write, boot timer) and the
 //! optional vsock device behind virtio-mmio, with their interrupts and buses.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use devices::legacy::{
@@ -37,7 +36,12 @@ fn sink_from_config(serial: &SerialConfig) -> Result<SerialSink, BuildError> {
         SerialConfig::Stdout => SerialSink::Stdout,
         SerialConfig::None => SerialSink::Discard,
         SerialConfig::File(path) => {
-            SerialSink::File(File::create(path).map_err(|source| BuildError::SerialFile {
+            // Appended to: every VM of a service shares its log file.
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            SerialSink::File(file.map_err(|source| BuildError::SerialFile {
                 path: path.clone(),
                 source,
             })?)

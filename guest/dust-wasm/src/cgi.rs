@@ -1,0 +1,194 @@
+//! The WAGI convention (CGI/1.1, RFC 3875, over WASI): a request becomes the handler's
+//! environment, argv and stdin; the handler's stdout becomes the response.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use dust_guest::http::{Request, Response};
+
+/// The handler's view of one request.
+pub struct Invocation {
+    /// argv: the module name, then the query's `+`-separated words, percent-decoded.
+    pub args: Vec<Vec<u8>>,
+    /// `NAME=value` entries.
+    pub env: Vec<Vec<u8>>,
+}
+
+/// argv[0] of every handler.
+pub const PROGRAM: &str = "handler.wasm";
+
+/// The environment and argv of `req` in VM `vm`, plus `extra` variables (from the command
+/// line; `dust run --wasm --env`).
+pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation {
+    let target = req.path();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let host = req
+        .header("host")
+        .and_then(|h| core::str::from_utf8(h).ok())
+        .unwrap_or("localhost");
+    let (server, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+        _ => (host, "80"),
+    };
+    let remote = req
+        .header("x-forwarded-for")
+        .and_then(|h| core::str::from_utf8(h).ok())
+        .and_then(|h| h.split(',').next())
+        .map_or("0.0.0.0", str::trim);
+    let mut env: Vec<Vec<u8>> = Vec::new();
+    let mut set = |k: &str, v: &[u8]| {
+        let mut e = Vec::with_capacity(k.len() + 1 + v.len());
+        e.extend_from_slice(k.as_bytes());
+        e.push(b'=');
+        e.extend_from_slice(v);
+        env.push(e);
+    };
+    set("GATEWAY_INTERFACE", b"CGI/1.1");
+    set("REQUEST_METHOD", req.method().as_bytes());
+    set("SCRIPT_NAME", b"");
+    set("PATH_INFO", path.as_bytes());
+    set("QUERY_STRING", query.as_bytes());
+    set("CONTENT_TYPE", req.header("content-type").unwrap_or(b""));
+    set("CONTENT_LENGTH", req.body().len().to_string().as_bytes());
+    set("SERVER_NAME", server.as_bytes());
+    set("SERVER_PORT", port.as_bytes());
+    let protocol = format!("HTTP/1.{}", req.minor_version());
+    set("SERVER_PROTOCOL", protocol.as_bytes());
+    set("SERVER_SOFTWARE", b"dust");
+    set("REMOTE_ADDR", remote.as_bytes());
+    set("X_FULL_URL", format!("http://{host}{target}").as_bytes());
+    set("X_DUST_VM", vm.as_bytes());
+    for (name, value) in req.headers() {
+        let mut k = String::from("HTTP_");
+        k.extend(name.chars().map(|c| match c {
+            '-' => '_',
+            c => c.to_ascii_uppercase(),
+        }));
+        set(&k, value);
+    }
+    for (k, v) in extra {
+        set(k, v.as_bytes());
+    }
+    let mut args = alloc::vec![PROGRAM.as_bytes().to_vec()];
+    if !query.is_empty() {
+        args.extend(query.split('+').map(percent_decode));
+    }
+    Invocation { args, env }
+}
+
+/// `%XX` escapes decoded; a malformed escape is kept as it is.
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Why a handler's stdout is not a CGI response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CgiError {
+    /// No blank line after the header block.
+    NoHeaderEnd,
+    /// A header line without a colon, or not UTF-8.
+    BadHeader(String),
+    /// `Status:` without a three-digit code.
+    BadStatus(String),
+}
+
+impl core::fmt::Display for CgiError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoHeaderEnd => f.write_str("no blank line after the CGI header block"),
+            Self::BadHeader(l) => write!(f, "malformed CGI header line {l:?}"),
+            Self::BadStatus(s) => write!(f, "malformed CGI Status {s:?}"),
+        }
+    }
+}
+
+/// The response a handler wrote: header lines (`Status`, `Content-Type`, `Location`, any
+/// other header passed through), a blank line, the body. Without `Status`, 302 when there
+/// is a `Location`, else 200.
+pub fn response(stdout: &[u8]) -> Result<Response, CgiError> {
+    let (head, body) = split_head(stdout).ok_or(CgiError::NoHeaderEnd)?;
+    let head = core::str::from_utf8(head).map_err(|_| CgiError::BadHeader("(not UTF-8)".into()))?;
+    let mut status = None;
+    let mut location = false;
+    let mut headers = Vec::new();
+    for line in head.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .filter(|(n, _)| !n.is_empty() && !n.contains(' '))
+            .ok_or_else(|| CgiError::BadHeader(line.into()))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.get(..3).and_then(|c| c.parse::<u16>().ok());
+            match code {
+                Some(c @ 100..=999) if value.len() == 3 || value.as_bytes()[3] == b' ' => {
+                    status = Some(c)
+                }
+                _ => return Err(CgiError::BadStatus(value.into())),
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case("location") {
+            location = true;
+        }
+        // Framing is the server's: the guest writes its own Content-Length.
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        headers.push((name.to_string(), value.to_string()));
+    }
+    let status = status.unwrap_or(if location { 302 } else { 200 });
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+/// Header block and body, split at the first blank line (`\n\n` or `\r\n\r\n`).
+fn split_head(out: &[u8]) -> Option<(&[u8], &[u8])> {
+    if let Some(body) = out
+        .strip_prefix(b"\r\n")
+        .or_else(|| out.strip_prefix(b"\n"))
+    {
+        return Some((&[], body));
+    }
+    let mut i = 0;
+    while i < out.len() {
+        if out[i] == b'\n' {
+            match out.get(i + 1) {
+                Some(b'\n') => return Some((&out[..i], &out[i + 2..])),
+                Some(b'\r') if out.get(i + 2) == Some(&b'\n') => {
+                    return Some((&out[..i], &out[i + 3..]));
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
