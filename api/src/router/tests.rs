@@ -379,6 +379,46 @@ async fn a_replacement_that_fails_to_start_rolls_back() {
     );
 }
 
+/// Poll until `done` holds; the bound only keeps a broken test from hanging forever.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_replacement_finishes_when_its_client_disconnects() {
+    let t = T::new(Fake::default());
+    let addr = free_addr().to_string();
+    t.put("/v1/services/a", &config(&addr)).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.fake.drain_gate.lock().unwrap() = Some(gate.clone());
+    let mut c = config(&addr);
+    c["max_concurrent"] = json!(9);
+    // The client goes away while the old service drains: its request future is dropped.
+    tokio::select! {
+        _ = t.put("/v1/services/a", &c) => panic!("the replacement finished through the gate"),
+        _ = until("the old service is removed", || t.fake.log().len() == 2) => {}
+    }
+    gate.add_permits(1);
+    until("the new config runs", || {
+        t.fake.config("a").is_some_and(|c| c.max_concurrent == 9)
+    })
+    .await;
+    assert_eq!(
+        t.fake.log(),
+        [
+            format!("add a {addr}"),
+            "remove a".into(),
+            format!("add a {addr}")
+        ]
+    );
+}
+
 #[tokio::test]
 async fn vms_list_get_kill() {
     let t = T::new(Fake::with_vm("hello-1", "hello"));
