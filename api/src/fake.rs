@@ -59,6 +59,7 @@ fn stats() -> ServiceStats {
         max_running: 3,
         idle: 2,
         waiting: 0,
+        connections: 0,
     }
 }
 

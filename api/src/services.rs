@@ -165,6 +165,7 @@ impl<C: Control> Change<C> {
                 max_running: 0,
                 idle: 0,
                 waiting: 0,
+                connections: 0,
             },
         });
         let mut resp = json(status, &models::Service::from(now));

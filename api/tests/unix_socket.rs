@@ -175,7 +175,7 @@ async fn serves_the_summoner_on_a_private_unix_socket() {
     assert_eq!(body["name"], "web");
     assert_eq!(
         body["stats"],
-        json!({"running": 0, "max_running": 0, "idle": 0, "waiting": 0})
+        json!({"running": 0, "max_running": 0, "idle": 0, "waiting": 0, "connections": 0})
     );
     let first_addr: SocketAddr = body["address"].as_str().unwrap().parse().unwrap();
     TcpStream::connect(first_addr)

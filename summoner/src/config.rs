@@ -93,6 +93,18 @@ pub struct ServiceConfig {
     /// service is created, and restore every request's VM from that snapshot.
     #[serde(default)]
     pub snapshot: bool,
+    /// HTTP mode: longest a client may take to send a request head, from its first byte
+    /// (or from the connection's opening, for its first request); then the connection is
+    /// closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// HTTP mode: longest a keep-alive connection may sit idle between requests.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; beyond it, HTTP clients get a 503 and TCP
+    /// clients a closed connection.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// Defaults of the optional fields, for the config file, the API and the CLI flags alike.
@@ -115,6 +127,12 @@ pub mod defaults {
     pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
     /// `pool_size`.
     pub const POOL_SIZE: usize = 2;
+    /// `header_timeout`.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 1024;
 }
 
 fn default_memory() -> u32 {
@@ -140,6 +158,15 @@ fn default_request_deadline() -> Duration {
 }
 fn default_pool() -> usize {
     defaults::POOL_SIZE
+}
+fn default_header_timeout() -> Duration {
+    defaults::HEADER_TIMEOUT
+}
+fn default_idle_timeout() -> Duration {
+    defaults::IDLE_TIMEOUT
+}
+fn default_max_connections() -> usize {
+    defaults::MAX_CONNECTIONS
 }
 fn default_serial() -> SerialConfig {
     SerialConfig::None
@@ -226,6 +253,9 @@ impl ServiceConfig {
             pool_size: default_pool(),
             serial: default_serial(),
             snapshot: false,
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 
@@ -258,15 +288,19 @@ impl ServiceConfig {
                 })
             }
         }
-        if self.max_concurrent == 0 {
-            return Err(ServiceConfigError::Zero {
-                name,
-                field: "max_concurrent",
-            });
+        for (field, n) in [
+            ("max_concurrent", self.max_concurrent),
+            ("max_connections", self.max_connections),
+        ] {
+            if n == 0 {
+                return Err(ServiceConfigError::Zero { name, field });
+            }
         }
         for (field, d) in [
             ("queue_deadline", self.queue_deadline),
             ("request_deadline", self.request_deadline),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ServiceConfigError::ZeroDuration { name, field });

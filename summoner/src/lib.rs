@@ -11,7 +11,9 @@
 
 pub mod admission;
 pub mod config;
+pub mod conn;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
@@ -52,6 +54,9 @@ pub struct ServiceStats {
     pub idle: usize,
     /// Requests waiting for admission.
     pub waiting: usize,
+    /// Client connections open now.
+    #[serde(default)]
+    pub connections: usize,
 }
 
 /// All services of one dust daemon.
@@ -60,6 +65,7 @@ pub struct Summoner {
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
+    budget: limits::Budget,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -88,7 +94,9 @@ impl Summoner {
             .mode(0o700)
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let nofile = limits::raise_nofile()?;
         Ok(Self {
+            budget: limits::Budget::new(limits::client_budget(nofile, 0)),
             spawner: worker::Spawner { exe, args, run_dir },
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
@@ -129,6 +137,7 @@ impl Summoner {
             &self.metrics,
             self.registry.clone(),
             template,
+            self.budget.clone(),
         )?;
         let addr = svc.local_addr();
         services.insert(name, svc);
@@ -164,6 +173,7 @@ impl Summoner {
                 max_running: i.metrics.max_running(),
                 idle: i.pool.idle_count(),
                 waiting: i.admission.waiting(),
+                connections: i.open_connections(),
             }
         })
     }

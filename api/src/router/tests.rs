@@ -199,7 +199,7 @@ async fn create_get_list_delete_a_service() {
     assert_eq!(body["max_concurrent"], 4, "defaults are filled: {body}");
     assert_eq!(
         body["stats"],
-        json!({"running": 1, "max_running": 3, "idle": 2, "waiting": 0})
+        json!({"running": 1, "max_running": 3, "idle": 2, "waiting": 0, "connections": 0})
     );
     let address: SocketAddr = body["address"].as_str().unwrap().parse().unwrap();
     assert_ne!(address.port(), 0);

@@ -1,0 +1,178 @@
+//! The front door of a service as real clients use it: half-closed and pipelining clients,
+//! silent, slow and idle connections, the per-service connection cap. Workers are the fake
+//! of `fake/mod.rs`, so no /dev/kvm is needed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+mod fake;
+#[path = "../../tests/common/host.rs"]
+mod host;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use host::child_pids;
+use summoner::{ServiceConfig, Summoner};
+use tempfile::TempDir;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Tests check that no worker child is left, so they never overlap.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+struct Env {
+    summoner: Summoner,
+    dir: TempDir,
+    _serial: MutexGuard<'static, ()>,
+}
+
+async fn env() -> Env {
+    let serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let summoner =
+        Summoner::with_worker(std::env::current_exe().unwrap(), fake::args(), run).unwrap();
+    Env {
+        summoner,
+        dir,
+        _serial: serial,
+    }
+}
+
+fn service(name: &str) -> ServiceConfig {
+    let image = std::env::current_exe().unwrap();
+    let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), image);
+    s.cmdline = "fake=answer".into();
+    s.pool_size = 1;
+    s
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+impl Env {
+    fn connections(&self, name: &str) -> usize {
+        self.summoner.stats(name).unwrap().connections
+    }
+
+    async fn finish(self) {
+        self.summoner.shutdown(Duration::from_millis(200)).await;
+        until("every worker is reaped", || child_pids().is_empty()).await;
+        let run = self.dir.path().join("run");
+        until("the run dir is empty", || {
+            std::fs::read_dir(&run).unwrap().next().is_none()
+        })
+        .await;
+    }
+}
+
+/// Send `bytes`, shut the write side (as `nc -N` does), read everything that comes back.
+async fn half_closed(addr: SocketAddr, bytes: &'static [u8]) -> String {
+    tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.write_all(bytes).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        String::from_utf8_lossy(&back).into_owned()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_worker() {
+    if fake::is_child() {
+        fake::serve();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_every_answer() {
+    let env = env().await;
+    let addr = env.summoner.add(service("half")).await.unwrap();
+    let one = half_closed(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(one.starts_with("HTTP/1.0 200"), "{one:?}");
+    let three = half_closed(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(three.matches("HTTP/1.1 200 OK").count(), 3, "{three:?}");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_get_503() {
+    let env = env().await;
+    let mut s = service("capped");
+    s.max_connections = 2;
+    let addr = env.summoner.add(s).await.unwrap();
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    until("both connections are open", || {
+        env.connections("capped") == 2
+    })
+    .await;
+    let r = tokio::task::spawn_blocking(move || host::http_get(addr, "/").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    drop(held);
+    until("the connections are closed", || {
+        env.connections("capped") == 0
+    })
+    .await;
+    let r = tokio::task::spawn_blocking(move || host::http_get(addr, "/").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    env.finish().await;
+}
+
+/// Read until the server closes the connection; what it sent before.
+fn read_until_closed(mut c: TcpStream) -> Vec<u8> {
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_idle_connections_are_closed() {
+    let env = env().await;
+    let mut s = service("timeouts");
+    s.header_timeout = Duration::from_millis(300);
+    s.idle_timeout = Duration::from_millis(300);
+    let addr = env.summoner.add(s).await.unwrap();
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut half_sent = TcpStream::connect(addr).unwrap();
+    half_sent
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let (silent, half_sent, idle) = tokio::task::spawn_blocking(move || {
+        (
+            read_until_closed(silent),
+            read_until_closed(half_sent),
+            read_until_closed(idle),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(silent.is_empty() && half_sent.is_empty());
+    // The keep-alive connection got its answer, then was closed once idle.
+    let idle = String::from_utf8_lossy(&idle);
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
+    until("no connection is open", || env.connections("timeouts") == 0).await;
+    env.finish().await;
+}
