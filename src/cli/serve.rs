@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Directory for per-VM sockets.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Most worker processes (idle shells and running VMs of all services) at once
+    /// (default: `max_vms` of the config file, else as many default-sized VMs as the
+    /// host's memory holds).
+    #[arg(long)]
+    pub max_vms: Option<usize>,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -61,7 +66,7 @@ pub fn find_guest(name: &str) -> Option<PathBuf> {
 }
 
 impl ServeArgs {
-    fn services(&self) -> Result<(Option<PathBuf>, Vec<ServiceConfig>), String> {
+    fn services(&self) -> Result<(FileConfig, Vec<ServiceConfig>), String> {
         if let Some(path) = &self.config {
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -70,7 +75,8 @@ impl ServeArgs {
             if file.services.is_empty() {
                 return Err(format!("{}: no [[service]] defined", path.display()));
             }
-            return Ok((file.run_dir, file.services));
+            let services = file.services.clone();
+            return Ok((file, services));
         }
         let image = match &self.image {
             Some(i) => i.clone(),
@@ -80,13 +86,13 @@ impl ServeArgs {
             )?,
         };
         let s = self.service.config(&self.name, self.listen, image);
-        Ok((None, vec![s]))
+        Ok((FileConfig::default(), vec![s]))
     }
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    let (file_run_dir, services) = match args.services() {
+    let (file, services) = match args.services() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("dust: {e}");
@@ -96,7 +102,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let run_dir = args
         .run_dir
         .clone()
-        .or(file_run_dir)
+        .or(file.run_dir)
         .unwrap_or_else(summoner::default_run_dir);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,8 +122,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
+        let max_vms = args.max_vms.or(file.max_vms);
         let summoner = match Summoner::new(exe, run_dir.clone()) {
-            Ok(s) => std::sync::Arc::new(s),
+            Ok(s) => std::sync::Arc::new(match max_vms {
+                Some(n) => s.with_max_vms(n),
+                None => s,
+            }),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);

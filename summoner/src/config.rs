@@ -222,6 +222,16 @@ pub enum ServiceConfigError {
         /// Field.
         field: &'static str,
     },
+    /// More idle shells than VMs the service may run.
+    #[error("service {name}: pool_size {pool} is larger than max_concurrent {max}")]
+    PoolTooBig {
+        /// Service.
+        name: String,
+        /// pool_size.
+        pool: usize,
+        /// max_concurrent.
+        max: usize,
+    },
     /// The VM part is invalid.
     #[error("service {name}: {source}")]
     Vm {
@@ -296,6 +306,13 @@ impl ServiceConfig {
                 return Err(ServiceConfigError::Zero { name, field });
             }
         }
+        if self.pool_size > self.max_concurrent {
+            return Err(ServiceConfigError::PoolTooBig {
+                name,
+                pool: self.pool_size,
+                max: self.max_concurrent,
+            });
+        }
         for (field, d) in [
             ("queue_deadline", self.queue_deadline),
             ("request_deadline", self.request_deadline),
@@ -364,6 +381,10 @@ pub struct FileConfig {
     /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// Most worker processes (idle shells and running VMs of all services) at once
+    /// (default: as many default-sized VMs as the host's memory holds).
+    #[serde(default)]
+    pub max_vms: Option<usize>,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
@@ -415,6 +436,15 @@ guest_port = 5000
         s.max_concurrent = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Zero { .. })));
         s.max_concurrent = 1;
+        assert!(matches!(
+            s.validate(),
+            Err(ServiceConfigError::PoolTooBig {
+                pool: 2,
+                max: 1,
+                ..
+            })
+        ));
+        s.pool_size = 1;
         s.memory_mib = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
         s.memory_mib = 32;

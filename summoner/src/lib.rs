@@ -66,6 +66,7 @@ pub struct Summoner {
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
     budget: limits::Budget,
+    nofile: u64,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -95,13 +96,28 @@ impl Summoner {
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
         let nofile = limits::raise_nofile()?;
+        let max_vms = limits::default_max_vms();
         Ok(Self {
-            budget: limits::Budget::new(limits::client_budget(nofile, 0)),
-            spawner: worker::Spawner { exe, args, run_dir },
+            budget: limits::Budget::new(limits::client_budget(nofile, max_vms)),
+            spawner: worker::Spawner {
+                exe,
+                args,
+                run_dir,
+                slots: limits::VmSlots::new(max_vms),
+            },
+            nofile,
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
         })
+    }
+
+    /// Cap the worker processes of all services together at `max_vms` (default: as many
+    /// default-sized VMs as the host's memory holds). Call before adding services.
+    pub fn with_max_vms(mut self, max_vms: usize) -> Self {
+        self.spawner.slots = limits::VmSlots::new(max_vms.max(1));
+        self.budget = limits::Budget::new(limits::client_budget(self.nofile, max_vms));
+        self
     }
 
     fn services(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {

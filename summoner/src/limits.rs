@@ -57,6 +57,31 @@ pub fn client_budget(nofile: u64, max_vms: usize) -> usize {
     usize::try_from(nofile.saturating_sub(reserved).max(16)).unwrap_or(usize::MAX)
 }
 
+/// MiB of host memory counted per VM for the default `max_vms`: the default guest memory
+/// plus the worker process around it.
+pub const MIB_PER_VM: u64 = vmm::config::DEFAULT_MEMORY_MIB as u64 + 16;
+
+/// The default `max_vms`: as many default-sized VMs as the host's memory holds.
+pub fn default_max_vms() -> usize {
+    usize::try_from((vmm::config::host_memory_mib() / MIB_PER_VM).max(1)).unwrap_or(usize::MAX)
+}
+
+/// The daemon-wide cap on worker processes (idle shells, booting and serving VMs alike).
+#[derive(Debug, Clone)]
+pub struct VmSlots(Arc<Semaphore>);
+
+impl VmSlots {
+    /// `n` workers at most.
+    pub fn new(n: usize) -> Self {
+        Self(Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// One worker's slot, if the daemon is below its cap.
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
 /// The daemon-wide client connection budget.
 #[derive(Debug, Clone)]
 pub struct Budget(Arc<Semaphore>);

@@ -116,7 +116,10 @@ pub async fn summon(
     let (idle, warm) = tokio::time::timeout_at(by, svc.pool.take())
         .await
         .map_err(|_| SummonError::Timeout)?
-        .map_err(SummonError::Internal)?;
+        .map_err(|e| match e {
+            WorkerError::TooManyVms => SummonError::Shed(Rejected::MaxVms),
+            e => SummonError::Internal(e),
+        })?;
     phases.warm = warm;
     phases.spawn = t.elapsed();
 

@@ -26,11 +26,15 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(|s| s).await
+}
+
+async fn env_with(f: impl FnOnce(Summoner) -> Summoner) -> Env {
     let serial = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let summoner =
-        Summoner::with_worker(std::env::current_exe().unwrap(), fake::args(), run).unwrap();
+        f(Summoner::with_worker(std::env::current_exe().unwrap(), fake::args(), run).unwrap());
     Env {
         summoner,
         dir,
@@ -174,5 +178,43 @@ async fn silent_slow_and_idle_connections_are_closed() {
     let idle = String::from_utf8_lossy(&idle);
     assert!(idle.starts_with("HTTP/1.1 200"), "{idle}");
     until("no connection is open", || env.connections("timeouts") == 0).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_vms_caps_the_workers_of_the_whole_daemon() {
+    let env = env_with(|s| s.with_max_vms(1)).await;
+    let mut s = service("capvms");
+    s.cmdline = "fake=never-answers".into();
+    s.max_concurrent = 2;
+    s.queue_depth = 0;
+    let addr = env.summoner.add(s).await.unwrap();
+    until("the one shell is built", || {
+        env.summoner.stats("capvms").unwrap().idle == 1
+    })
+    .await;
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    until("the VM serves", || env.summoner.vms().len() == 1).await;
+    // The service may run two, the daemon only one: the next request is shed.
+    let r = tokio::task::spawn_blocking(move || host::http_get(addr, "/").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(child_pids().len(), 1);
+    drop(held);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_larger_than_max_concurrent_is_refused() {
+    let env = env().await;
+    let mut s = service("bigpool");
+    s.pool_size = 40;
+    s.max_concurrent = 1;
+    let e = env.summoner.add(s).await.unwrap_err().to_string();
+    assert!(e.contains("pool_size 40"), "{e}");
+    assert!(child_pids().is_empty());
     env.finish().await;
 }

@@ -256,6 +256,7 @@ async fn a_full_service_sheds_with_503_and_retry_after() {
     let env = env().await;
     let mut s = service("full", "never-answers");
     s.max_concurrent = 1;
+    s.pool_size = 1;
     s.queue_depth = 0;
     let addr = env.add(s).await;
     let held = held_request(&env, addr).await;
@@ -308,6 +309,7 @@ async fn the_permit_is_released_when_the_vm_is_reaped() {
     let env = env().await;
     let mut s = service("permit", "answer");
     s.max_concurrent = 1;
+    s.pool_size = 1;
     s.queue_depth = 0;
     let addr = env.add(s).await;
     // With one slot and no queue, each request is admitted only if the last VM's permit

@@ -297,6 +297,13 @@ async fn invalid_configs_are_422_naming_the_problem() {
     let a = t.put("/v1/services/a", &c).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(a.message().contains("max_concurrent"), "{}", a.message());
+    // More idle shells than VMs the service may run.
+    let mut c = config("127.0.0.1:0");
+    c["pool_size"] = json!(40);
+    c["max_concurrent"] = json!(1);
+    let a = t.put("/v1/services/a", &c).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.message().contains("pool_size 40"), "{}", a.message());
     assert!(t.fake.log().is_empty(), "{:?}", t.fake.log());
 }
 
