@@ -89,7 +89,7 @@ async fn idle_and_slowloris_connections_cannot_starve_anyone() {
     let api_task = tokio::spawn(api.serve(summoner.clone(), async move {
         let _ = stopped.await;
     }));
-    let image = std::env::current_exe().unwrap();
+    let image = host::tiny_elf();
     let mut s = ServiceConfig::new("flood", "127.0.0.1:0".parse().unwrap(), image);
     s.cmdline = "fake=answer".into();
     s.pool_size = 1;

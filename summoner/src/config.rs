@@ -214,13 +214,27 @@ pub enum ServiceConfigError {
         /// Field.
         field: &'static str,
     },
-    /// A zero duration.
-    #[error("service {name}: {field} must be greater than zero")]
-    ZeroDuration {
+    /// A duration out of its range.
+    #[error("service {name}: {field} must be between 10ms and 1h")]
+    DurationRange {
         /// Service.
         name: String,
         /// Field.
         field: &'static str,
+    },
+    /// A vsock port out of range.
+    #[error("service {name}: guest_port {0} must be between 1 and 65535", .port)]
+    GuestPort {
+        /// Service.
+        name: String,
+        /// The port.
+        port: u32,
+    },
+    /// A command line a guest cannot take.
+    #[error("service {name}: cmdline must not contain control characters")]
+    Cmdline {
+        /// Service.
+        name: String,
     },
     /// More idle shells than VMs the service may run.
     #[error("service {name}: pool_size {pool} is larger than max_concurrent {max}")]
@@ -242,6 +256,10 @@ pub enum ServiceConfigError {
         source: vmm::ConfigError,
     },
 }
+
+/// The range of every duration of a service.
+pub const DURATIONS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
 
 impl ServiceConfig {
     /// A service with defaults for everything but name, address and image.
@@ -281,23 +299,6 @@ impl ServiceConfig {
         if !ok_name {
             return Err(ServiceConfigError::Name(name));
         }
-        match std::fs::metadata(&self.image) {
-            Ok(m) if m.is_file() => {}
-            Ok(_) => {
-                return Err(ServiceConfigError::Image {
-                    name,
-                    path: self.image.display().to_string(),
-                    why: "not a regular file".into(),
-                })
-            }
-            Err(e) => {
-                return Err(ServiceConfigError::Image {
-                    name,
-                    path: self.image.display().to_string(),
-                    why: e.to_string(),
-                })
-            }
-        }
         for (field, n) in [
             ("max_concurrent", self.max_concurrent),
             ("max_connections", self.max_connections),
@@ -319,13 +320,35 @@ impl ServiceConfig {
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
         ] {
-            if d.is_zero() {
-                return Err(ServiceConfigError::ZeroDuration { name, field });
+            if !DURATIONS.contains(&d) {
+                return Err(ServiceConfigError::DurationRange { name, field });
             }
+        }
+        if !(1..=65535).contains(&self.guest_port) {
+            return Err(ServiceConfigError::GuestPort {
+                name,
+                port: self.guest_port,
+            });
+        }
+        if self.cmdline.chars().any(char::is_control) {
+            return Err(ServiceConfigError::Cmdline { name });
         }
         self.vm_config("check", Path::new("/"))
             .validate()
-            .map_err(|source| ServiceConfigError::Vm { name, source })
+            .map_err(|source| ServiceConfigError::Vm {
+                name: name.clone(),
+                source,
+            })?;
+        // As the worker's loader will see it, so that an image that can never boot is
+        // refused now instead of failing every request.
+        if let Err(e) = vmm::check_image(&self.image, self.memory_mib) {
+            return Err(ServiceConfigError::Image {
+                name,
+                path: self.image.display().to_string(),
+                why: e.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The VM config of one request's VM.
@@ -391,7 +414,12 @@ pub struct FileConfig {
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/host.rs"]
+mod host;
+
+#[cfg(test)]
 mod tests {
+    use super::host;
     use super::*;
 
     #[test]
@@ -432,7 +460,7 @@ guest_port = 5000
         s.name = "ok".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("/nonexistent"), "{e}");
-        s.image = std::env::current_exe().unwrap();
+        s.image = host::tiny_elf();
         s.max_concurrent = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Zero { .. })));
         s.max_concurrent = 1;
@@ -452,6 +480,30 @@ guest_port = 5000
         assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
         s.irqchip = true;
         assert_eq!(s.validate(), Ok(()));
+        for (field, bad) in [
+            ("cmdline", &|s: &mut ServiceConfig| {
+                s.cmdline = String::from("a\nb")
+            }),
+            ("guest_port", &|s: &mut ServiceConfig| {
+                s.guest_port = u32::MAX
+            }),
+            ("request_deadline", &|s: &mut ServiceConfig| {
+                s.request_deadline = Duration::from_nanos(1)
+            }),
+            ("idle_timeout", &|s: &mut ServiceConfig| {
+                s.idle_timeout = Duration::from_secs(7200)
+            }),
+        ] as [(&str, &dyn Fn(&mut ServiceConfig)); 4]
+        {
+            let mut c = s.clone();
+            bad(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut passwd = s.clone();
+        passwd.image = "/etc/passwd".into();
+        let e = passwd.validate().unwrap_err().to_string();
+        assert!(e.contains("not an x86_64 ELF or a bzImage"), "{e}");
         let vm = s.vm_config("hello-1", Path::new("/run/d"));
         assert_eq!(vm.cmdline, "vm=hello-1");
         assert_eq!((vm.vcpus, vm.irqchip), (2, true));

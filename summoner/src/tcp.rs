@@ -17,9 +17,9 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
     let mut outcome = OutcomeGuard::new(&svc);
     let mut summoned = match summon::summon(&svc, t0, deadline).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(service = %svc.config.name, "connection refused: {e}");
-            outcome.settle(e.outcome());
+        Err(f) => {
+            tracing::info!(service = %svc.config.name, vm = ?f.vm, "connection closed: {}", f.error);
+            outcome.settle(f.error.outcome());
             return;
         }
     };

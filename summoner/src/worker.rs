@@ -304,6 +304,11 @@ pub struct BootingWorker {
 }
 
 impl BootingWorker {
+    /// Set once an operator kills the VM.
+    pub fn kill_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.entry.kill_flag()
+    }
+
     /// Wait for the guest's "ready".
     pub async fn ready(mut self) -> Result<ServingWorker, WorkerError> {
         loop {
@@ -335,6 +340,13 @@ pub struct ServingWorker {
 }
 
 impl ServingWorker {
+    /// Whether an operator killed the VM.
+    pub fn killed(&self) -> bool {
+        self._entry
+            .kill_flag()
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The VM's vsock socket.
     pub fn vsock(&self) -> &Path {
         &self.proc.vsock

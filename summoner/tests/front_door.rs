@@ -43,7 +43,7 @@ async fn env_with(f: impl FnOnce(Summoner) -> Summoner) -> Env {
 }
 
 fn service(name: &str) -> ServiceConfig {
-    let image = std::env::current_exe().unwrap();
+    let image = host::tiny_elf();
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), image);
     s.cmdline = "fake=answer".into();
     s.pool_size = 1;

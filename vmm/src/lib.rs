@@ -35,7 +35,7 @@ pub fn runtime_dir() -> std::path::PathBuf {
 
 pub use config::{BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
 pub use kvm::KvmError;
-pub use loader::ImageError;
+pub use loader::{check_image, ImageError};
 pub use memory::MemoryError;
 pub use snapshot::SnapshotError;
 pub use timings::Timings;

@@ -10,6 +10,9 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::fake::Fake;
+
+#[path = "../../../tests/common/host.rs"]
+mod host;
 use crate::router::{Router, Settings, METRICS_CONTENT_TYPE};
 
 struct Answer {
@@ -105,7 +108,7 @@ impl T {
 }
 
 fn image() -> String {
-    std::env::current_exe().unwrap().display().to_string()
+    host::tiny_elf().display().to_string()
 }
 
 fn config(listen: &str) -> Value {
