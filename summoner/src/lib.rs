@@ -222,5 +222,14 @@ impl Summoner {
         for s in all {
             s.stop(grace).await;
         }
+        // Every worker reaped and its vsock socket removed before the daemon exits (the
+        // reaper tasks would otherwise die with the runtime and leave the sockets behind).
+        let reaped = self.spawner.slots.all_free();
+        if tokio::time::timeout(Duration::from_secs(5), reaped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some workers were not reaped within 5 s of the shutdown");
+        }
     }
 }

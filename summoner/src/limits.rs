@@ -67,13 +67,20 @@ pub fn default_max_vms() -> usize {
 }
 
 /// The daemon-wide cap on worker processes (idle shells, booting and serving VMs alike).
+/// A slot is given back once its worker is reaped and its vsock socket removed.
 #[derive(Debug, Clone)]
-pub struct VmSlots(Arc<Semaphore>);
+pub struct VmSlots(Arc<Semaphore>, u32);
 
 impl VmSlots {
     /// `n` workers at most.
     pub fn new(n: usize) -> Self {
-        Self(Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))))
+        let n = u32::try_from(n.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        Self(Arc::new(Semaphore::new(n as usize)), n)
+    }
+
+    /// Wait until every worker is reaped (its socket removed).
+    pub async fn all_free(&self) {
+        let _ = self.0.acquire_many(self.1).await;
     }
 
     /// One worker's slot, if the daemon is below its cap.

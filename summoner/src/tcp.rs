@@ -26,8 +26,16 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
     summon::record(&svc, &summoned.phases);
     svc.metrics.phase(Phase::total, t0.elapsed());
     let splice = tokio::io::copy_bidirectional(&mut client, &mut summoned.stream);
-    match tokio::time::timeout_at(deadline.into(), splice).await {
-        Ok(_) => outcome.settle(Outcome::ok),
-        Err(_) => outcome.settle(Outcome::timeout),
+    // A VM that ends (killed, crashed) ends the connection at once: the splice alone would
+    // wait for the client to close its side.
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), splice) => match r {
+            Ok(_) => outcome.settle(Outcome::ok),
+            Err(_) => outcome.settle(Outcome::timeout),
+        },
+        exit = summoned.vm.ended() => {
+            tracing::info!(service = %svc.config.name, vm = %summoned.vm.vm_id, "VM ended mid-connection: {exit}");
+            outcome.settle(Outcome::crash);
+        }
     }
 }

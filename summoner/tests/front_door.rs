@@ -218,3 +218,55 @@ async fn a_pool_larger_than_max_concurrent_is_refused() {
     assert!(child_pids().is_empty());
     env.finish().await;
 }
+
+fn vsock_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".vsock"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_no_socket_behind() {
+    let env = env().await;
+    env.summoner.add(service("sockets")).await.unwrap();
+    let run = env.dir.path().join("run");
+    until("the shell is built", || vsock_files(&run).len() == 1).await;
+    env.summoner.shutdown(Duration::from_millis(100)).await;
+    // At once, not eventually: the daemon exits right after this.
+    assert_eq!(vsock_files(&run), Vec::<String>::new());
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tcp_vm_closes_its_connection_at_once() {
+    let env = env().await;
+    let mut s = service("tcpkill");
+    s.mode = summoner::Mode::Tcp;
+    s.cmdline = "fake=echo".into();
+    // Only the kill may end the connection, not the deadline.
+    s.request_deadline = Duration::from_secs(3600);
+    let addr = env.summoner.add(s).await.unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    c.read_exact(&mut b).unwrap();
+    let id = env.summoner.vms()[0].id.clone();
+    assert!(env.summoner.kill_vm(&id));
+    // The client keeps its connection open: the VM is reaped and gives back its slot all
+    // the same, and the client is told by an EOF.
+    until("the VM is gone", || env.summoner.vms().is_empty()).await;
+    assert_eq!(env.summoner.stats("tcpkill").unwrap().running, 0);
+    let n = tokio::task::spawn_blocking(move || {
+        let n = c.read(&mut [0u8; 8]).unwrap();
+        drop(c);
+        n
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
+    assert!(!env.summoner.kill_vm(&id));
+    env.finish().await;
+}
