@@ -194,6 +194,7 @@ async fn full_queue_is_shed_with_503_and_retry_after() {
     let env = env().await;
     let mut s = service("spinq", "spin");
     s.max_concurrent = 1;
+    s.pool_size = 1;
     s.queue_depth = 0;
     s.request_deadline = Duration::from_secs(3);
     let addr = env.add(s).await;

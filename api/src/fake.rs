@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use summoner::registry::{VmInfo, VmPhase};
@@ -22,6 +22,8 @@ pub struct Fake {
     pub fail_next_add: AtomicBool,
     /// Set by the first drain.
     pub draining: AtomicBool,
+    /// If set, a removal waits here after the service is gone (a drain in progress).
+    pub drain_gate: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Fake {
@@ -59,6 +61,7 @@ fn stats() -> ServiceStats {
         max_running: 3,
         idle: 2,
         waiting: 0,
+        connections: 0,
     }
 }
 
@@ -104,6 +107,10 @@ impl Control for Fake {
         let gone = self.services.lock().unwrap().remove(name).is_some();
         if gone {
             self.log.lock().unwrap().push(format!("remove {name}"));
+        }
+        let gate = self.drain_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let _ = gate.acquire().await;
         }
         gone
     }

@@ -132,6 +132,7 @@ mod tests {
                 max_running: 2,
                 idle: 3,
                 waiting: 4,
+                connections: 5,
             },
         };
         let text = serde_json::to_string(&s).unwrap();

@@ -46,7 +46,7 @@ pub struct Router<C> {
     pub(crate) control: Arc<C>,
     pub(crate) settings: Settings,
     /// Serializes changes (PUT, DELETE of services) so a replacement is never interleaved.
-    pub(crate) changes: tokio::sync::Mutex<()>,
+    pub(crate) changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A JSON response.
@@ -96,7 +96,7 @@ impl<C: Control> Router<C> {
         Self {
             control,
             settings,
-            changes: tokio::sync::Mutex::new(()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -182,11 +182,7 @@ impl<C: Control> Router<C> {
                 self.put_service(config, true).await?
             }
             Endpoint::DeleteService => {
-                let _change = self.changes.lock().await;
-                if !c.remove_service(param, self.settings.drain_grace).await {
-                    return Err(service_not_found(param));
-                }
-                tracing::info!(service = %param, "service removed through the control API");
+                self.delete_service(param).await?;
                 no_content()
             }
             Endpoint::ListVms => {

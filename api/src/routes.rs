@@ -103,6 +103,8 @@ fn fit<'p>(template: &str, path: &'p str) -> Option<Option<&'p str>> {
 /// Find the route for `method` and `path`: 404 if no template fits the path, 405 (with the
 /// methods that would do) if some fit but not for this method.
 pub fn find<'p>(method: &str, path: &'p str) -> Result<Matched<'p>, HttpError> {
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if method == "HEAD" { "GET" } else { method };
     let mut allowed: Vec<&str> = Vec::new();
     for r in ROUTES {
         if let Some(param) = fit(r.path, path) {
@@ -138,6 +140,14 @@ mod tests {
             Endpoint::DeleteVm
         );
         assert_eq!(find("GET", "/metrics").unwrap().endpoint, Endpoint::Metrics);
+        assert_eq!(
+            find("HEAD", "/v1/health").unwrap().endpoint,
+            Endpoint::Health
+        );
+        assert_eq!(
+            find("HEAD", "/v1/services/x").unwrap().endpoint,
+            Endpoint::GetService
+        );
     }
 
     #[test]

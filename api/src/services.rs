@@ -9,9 +9,14 @@
 //! 3. stop the old service (in-flight requests get `replace_grace`);
 //! 4. start the new one; if that still fails, start the old config again (rollback) and
 //!    answer with the new config's error.
+//!
+//! A change runs in a task of its own: a client that disconnects mid-way cancels only its
+//! wait for the answer, never the change, so a replacement always finishes or rolls back.
+//! Every change is logged.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +27,7 @@ use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
 use crate::control::{Control, ServiceStatus};
 use crate::error::{ErrorCode, HttpError};
 use crate::models;
-use crate::router::{json, Router};
+use crate::router::{json, Router, Settings};
 
 /// 409/422 for a service that could not be added.
 pub(crate) fn add_error(e: AddError) -> HttpError {
@@ -71,13 +76,70 @@ impl<C: Control> Router<C> {
         config
             .validate()
             .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
-        let _change = self.changes.lock().await;
+        let change = Change {
+            control: self.control.clone(),
+            settings: self.settings,
+            lock: self.changes.clone(),
+        };
+        join(tokio::spawn(change.put(config, create_only))).await?
+    }
+
+    /// Drain and remove a service, in a task of its own like every change.
+    pub(crate) async fn delete_service(&self, name: &str) -> Result<(), HttpError> {
+        let change = Change {
+            control: self.control.clone(),
+            settings: self.settings,
+            lock: self.changes.clone(),
+        };
+        join(tokio::spawn(change.delete(name.to_string()))).await?
+    }
+}
+
+/// Wait for a change's task; the task goes on if this wait is dropped.
+async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HttpError> {
+    task.await.map_err(|e| {
+        tracing::error!("a service change failed: {e}");
+        HttpError::new(ErrorCode::Internal, "the service change failed".to_string())
+    })
+}
+
+/// What a change needs, owned, so that it can outlive the request that asked for it.
+struct Change<C> {
+    control: Arc<C>,
+    settings: Settings,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<C: Control> Change<C> {
+    async fn delete(self, name: String) -> Result<(), HttpError> {
+        let _change = self.lock.lock().await;
+        tracing::info!(service = %name, "removing service (control API)");
+        if !self
+            .control
+            .remove_service(&name, self.settings.drain_grace)
+            .await
+        {
+            return Err(crate::router::service_not_found(&name));
+        }
+        tracing::info!(service = %name, "service removed (control API)");
+        Ok(())
+    }
+
+    async fn put(
+        self,
+        config: ServiceConfig,
+        create_only: bool,
+    ) -> Result<Response<Full<Bytes>>, HttpError> {
+        let _change = self.lock.lock().await;
         let name = config.name.clone();
         let c = &*self.control;
         let (status, address) = match c.service(&name) {
             None => {
-                let address = c.add_service(config.clone()).await.map_err(add_error)?;
-                tracing::info!(service = %name, %address, "service created through the control API");
+                let address = c.add_service(config.clone()).await.map_err(|e| {
+                    tracing::warn!(service = %name, "service not created (control API): {e}");
+                    add_error(e)
+                })?;
+                tracing::info!(service = %name, %address, "service created (control API)");
                 (StatusCode::CREATED, address)
             }
             Some(_) if create_only => {
@@ -89,8 +151,9 @@ impl<C: Control> Router<C> {
                 ));
             }
             Some(old) => {
+                tracing::info!(service = %name, "replacing service (control API)");
                 let address = self.replace(old, config.clone()).await?;
-                tracing::info!(service = %name, %address, "service replaced through the control API");
+                tracing::info!(service = %name, %address, "service replaced (control API)");
                 (StatusCode::OK, address)
             }
         };
@@ -102,6 +165,7 @@ impl<C: Control> Router<C> {
                 max_running: 0,
                 idle: 0,
                 waiting: 0,
+                connections: 0,
             },
         });
         let mut resp = json(status, &models::Service::from(now));

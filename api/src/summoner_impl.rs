@@ -20,6 +20,7 @@ impl Control for Summoner {
                     max_running: 0,
                     idle: 0,
                     waiting: 0,
+                    connections: 0,
                 });
                 ServiceStatus {
                     config,

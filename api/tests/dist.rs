@@ -2,6 +2,9 @@
 //! the systemd unit keeps the settings KVM and the daemon depend on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/common/host.rs"]
+mod host;
+
 use std::collections::BTreeMap;
 
 use summoner::{FileConfig, Mode};
@@ -21,7 +24,7 @@ fn example_config_parses() {
     assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
     // Everything but the image (not installed here) validates.
     let mut s = s.clone();
-    s.image = std::env::current_exe().unwrap();
+    s.image = host::tiny_elf();
     s.validate().unwrap();
 }
 

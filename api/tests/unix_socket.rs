@@ -3,6 +3,9 @@
 //! summoner behind it (services with `pool_size = 0`, so no VM is ever started).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../tests/common/host.rs"]
+mod host;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -130,12 +133,8 @@ impl Running {
 async fn serves_the_summoner_on_a_private_unix_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let sock: PathBuf = tmp.path().join("not/yet/api.sock");
-    let image = tmp.path().join("image");
-    std::fs::write(
-        &image,
-        b"not really a kernel; never booted with pool_size = 0",
-    )
-    .unwrap();
+    // Never booted: the services here have pool_size = 0.
+    let image = host::tiny_elf();
     let summoner =
         Arc::new(Summoner::new(std::env::current_exe().unwrap(), tmp.path().join("run")).unwrap());
 
@@ -175,7 +174,7 @@ async fn serves_the_summoner_on_a_private_unix_socket() {
     assert_eq!(body["name"], "web");
     assert_eq!(
         body["stats"],
-        json!({"running": 0, "max_running": 0, "idle": 0, "waiting": 0})
+        json!({"running": 0, "max_running": 0, "idle": 0, "waiting": 0, "connections": 0})
     );
     let first_addr: SocketAddr = body["address"].as_str().unwrap().parse().unwrap();
     TcpStream::connect(first_addr)

@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Directory for per-VM sockets.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Most worker processes (idle shells and running VMs of all services) at once
+    /// (default: `max_vms` of the config file, else as many default-sized VMs as the
+    /// host's memory holds).
+    #[arg(long)]
+    pub max_vms: Option<usize>,
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -154,8 +159,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(status::VMM_ERROR);
             }
         };
+        let max_vms = args.max_vms.or(file.max_vms);
         let summoner = match Summoner::with_jail(exe, run_dir.clone(), jail) {
-            Ok(s) => std::sync::Arc::new(s),
+            Ok(s) => std::sync::Arc::new(match max_vms {
+                Some(n) => s.with_max_vms(n),
+                None => s,
+            }),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);

@@ -17,6 +17,9 @@ pub enum Rejected {
     /// The wait exceeded the queue deadline.
     #[error("waited past the queue deadline")]
     Expired,
+    /// The daemon runs its `max_vms` VMs.
+    #[error("the daemon runs its maximum number of VMs")]
+    MaxVms,
 }
 
 /// One service's admission state.

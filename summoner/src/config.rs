@@ -106,6 +106,18 @@ pub struct ServiceConfig {
     /// `[jail]` overhead. Past it the kernel kills the worker and the client gets 502.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_mib: Option<u32>,
+    /// HTTP mode: longest a client may take to send a request head, from its first byte
+    /// (or from the connection's opening, for its first request); then the connection is
+    /// closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// HTTP mode: longest a keep-alive connection may sit idle between requests.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; beyond it, HTTP clients get a 503 and TCP
+    /// clients a closed connection.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// Defaults of the optional fields, for the config file, the API and the CLI flags alike.
@@ -128,6 +140,12 @@ pub mod defaults {
     pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
     /// `pool_size`.
     pub const POOL_SIZE: usize = 2;
+    /// `header_timeout`.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 1024;
 }
 
 fn default_memory() -> u32 {
@@ -153,6 +171,15 @@ fn default_request_deadline() -> Duration {
 }
 fn default_pool() -> usize {
     defaults::POOL_SIZE
+}
+fn default_header_timeout() -> Duration {
+    defaults::HEADER_TIMEOUT
+}
+fn default_idle_timeout() -> Duration {
+    defaults::IDLE_TIMEOUT
+}
+fn default_max_connections() -> usize {
+    defaults::MAX_CONNECTIONS
 }
 fn default_serial() -> SerialConfig {
     SerialConfig::None
@@ -200,9 +227,9 @@ pub enum ServiceConfigError {
         /// Field.
         field: &'static str,
     },
-    /// A zero duration.
-    #[error("service {name}: {field} must be greater than zero")]
-    ZeroDuration {
+    /// A duration out of its range.
+    #[error("service {name}: {field} must be between 10ms and 1h")]
+    DurationRange {
         /// Service.
         name: String,
         /// Field.
@@ -219,6 +246,30 @@ pub enum ServiceConfigError {
         #[source]
         source: crate::wasm::WasmError,
     },
+    /// A vsock port out of range.
+    #[error("service {name}: guest_port {0} must be between 1 and 65535", .port)]
+    GuestPort {
+        /// Service.
+        name: String,
+        /// The port.
+        port: u32,
+    },
+    /// A command line a guest cannot take.
+    #[error("service {name}: cmdline must not contain control characters")]
+    Cmdline {
+        /// Service.
+        name: String,
+    },
+    /// More idle shells than VMs the service may run.
+    #[error("service {name}: pool_size {pool} is larger than max_concurrent {max}")]
+    PoolTooBig {
+        /// Service.
+        name: String,
+        /// pool_size.
+        pool: usize,
+        /// max_concurrent.
+        max: usize,
+    },
     /// The VM part is invalid.
     #[error("service {name}: {source}")]
     Vm {
@@ -229,6 +280,10 @@ pub enum ServiceConfigError {
         source: vmm::ConfigError,
     },
 }
+
+/// The range of every duration of a service.
+pub const DURATIONS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(10)..=Duration::from_secs(3600);
 
 impl ServiceConfig {
     /// A service with defaults for everything but name, address and image.
@@ -253,6 +308,9 @@ impl ServiceConfig {
             memory_limit_mib: None,
             wasm: None,
             fuel: None,
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 
@@ -307,6 +365,14 @@ impl ServiceConfig {
             let path = image.display().to_string();
             return Err(ServiceConfigError::Image { name, path, why });
         }
+        for (field, n) in [
+            ("max_concurrent", self.max_concurrent),
+            ("max_connections", self.max_connections),
+        ] {
+            if n == 0 {
+                return Err(ServiceConfigError::Zero { name, field });
+            }
+        }
         if let Some(module) = &self.wasm {
             crate::wasm::check_file(module, self.memory_mib).map_err(|source| {
                 ServiceConfigError::Wasm {
@@ -322,23 +388,48 @@ impl ServiceConfig {
                 field: "memory_limit_mib",
             });
         }
-        if self.max_concurrent == 0 {
-            return Err(ServiceConfigError::Zero {
+        if self.pool_size > self.max_concurrent {
+            return Err(ServiceConfigError::PoolTooBig {
                 name,
-                field: "max_concurrent",
+                pool: self.pool_size,
+                max: self.max_concurrent,
             });
         }
         for (field, d) in [
             ("queue_deadline", self.queue_deadline),
             ("request_deadline", self.request_deadline),
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
         ] {
-            if d.is_zero() {
-                return Err(ServiceConfigError::ZeroDuration { name, field });
+            if !DURATIONS.contains(&d) {
+                return Err(ServiceConfigError::DurationRange { name, field });
             }
+        }
+        if !(1..=65535).contains(&self.guest_port) {
+            return Err(ServiceConfigError::GuestPort {
+                name,
+                port: self.guest_port,
+            });
+        }
+        if self.cmdline.chars().any(char::is_control) {
+            return Err(ServiceConfigError::Cmdline { name });
         }
         self.vm_config("check", Path::new("/"))
             .validate()
-            .map_err(|source| ServiceConfigError::Vm { name, source })
+            .map_err(|source| ServiceConfigError::Vm {
+                name: name.clone(),
+                source,
+            })?;
+        // As the worker's loader will see it, so that an image that can never boot is
+        // refused now instead of failing every request.
+        if let Err(e) = vmm::check_image(&image, self.memory_mib) {
+            return Err(ServiceConfigError::Image {
+                name,
+                path: image.display().to_string(),
+                why: e.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The VM config of one request's VM.
@@ -413,13 +504,22 @@ pub struct FileConfig {
     /// How workers are jailed (docs/security.md); on by default.
     #[serde(default)]
     pub jail: crate::jail::JailConfig,
+    /// Most worker processes (idle shells and running VMs of all services) at once
+    /// (default: as many default-sized VMs as the host's memory holds).
+    #[serde(default)]
+    pub max_vms: Option<usize>,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/host.rs"]
+mod host;
+
+#[cfg(test)]
 mod tests {
+    use super::host;
     use super::*;
 
     #[test]
@@ -465,10 +565,19 @@ guest_port = 5000
         s.name = "ok".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("/nonexistent"), "{e}");
-        s.image = std::env::current_exe().unwrap();
+        s.image = host::tiny_elf();
         s.max_concurrent = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Zero { .. })));
         s.max_concurrent = 1;
+        assert!(matches!(
+            s.validate(),
+            Err(ServiceConfigError::PoolTooBig {
+                pool: 2,
+                max: 1,
+                ..
+            })
+        ));
+        s.pool_size = 1;
         s.memory_mib = 0;
         assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
         s.memory_mib = 32;
@@ -476,6 +585,30 @@ guest_port = 5000
         assert!(matches!(s.validate(), Err(ServiceConfigError::Vm { .. })));
         s.irqchip = true;
         assert_eq!(s.validate(), Ok(()));
+        for (field, bad) in [
+            ("cmdline", &|s: &mut ServiceConfig| {
+                s.cmdline = String::from("a\nb")
+            }),
+            ("guest_port", &|s: &mut ServiceConfig| {
+                s.guest_port = u32::MAX
+            }),
+            ("request_deadline", &|s: &mut ServiceConfig| {
+                s.request_deadline = Duration::from_nanos(1)
+            }),
+            ("idle_timeout", &|s: &mut ServiceConfig| {
+                s.idle_timeout = Duration::from_secs(7200)
+            }),
+        ] as [(&str, &dyn Fn(&mut ServiceConfig)); 4]
+        {
+            let mut c = s.clone();
+            bad(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut passwd = s.clone();
+        passwd.image = "/etc/passwd".into();
+        let e = passwd.validate().unwrap_err().to_string();
+        assert!(e.contains("not an x86_64 ELF or a bzImage"), "{e}");
         let vm = s.vm_config("hello-1", Path::new("/run/d"));
         assert_eq!(vm.cmdline, "vm=hello-1");
         assert_eq!((vm.vcpus, vm.irqchip), (2, true));

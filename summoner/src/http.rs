@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
-use crate::summon::{self, ConnectError, OutcomeGuard, SummonError};
+use crate::summon::{self, ConnectError, Failure, OutcomeGuard, SummonError};
 use crate::worker::{ServingWorker, WorkerError};
 
 /// Errors a response body can end with.
@@ -41,15 +41,29 @@ fn text(status: StatusCode, msg: String) -> Response<RespBody> {
     r
 }
 
-fn error_response(svc: &ServiceInner, e: &SummonError) -> Response<RespBody> {
-    let mut r = match e {
-        SummonError::Shed(_) => text(StatusCode::SERVICE_UNAVAILABLE, format!("dust: {e}")),
-        SummonError::Guest(_) | SummonError::Connect(_) => {
-            text(StatusCode::BAD_GATEWAY, format!("dust: {e}"))
-        }
-        SummonError::Timeout => text(StatusCode::GATEWAY_TIMEOUT, format!("dust: {e}")),
-        SummonError::Internal(_) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("dust: {e}")),
+fn error_response(svc: &ServiceInner, f: &Failure) -> Response<RespBody> {
+    let e = &f.error;
+    let status = match e {
+        SummonError::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        SummonError::Guest(_) | SummonError::Connect(_) => StatusCode::BAD_GATEWAY,
+        SummonError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        SummonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    // The details (paths, worker errors) go to the log, never to the service's client.
+    let vm = f.vm.as_deref().unwrap_or("-");
+    match e {
+        SummonError::Shed(_) => {
+            tracing::info!(service = %svc.config.name, "request shed: {e}");
+        }
+        _ if f.killed => {
+            tracing::info!(service = %svc.config.name, vm, "request ended: VM killed by the operator");
+        }
+        _ => tracing::warn!(service = %svc.config.name, vm, "request failed: {e}"),
+    }
+    let mut r = text(status, f.client_message());
+    if let Some(v) = f.vm.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        r.headers_mut().insert("x-dust-vm", v);
+    }
     if matches!(e, SummonError::Shed(_)) {
         let secs = svc.config.queue_deadline.as_secs().max(1);
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -99,9 +113,9 @@ pub async fn handle(
     let mut outcome = OutcomeGuard::new(&svc);
     let summoned = match summon::summon(&svc, t0, deadline).await {
         Ok(s) => s,
-        Err(e) => {
-            outcome.settle(e.outcome());
-            return Ok(error_response(&svc, &e));
+        Err(f) => {
+            outcome.settle(f.error.outcome());
+            return Ok(error_response(&svc, &f));
         }
     };
     summon::record(&svc, &summoned.phases);
@@ -118,7 +132,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             outcome.settle(e.outcome());
-            return Ok(error_response(&svc, &e));
+            return Ok(error_response(&svc, &Failure::of_vm(e, &vm)));
         }
     };
     let respond = t.elapsed();

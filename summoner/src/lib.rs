@@ -14,10 +14,12 @@
 pub mod admission;
 pub mod cgroup;
 pub mod config;
+pub mod conn;
 pub mod exit;
 pub mod health;
 pub mod http;
 pub mod jail;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
@@ -60,6 +62,9 @@ pub struct ServiceStats {
     pub idle: usize,
     /// Requests waiting for admission.
     pub waiting: usize,
+    /// Client connections open now.
+    #[serde(default)]
+    pub connections: usize,
 }
 
 /// All services of one dust daemon.
@@ -69,6 +74,8 @@ pub struct Summoner {
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
     drain: health::Drain,
+    budget: limits::Budget,
+    nofile: u64,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -113,7 +120,10 @@ impl Summoner {
             .mode(0o700)
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let nofile = limits::raise_nofile()?;
+        let max_vms = limits::default_max_vms();
         Ok(Self {
+            budget: limits::Budget::new(limits::client_budget(nofile, max_vms)),
             spawner: worker::Spawner {
                 jail: jail
                     .enabled
@@ -121,12 +131,22 @@ impl Summoner {
                 exe,
                 args,
                 run_dir,
+                slots: limits::VmSlots::new(max_vms),
             },
+            nofile,
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
         })
+    }
+
+    /// Cap the worker processes of all services together at `max_vms` (default: as many
+    /// default-sized VMs as the host's memory holds). Call before adding services.
+    pub fn with_max_vms(mut self, max_vms: usize) -> Self {
+        self.spawner.slots = limits::VmSlots::new(max_vms.max(1));
+        self.budget = limits::Budget::new(limits::client_budget(self.nofile, max_vms));
+        self
     }
 
     fn services(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {
@@ -162,6 +182,7 @@ impl Summoner {
             &self.metrics,
             self.registry.clone(),
             template,
+            self.budget.clone(),
         )?;
         let addr = svc.local_addr();
         services.insert(name, svc);
@@ -197,6 +218,7 @@ impl Summoner {
                 max_running: i.metrics.max_running(),
                 idle: i.pool.idle_count(),
                 waiting: i.admission.waiting(),
+                connections: i.open_connections(),
             }
         })
     }
@@ -236,6 +258,15 @@ impl Summoner {
             .collect();
         for s in all {
             s.stop(grace).await;
+        }
+        // Every worker reaped and its vsock socket removed before the daemon exits (the
+        // reaper tasks would otherwise die with the runtime and leave the sockets behind).
+        let reaped = self.spawner.slots.all_free();
+        if tokio::time::timeout(Duration::from_secs(5), reaped)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some workers were not reaped within 5 s of the shutdown");
         }
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.

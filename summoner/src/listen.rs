@@ -227,8 +227,13 @@ pub fn unclaimed() -> Vec<Waiting> {
 
 /// The listener for `name` on `addr`: the inherited one that matches, else a fresh bind.
 /// The second value says whether it was inherited.
+pub fn take(name: &str, addr: SocketAddr) -> Option<TcpListener> {
+    table().take(name, addr)
+}
+
+/// [`take`], else a fresh socket bound to `addr`; true if it was inherited.
 pub fn take_or_bind(name: &str, addr: SocketAddr) -> std::io::Result<(TcpListener, bool)> {
-    match table().take(name, addr) {
+    match take(name, addr) {
         Some(l) => Ok((l, true)),
         None => TcpListener::bind(addr).map(|l| (l, false)),
     }

@@ -117,6 +117,11 @@ impl Pool {
                     idle.push_back(w);
                     self.metrics.set_idle(idle.len());
                 }
+                Err(WorkerError::TooManyVms) => {
+                    tracing::debug!(service = %self.config.name, "pool refill waits: max_vms reached");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
                 Err(e) => {
                     tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
                     self.set_failure(Some(e.to_string()));

@@ -2,6 +2,7 @@
 //! `DELETE /v1/vms/{id}` kills.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,6 +26,8 @@ struct VmEntry {
     pid: u32,
     started: Instant,
     phase: VmPhase,
+    /// Set when an operator killed it (`DELETE /v1/vms/{id}`).
+    killed: Arc<AtomicBool>,
 }
 
 /// A VM's place in the registry, held by the worker type that owns the VM: the booting
@@ -34,22 +37,31 @@ struct VmEntry {
 pub struct Registered {
     registry: Arc<Registry>,
     id: String,
+    killed: Arc<AtomicBool>,
 }
 
 impl Registered {
     /// Register a started VM as booting.
     pub fn new(registry: &Arc<Registry>, id: &str, service: &str, pid: u32) -> Self {
+        let killed = Arc::new(AtomicBool::new(false));
         let e = VmEntry {
             service: service.to_string(),
             pid,
             started: Instant::now(),
             phase: VmPhase::Booting,
+            killed: killed.clone(),
         };
         registry.map().insert(id.to_string(), e);
         Self {
             registry: registry.clone(),
             id: id.to_string(),
+            killed,
         }
+    }
+
+    /// Set once an operator kills the VM; stays readable after the VM is gone.
+    pub fn kill_flag(&self) -> Arc<AtomicBool> {
+        self.killed.clone()
     }
 
     /// Move to `phase`.
@@ -121,13 +133,16 @@ impl Registry {
         self.map().get(id).map(|e| Self::info(id, e))
     }
 
-    /// Kill a VM's worker (its client gets 502); false if there is no such VM.
+    /// Kill a VM's worker (its client gets 502); false if there is no such VM, or it is
+    /// already stopping.
     pub fn kill(&self, id: &str) -> bool {
         let mut map = self.map();
-        let Some(e) = map.get_mut(id) else {
+        let Some(e) = map.get_mut(id).filter(|e| e.phase != VmPhase::Stopping) else {
             return false;
         };
         e.phase = VmPhase::Stopping;
+        e.killed.store(true, Ordering::SeqCst);
+        tracing::info!(vm = %id, service = %e.service, "VM killed by the operator");
         // SAFETY: kill(2) on a pid we spawned and have not reaped yet (entries are removed
         // only after the reaper's wait), so it cannot name a recycled process.
         unsafe { libc::kill(e.pid as i32, libc::SIGKILL) };

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admission::Admission;
 use crate::config::{Mode, ServiceConfig, ServiceConfigError};
+use crate::limits::Budget;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::pool::Pool;
 use crate::worker::Spawner;
@@ -28,6 +28,19 @@ pub struct ServiceInner {
     pub metrics: Arc<ServiceMetrics>,
     /// The summoner's live VMs.
     pub registry: Arc<crate::registry::Registry>,
+    /// Client connections this service may still open (`max_connections`).
+    connections: Arc<Semaphore>,
+    /// The daemon-wide client connection budget.
+    budget: Budget,
+}
+
+impl ServiceInner {
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.config
+            .max_connections
+            .saturating_sub(self.connections.available_permits())
+    }
 }
 
 /// Why a service could not start.
@@ -73,6 +86,7 @@ impl Service {
         metrics: &Arc<Metrics>,
         registry: Arc<crate::registry::Registry>,
         template: Option<Arc<crate::template::Template>>,
+        budget: Budget,
     ) -> Result<Self, StartError> {
         config.validate()?;
         let bind_err = |source| StartError::Bind {
@@ -80,14 +94,15 @@ impl Service {
             addr: config.listen,
             source,
         };
-        let (std_listener, inherited) =
-            crate::listen::take_or_bind(&config.name, config.listen).map_err(bind_err)?;
-        if inherited {
-            tracing::info!(service = %config.name, "using the socket systemd passed");
-        }
-        std_listener.set_nonblocking(true).map_err(bind_err)?;
-        let local_addr = std_listener.local_addr().map_err(bind_err)?;
-        let listener = TcpListener::from_std(std_listener).map_err(bind_err)?;
+        let listener = match crate::listen::take(&config.name, config.listen) {
+            Some(l) => {
+                tracing::info!(service = %config.name, "using the socket systemd passed");
+                l.set_nonblocking(true).map_err(bind_err)?;
+                TcpListener::from_std(l).map_err(bind_err)?
+            }
+            None => bind(config.listen).map_err(bind_err)?,
+        };
+        let local_addr = listener.local_addr().map_err(bind_err)?;
         let config = Arc::new(config);
         let smetrics = metrics.service(&config.name);
         metrics.set_start_mode(&config.name, template.is_some());
@@ -103,6 +118,10 @@ impl Service {
                 config.queue_depth,
                 config.queue_deadline,
             ),
+            connections: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            budget,
             config,
             pool,
             metrics: smetrics,
@@ -154,18 +173,62 @@ impl Service {
     }
 }
 
+/// Pending connections the kernel may queue before the accept loop takes them.
+const BACKLOG: u32 = 1024;
+
+/// Bind `addr` (SO_REUSEADDR, as std does) with a backlog deep enough for a burst of
+/// clients.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Connections being refused (503) right now; past this many they are just closed.
+const MAX_REFUSING: usize = 64;
+
+/// A connection's share of the service's and the daemon's limits, held while it is open.
+struct Admitted {
+    _service: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
+}
+
+fn admit_connection(svc: &ServiceInner) -> Option<Admitted> {
+    let service = svc.connections.clone().try_acquire_owned().ok()?;
+    let budget = svc.budget.try_take()?;
+    Some(Admitted {
+        _service: service,
+        _budget: budget,
+    })
+}
+
 async fn accept_loop(
     svc: Arc<ServiceInner>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {
                     let _ = tcp.set_nodelay(true);
-                    conns.spawn(serve_conn(svc.clone(), tcp, stop.clone()));
+                    match admit_connection(&svc) {
+                        Some(held) => {
+                            conns.spawn(serve_conn(svc.clone(), tcp, stop.clone(), held));
+                        }
+                        None => {
+                            tracing::info!(service = %svc.config.name, "connection refused: too many open connections");
+                            if let (Mode::Http, Ok(p)) = (svc.config.mode, refusing.clone().try_acquire_owned()) {
+                                tokio::spawn(refuse(tcp, p));
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(service = %svc.config.name, "accept: {e}");
@@ -182,28 +245,33 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
+/// Answer a connection over the limits with a 503 and close it.
+async fn refuse(mut tcp: TcpStream, _slot: OwnedSemaphorePermit) {
+    const BODY: &str = "dust: too many open connections\n";
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    // Answer, then read what the client sent until it closes (for a second at most):
+    // closing with unread data would reset the connection before the client reads the 503.
+    let answer = async {
+        tcp.write_all(resp.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
 async fn serve_conn(
     svc: Arc<ServiceInner>,
-    tcp: tokio::net::TcpStream,
-    mut stop: watch::Receiver<bool>,
+    tcp: TcpStream,
+    stop: watch::Receiver<bool>,
+    _held: Admitted,
 ) {
     match svc.config.mode {
         Mode::Tcp => crate::tcp::handle(svc, tcp).await,
-        Mode::Http => {
-            let handler = {
-                let svc = svc.clone();
-                service_fn(move |req| crate::http::handle(svc.clone(), req))
-            };
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), handler);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        }
+        Mode::Http => crate::conn::serve(svc, tcp, stop).await,
     }
 }

@@ -91,6 +91,70 @@ impl SummonError {
     }
 }
 
+/// A request that got no VM to answer it, and which VM it had, if any.
+#[derive(Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: SummonError,
+    /// The VM that was started for it.
+    pub vm: Option<String>,
+    /// Whether an operator killed that VM.
+    pub killed: bool,
+}
+
+impl From<SummonError> for Failure {
+    fn from(error: SummonError) -> Self {
+        Self {
+            error,
+            vm: None,
+            killed: false,
+        }
+    }
+}
+
+impl Failure {
+    /// The failure of the request whose VM is `vm`.
+    pub fn of(error: SummonError, vm: &str, killed: &std::sync::atomic::AtomicBool) -> Self {
+        Self {
+            error,
+            vm: Some(vm.to_string()),
+            killed: killed.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// The failure of a request whose VM was serving.
+    pub fn of_vm(error: SummonError, vm: &ServingWorker) -> Self {
+        Self {
+            error,
+            vm: Some(vm.vm_id.clone()),
+            killed: vm.killed(),
+        }
+    }
+
+    /// What the service's client is told: nothing of the host (paths, worker errors); the
+    /// daemon's log has the details.
+    pub fn client_message(&self) -> String {
+        if self.killed {
+            return "dust: the VM was stopped by the operator".into();
+        }
+        match &self.error {
+            SummonError::Shed(r) => format!("dust: overloaded: {r}"),
+            SummonError::Guest(WorkerError::Ended(vmm::VmExit::Crash(why))) => {
+                format!("dust: guest failed: the guest crashed ({why})")
+            }
+            SummonError::Guest(_) => "dust: guest failed: the VM ended before answering".into(),
+            SummonError::Connect(ConnectError::NotListening(port)) => {
+                format!("dust: guest failed: the guest is not listening on vsock port {port}")
+            }
+            SummonError::Connect(_) => "dust: guest failed: the guest did not answer".into(),
+            SummonError::Timeout => "dust: deadline exceeded".into(),
+            SummonError::Internal(_) => {
+                "dust: cannot start a VM (the daemon's log says why)".into()
+            }
+        }
+    }
+}
+
 /// A VM ready for this request, connected.
 pub struct Summoned {
     /// The serving VM (killed when dropped).
@@ -106,9 +170,9 @@ pub async fn summon(
     svc: &Arc<ServiceInner>,
     t0: Instant,
     deadline: Instant,
-) -> Result<Summoned, SummonError> {
+) -> Result<Summoned, Failure> {
     let mut phases = Phases::default();
-    let permit = svc.admission.admit().await?;
+    let permit = svc.admission.admit().await.map_err(SummonError::from)?;
     phases.queue = t0.elapsed();
 
     let t = Instant::now();
@@ -116,7 +180,10 @@ pub async fn summon(
     let (idle, warm) = tokio::time::timeout_at(by, svc.pool.take())
         .await
         .map_err(|_| SummonError::Timeout)?
-        .map_err(SummonError::Internal)?;
+        .map_err(|e| match e {
+            WorkerError::TooManyVms => SummonError::Shed(Rejected::MaxVms),
+            e => SummonError::Internal(e),
+        })?;
     phases.warm = warm;
     phases.spawn = t.elapsed();
 
@@ -130,16 +197,19 @@ pub async fn summon(
         )
         .await
         .map_err(SummonError::Internal)?;
+    let (id, killed) = (booting.vm_id.clone(), booting.kill_flag());
+    let failed = |e| Failure::of(e, &id, &killed);
     let vm = tokio::time::timeout_at(by, booting.ready())
         .await
-        .map_err(|_| SummonError::Timeout)?
-        .map_err(SummonError::Guest)?;
+        .map_err(|_| failed(SummonError::Timeout))?
+        .map_err(|e| failed(SummonError::Guest(e)))?;
     phases.boot = t.elapsed();
 
     let t = Instant::now();
     let stream = tokio::time::timeout_at(by, connect(vm.vsock(), svc.config.guest_port))
         .await
-        .map_err(|_| SummonError::Timeout)??;
+        .map_err(|_| failed(SummonError::Timeout))?
+        .map_err(|e| failed(e.into()))?;
     phases.connect = t.elapsed();
     Ok(Summoned { vm, stream, phases })
 }

@@ -17,17 +17,25 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
     let mut outcome = OutcomeGuard::new(&svc);
     let mut summoned = match summon::summon(&svc, t0, deadline).await {
         Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(service = %svc.config.name, "connection refused: {e}");
-            outcome.settle(e.outcome());
+        Err(f) => {
+            tracing::info!(service = %svc.config.name, vm = ?f.vm, "connection closed: {}", f.error);
+            outcome.settle(f.error.outcome());
             return;
         }
     };
     summon::record(&svc, &summoned.phases);
     svc.metrics.phase(Phase::total, t0.elapsed());
     let splice = tokio::io::copy_bidirectional(&mut client, &mut summoned.stream);
-    match tokio::time::timeout_at(deadline.into(), splice).await {
-        Ok(_) => outcome.settle(Outcome::ok),
-        Err(_) => outcome.settle(Outcome::timeout),
+    // A VM that ends (killed, crashed) ends the connection at once: the splice alone would
+    // wait for the client to close its side.
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline.into(), splice) => match r {
+            Ok(_) => outcome.settle(Outcome::ok),
+            Err(_) => outcome.settle(Outcome::timeout),
+        },
+        exit = summoned.vm.ended() => {
+            tracing::info!(service = %svc.config.name, vm = %summoned.vm.vm_id, "VM ended mid-connection: {exit}");
+            outcome.settle(Outcome::crash);
+        }
     }
 }

@@ -48,6 +48,9 @@ pub enum WorkerError {
     /// The worker went away without a word.
     #[error("worker exited unexpectedly")]
     Vanished,
+    /// The daemon already runs `max_vms` workers.
+    #[error("the daemon runs its maximum number of VMs (max_vms)")]
+    TooManyVms,
     /// The VM ended (before it was ready, or while it served).
     #[error("{0}")]
     Ended(VmExit),
@@ -70,6 +73,8 @@ struct Process {
     events: mpsc::UnboundedReceiver<Event>,
     vsock: PathBuf,
     on_reaped: Option<OnReaped>,
+    /// The worker's share of `max_vms`, given back once it is reaped.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Process {
@@ -88,11 +93,14 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if let Some(child) = self.child.take() {
-            reap(
-                child,
-                std::mem::take(&mut self.vsock),
-                self.on_reaped.take(),
-            );
+            let (slot, after) = (self.slot.take(), self.on_reaped.take());
+            let after: OnReaped = Box::new(move || {
+                if let Some(f) = after {
+                    f();
+                }
+                drop(slot);
+            });
+            reap(child, std::mem::take(&mut self.vsock), Some(after));
         }
     }
 }
@@ -141,6 +149,8 @@ pub struct Spawner {
     pub run_dir: PathBuf,
     /// How workers are jailed (None: not at all; seccomp still applies).
     pub jail: Option<Arc<crate::jail::Jail>>,
+    /// The daemon's `max_vms`, shared by all services.
+    pub slots: crate::limits::VmSlots,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -294,6 +304,7 @@ impl Spawner {
     }
 
     fn start_process(&self, launch: Launch) -> Result<Process, WorkerError> {
+        let slot = self.slots.try_take().ok_or(WorkerError::TooManyVms)?;
         let (ours, theirs) = StdUnixStream::pair()?;
         let child_fd = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
@@ -356,6 +367,7 @@ impl Spawner {
             events,
             vsock: launch.vsock,
             on_reaped: None,
+            slot: Some(slot),
         })
     }
 }
@@ -400,6 +412,11 @@ pub struct BootingWorker {
 }
 
 impl BootingWorker {
+    /// Set once an operator kills the VM.
+    pub fn kill_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.entry.kill_flag()
+    }
+
     /// Wait for the guest's "ready".
     pub async fn ready(mut self) -> Result<ServingWorker, WorkerError> {
         loop {
@@ -431,6 +448,13 @@ pub struct ServingWorker {
 }
 
 impl ServingWorker {
+    /// Whether an operator killed the VM.
+    pub fn killed(&self) -> bool {
+        self._entry
+            .kill_flag()
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The VM's vsock socket.
     pub fn vsock(&self) -> &Path {
         &self.proc.vsock

@@ -148,3 +148,33 @@ pub fn child_pids() -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// A minimal image that passes dust's image check (an x86_64 ET_EXEC ELF with one
+/// loadable segment at 1 MiB), for tests whose workers are fakes that never boot it.
+/// One fixed file in the temp dir, rewritten atomically, never one per run.
+pub fn tiny_elf() -> PathBuf {
+    let mut b = Vec::with_capacity(120);
+    b.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    b.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    b.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&0x10_0000u64.to_le_bytes()); // entry
+    b.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    b.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for h in [64u16, 56, 1, 64, 0, 0] {
+        b.extend_from_slice(&h.to_le_bytes());
+    }
+    b.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    b.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [0u64, 0x10_0000, 0x10_0000, 120, 0x1000, 0x1000] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    let path = std::env::temp_dir().join("dust-test-tiny-guest.elf");
+    if std::fs::read(&path).ok().as_deref() != Some(&b[..]) {
+        let tmp = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&tmp, &b).expect("write the tiny ELF");
+        std::fs::rename(&tmp, &path).expect("place the tiny ELF");
+    }
+    path
+}

@@ -42,7 +42,7 @@ pub fn open_kvm() -> Result<(), BuildError> {
 
 pub use config::{BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
 pub use kvm::KvmError;
-pub use loader::ImageError;
+pub use loader::{check_image, ImageError};
 pub use memory::MemoryError;
 pub use snapshot::SnapshotError;
 pub use timings::Timings;

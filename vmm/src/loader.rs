@@ -132,8 +132,17 @@ fn mib_up(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
 }
 
-/// Load `path` into `mem`, whose RAM below the MMIO hole ends at `ram_end`.
-pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKernel, ImageError> {
+/// What a checked image is.
+enum Format {
+    /// An ELF whose highest segment ends here.
+    Elf { end: u64 },
+    /// A bzImage with a 64-bit entry.
+    BzImage,
+}
+
+/// Open `path` and check it as [`load_kernel`] will before loading: format, architecture,
+/// segments, size against `ram_end`.
+fn check(path: &Path, ram_end: u64) -> Result<(File, Format), ImageError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     if len == 0 {
@@ -144,36 +153,18 @@ pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKe
     let head = &head[..n];
     if head.starts_with(ELF_MAGIC) {
         let end = check_elf(&mut file, path, head, len, ram_end)?;
-        let loaded =
-            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
-                ImageError::Loader {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-        Ok(LoadedKernel {
-            entry: loaded.kernel_load.0,
-            end: end.max(loaded.kernel_end),
-            setup_header: None,
-            pvh_entry: match loaded.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
-                _ => None,
-            },
-        })
+        Ok((file, Format::Elf { end }))
     } else if head.get(BZ_MAGIC_OFFSET..BZ_MAGIC_OFFSET + 4) == Some(BZ_MAGIC) {
-        let bad = |why: String| ImageError::BadBzImage {
-            path: path.to_owned(),
-            why,
-        };
         let xloadflags = if head.len() >= 0x238 {
             u16_at(head, 0x236)
         } else {
             0
         };
         if xloadflags & XLF_KERNEL_64 == 0 {
-            return Err(bad(
-                "bzImage has no 64-bit entry point (XLF_KERNEL_64)".into()
-            ));
+            return Err(ImageError::BadBzImage {
+                path: path.to_owned(),
+                why: "bzImage has no 64-bit entry point (XLF_KERNEL_64)".into(),
+            });
         }
         // The protected-mode kernel lands at 1 MiB and decompresses itself in place; it must
         // at least fit as loaded.
@@ -184,18 +175,7 @@ pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKe
                 has_mib: mib_up(ram_end),
             });
         }
-        let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-            |source| ImageError::Loader {
-                path: path.to_owned(),
-                source,
-            },
-        )?;
-        Ok(LoadedKernel {
-            entry: loaded.kernel_load.0 + BZ_ENTRY_64,
-            end: loaded.kernel_end,
-            setup_header: loaded.setup_header,
-            pvh_entry: None,
-        })
+        Ok((file, Format::BzImage))
     } else {
         let head = head
             .iter()
@@ -207,6 +187,47 @@ pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKe
             path: path.to_owned(),
             head,
         })
+    }
+}
+
+/// Check that `path` is an image a VM of `memory_mib` can boot, as [`load_kernel`] would,
+/// without loading it: for validating a config long before a VM is built.
+pub fn check_image(path: &Path, memory_mib: u32) -> Result<(), ImageError> {
+    check(path, crate::memory::low_ram_end(memory_mib)).map(drop)
+}
+
+/// Load `path` into `mem`, whose RAM below the MMIO hole ends at `ram_end`.
+pub fn load_kernel(mem: &GuestMem, path: &Path, ram_end: u64) -> Result<LoadedKernel, ImageError> {
+    let (mut file, format) = check(path, ram_end)?;
+    let loader_err = |source| ImageError::Loader {
+        path: path.to_owned(),
+        source,
+    };
+    match format {
+        Format::Elf { end } => {
+            let loaded = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(loader_err)?;
+            Ok(LoadedKernel {
+                entry: loaded.kernel_load.0,
+                end: end.max(loaded.kernel_end),
+                setup_header: None,
+                pvh_entry: match loaded.pvh_boot_cap {
+                    PvhBootCapability::PvhEntryPresent(addr) => Some(addr.0),
+                    _ => None,
+                },
+            })
+        }
+        Format::BzImage => {
+            file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+            let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+                .map_err(loader_err)?;
+            Ok(LoadedKernel {
+                entry: loaded.kernel_load.0 + BZ_ENTRY_64,
+                end: loaded.kernel_end,
+                setup_header: loaded.setup_header,
+                pvh_entry: None,
+            })
+        }
     }
 }
 

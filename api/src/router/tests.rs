@@ -10,6 +10,9 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::fake::Fake;
+
+#[path = "../../../tests/common/host.rs"]
+mod host;
 use crate::router::{Router, Settings, METRICS_CONTENT_TYPE};
 
 struct Answer {
@@ -105,7 +108,7 @@ impl T {
 }
 
 fn image() -> String {
-    std::env::current_exe().unwrap().display().to_string()
+    host::tiny_elf().display().to_string()
 }
 
 fn config(listen: &str) -> Value {
@@ -212,7 +215,7 @@ async fn create_get_list_delete_a_service() {
     assert_eq!(body["max_concurrent"], 4, "defaults are filled: {body}");
     assert_eq!(
         body["stats"],
-        json!({"running": 1, "max_running": 3, "idle": 2, "waiting": 0})
+        json!({"running": 1, "max_running": 3, "idle": 2, "waiting": 0, "connections": 0})
     );
     let address: SocketAddr = body["address"].as_str().unwrap().parse().unwrap();
     assert_ne!(address.port(), 0);
@@ -310,6 +313,13 @@ async fn invalid_configs_are_422_naming_the_problem() {
     let a = t.put("/v1/services/a", &c).await;
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(a.message().contains("max_concurrent"), "{}", a.message());
+    // More idle shells than VMs the service may run.
+    let mut c = config("127.0.0.1:0");
+    c["pool_size"] = json!(40);
+    c["max_concurrent"] = json!(1);
+    let a = t.put("/v1/services/a", &c).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.message().contains("pool_size 40"), "{}", a.message());
     assert!(t.fake.log().is_empty(), "{:?}", t.fake.log());
 }
 
@@ -382,6 +392,46 @@ async fn a_replacement_that_fails_to_start_rolls_back() {
     let back = t.fake.config("a").unwrap();
     assert_eq!(back.listen.to_string(), addr);
     assert_eq!(back.max_concurrent, 4);
+    assert_eq!(
+        t.fake.log(),
+        [
+            format!("add a {addr}"),
+            "remove a".into(),
+            format!("add a {addr}")
+        ]
+    );
+}
+
+/// Poll until `done` holds; the bound only keeps a broken test from hanging forever.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test]
+async fn a_replacement_finishes_when_its_client_disconnects() {
+    let t = T::new(Fake::default());
+    let addr = free_addr().to_string();
+    t.put("/v1/services/a", &config(&addr)).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.fake.drain_gate.lock().unwrap() = Some(gate.clone());
+    let mut c = config(&addr);
+    c["max_concurrent"] = json!(9);
+    // The client goes away while the old service drains: its request future is dropped.
+    tokio::select! {
+        _ = t.put("/v1/services/a", &c) => panic!("the replacement finished through the gate"),
+        _ = until("the old service is removed", || t.fake.log().len() == 2) => {}
+    }
+    gate.add_permits(1);
+    until("the new config runs", || {
+        t.fake.config("a").is_some_and(|c| c.max_concurrent == 9)
+    })
+    .await;
     assert_eq!(
         t.fake.log(),
         [

@@ -141,6 +141,7 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
                 args: vec!["worker".into()],
                 run_dir,
                 jail,
+                slots: summoner::limits::VmSlots::new(args.shells * 2 + 4),
             },
             Vec::new(),
         ));
