@@ -81,10 +81,9 @@ async fn a_forbidden_syscall_kills_the_worker_with_sigsys_and_the_client_gets_50
         let r = get(bad_addr).await;
         let body = String::from_utf8_lossy(&r.body).into_owned();
         assert_eq!(r.status, 502, "{body}");
-        assert!(
-            body.contains("seccomp: forbidden syscall socket (41) on the main thread"),
-            "{body}"
-        );
+        // The client learns only that its VM died; which syscall it was goes to the log
+        // (forwarded worker stderr), never to a client.
+        assert!(!body.contains("seccomp"), "{body}");
         // The daemon keeps serving, the other service untouched.
         let ok = get(good_addr).await;
         assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
@@ -319,8 +318,8 @@ async fn hostile_virtio_guests_in_jailed_filtered_workers_end_with_a_device_erro
         let r = get(addr).await;
         let body = String::from_utf8_lossy(&r.body).into_owned();
         assert_eq!(r.status, 502, "{mode}: {body}");
-        // Stopped by the device's own checks, inside the allowlists: not by seccomp.
-        assert!(body.contains("vsock"), "{mode}: {body}");
+        // Stopped by the device's own checks inside the allowlists; clients never see
+        // which (the log does).
         assert!(!body.contains("seccomp"), "{mode}: {body}");
         assert_eq!(get(hello).await.status, 200);
     }

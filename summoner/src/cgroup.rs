@@ -148,17 +148,22 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
-    /// Remove `parent` if no VM cgroup is left in it (best effort: another daemon's VMs
-    /// keep it).
-    pub fn remove_parent(&self, parent: &str) {
-        let roots = match self {
+    /// The controller roots: one on v2, one per controller on v1.
+    fn roots(&self) -> Vec<PathBuf> {
+        match self {
             Hierarchy::V2(root) => vec![root.clone()],
             Hierarchy::V1 { memory, pids, cpu } => {
                 let mut r = vec![memory.clone(), pids.clone()];
                 r.extend(cpu.clone());
                 r
             }
-        };
+        }
+    }
+
+    /// Remove `parent` if no VM cgroup is left in it (best effort: another daemon's VMs
+    /// keep it).
+    pub fn remove_parent(&self, parent: &str) {
+        let roots = self.roots();
         for root in roots {
             let _ = std::fs::remove_dir(root.join(parent));
         }
@@ -168,14 +173,7 @@ impl Hierarchy {
     /// crash) left under `parent`. Populated ones (a live daemon's VMs) cannot be removed
     /// and are left alone.
     pub fn sweep(&self, parent: &str) {
-        let roots = match self {
-            Hierarchy::V2(root) => vec![root.clone()],
-            Hierarchy::V1 { memory, pids, cpu } => {
-                let mut r = vec![memory.clone(), pids.clone()];
-                r.extend(cpu.clone());
-                r
-            }
-        };
+        let roots = self.roots();
         for root in roots {
             let Ok(entries) = std::fs::read_dir(root.join(parent)) else {
                 continue;

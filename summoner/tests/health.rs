@@ -66,7 +66,7 @@ async fn call(addr: SocketAddr, method: &str, path: &str) -> HttpReply {
 }
 
 fn service(name: &str, behaviour: &str) -> ServiceConfig {
-    let image = std::env::current_exe().unwrap();
+    let image = host::tiny_elf();
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), image);
     s.cmdline = format!("fake={behaviour}");
     s.pool_size = 1;

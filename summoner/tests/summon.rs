@@ -273,27 +273,6 @@ async fn a_full_service_sheds_with_503_and_retry_after() {
     env.finish().await;
 }
 
-/// Close `c` with a reset (SO_LINGER 0).
-fn reset(c: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads one `linger` we own, on a socket `c` owns.
-    let r = unsafe {
-        libc::setsockopt(
-            c.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&l).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(c);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_takes_its_vm_with_it() {
     let env = env().await;
@@ -302,7 +281,7 @@ async fn a_client_that_leaves_takes_its_vm_with_it() {
     assert_eq!(env.stats("gone").running, 1);
     // A reset: a client that only shuts its write side is still answered (front_door.rs),
     // so a plain close is only noticed when the answer is written, or at the deadline.
-    reset(held);
+    host::reset(held);
     until("the VM is reaped", || env.summoner.vms().is_empty()).await;
     assert_eq!(env.stats("gone").running, 0);
     until("client_gone is counted", || env.count("client_gone") == 1).await;

@@ -3,13 +3,13 @@
 //! first, so CPUID is set before any of this; see docs/snapshots.md).
 
 use kvm_bindings::{
-    kvm_debugregs, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave, Msrs,
+    kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
 use crate::kvm::{kvm, kvm_err, KvmError};
+use crate::x86_64::regs::msr_list;
 
 /// Registers, FPU/SSE state, MSRs, pending events, debug registers and run state.
 #[derive(Serialize, Deserialize)]
@@ -23,21 +23,6 @@ pub struct VcpuState {
     events: kvm_vcpu_events,
     debugregs: kvm_debugregs,
     mp_state: kvm_mp_state,
-}
-
-fn msr_list(entries: &[(u32, u64)]) -> Result<Msrs, KvmError> {
-    let entries: Vec<kvm_msr_entry> = entries
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    Msrs::from_entries(&entries).map_err(|_| KvmError {
-        what: "building the MSR list",
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    })
 }
 
 /// Read every MSR KVM lists that this vCPU can read and set again. KVM stops a batch at the

@@ -59,37 +59,20 @@ pub fn serve() -> u8 {
             }
         };
         state = match (cmd, state) {
-            (Command::Build { vm_id: _, config }, State::Empty) => match crate::build(&config) {
-                Ok(vm) => {
-                    // Filter this thread before the shell is reported built (security.md).
-                    if let Err(e) = crate::seccomp::worker_built(&config.cmdline) {
-                        send_error(&out, e.to_string());
-                        return dust_abi::status::VMM_ERROR;
-                    }
-                    let timings = vm.timings().clone();
-                    send(&out, &Event::Built { timings });
-                    State::Built(Box::new(vm))
+            (Command::Build { vm_id: _, config }, State::Empty) => {
+                let vm = crate::build(&config).map_err(|e| e.to_string());
+                match shell(vm, &config.cmdline, &out) {
+                    Some(s) => s,
+                    None => return dust_abi::status::VMM_ERROR,
                 }
-                Err(e) => {
-                    send_error(&out, e.to_string());
-                    return dust_abi::status::VMM_ERROR;
+            }
+            (Command::Restore { config }, State::Empty) => {
+                let vm = crate::restore(&config).map_err(|e| e.to_string());
+                match shell(vm, "", &out) {
+                    Some(s) => s,
+                    None => return dust_abi::status::VMM_ERROR,
                 }
-            },
-            (Command::Restore { config }, State::Empty) => match crate::restore(&config) {
-                Ok(vm) => {
-                    if let Err(e) = crate::seccomp::worker_built("") {
-                        send_error(&out, e.to_string());
-                        return dust_abi::status::VMM_ERROR;
-                    }
-                    let timings = vm.timings().clone();
-                    send(&out, &Event::Built { timings });
-                    State::Built(Box::new(vm))
-                }
-                Err(e) => {
-                    send_error(&out, e.to_string());
-                    return dust_abi::status::VMM_ERROR;
-                }
-            },
+            }
             (Command::Snapshot { config, dir }, State::Empty) => {
                 return match crate::snapshot::take(&config, &dir) {
                     Ok(info) => {
@@ -130,6 +113,25 @@ pub fn serve() -> u8 {
         let _ = waiter.join();
     }
     dust_abi::status::KILLED
+}
+
+/// A shell was built or restored (or not): filter this thread before the shell is reported
+/// built (docs/security.md), then report it. `None`: the worker must exit, the error sent.
+fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => {
+            send_error(out, e);
+            return None;
+        }
+    };
+    if let Err(e) = crate::seccomp::worker_built(cmdline) {
+        send_error(out, e.to_string());
+        return None;
+    }
+    let timings = vm.timings().clone();
+    send(out, &Event::Built { timings });
+    Some(State::Built(Box::new(vm)))
 }
 
 /// Start the VM; a waiter thread reports its end and exits the process.

@@ -66,6 +66,22 @@ pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), KvmError> {
     vcpu.set_fpu(&fpu).map_err(kvm_err("KVM_SET_FPU"))
 }
 
+/// A KVM MSR list of `(index, value)` pairs.
+pub fn msr_list(entries: &[(u32, u64)]) -> Result<Msrs, KvmError> {
+    let entries: Vec<kvm_msr_entry> = entries
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| KvmError {
+        what: "building the MSR list",
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })
+}
+
 /// The MSRs Linux expects to find sane at entry.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), KvmError> {
     const ENTRIES: [(u32, u64); 10] = [
@@ -80,25 +96,14 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), KvmError> {
         (0x1a0, 1),             // IA32_MISC_ENABLE: fast strings
         (0x2ff, (1 << 11) | 6), // MTRR default type: enabled, write-back
     ];
-    let entries: Vec<kvm_msr_entry> = ENTRIES
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| KvmError {
-        what: "building the MSR list",
-        source: kvm_ioctls::Error::new(libc::EINVAL),
-    })?;
+    let msrs = msr_list(&ENTRIES)?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
-    if set != entries.len() {
+    if set != ENTRIES.len() {
         // KVM stops at the first MSR it refuses; report which.
-        let index = entries.get(set).map_or(0, |e| e.index);
+        let index = ENTRIES.get(set).map_or(0, |e| e.0);
         tracing::debug!(
             "KVM accepted {set} of {} boot MSRs (refused {index:#x})",
-            entries.len()
+            ENTRIES.len()
         );
     }
     Ok(())
