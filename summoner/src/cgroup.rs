@@ -189,6 +189,42 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// Remove the empty VM cgroups any daemon left under `parent/<daemon>/` more than a
+    /// minute ago (a worker joins its cgroup within milliseconds of its creation, so a live
+    /// daemon's are never touched), then the daemon directories left empty. Daemons whose
+    /// run dir is gone (tests, renamed run dirs) never start again to sweep their own.
+    pub fn sweep_stale(&self, parent: &str) {
+        let old = |p: &Path| {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60))
+        };
+        let empty = |p: &Path| {
+            std::fs::read_to_string(p.join("cgroup.procs")).is_ok_and(|s| s.trim().is_empty())
+        };
+        for root in self.roots() {
+            let Ok(daemons) = std::fs::read_dir(root.join(parent)) else {
+                continue;
+            };
+            for d in daemons.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                if let Ok(vms) = std::fs::read_dir(&d) {
+                    for vm in vms.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+                        if old(&vm) && empty(&vm) {
+                            let _ = std::fs::remove_dir(&vm);
+                        }
+                    }
+                }
+                if old(&d) {
+                    let _ = std::fs::remove_dir(&d);
+                }
+            }
+        }
+    }
+}
+
 /// Kill whatever still runs in `dirs` and remove them (waiting up to a second for the
 /// processes to go: a cgroup with members cannot be removed).
 pub fn remove(dirs: &[PathBuf]) {

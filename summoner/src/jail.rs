@@ -144,6 +144,7 @@ impl Jail {
                 cgroups = cgroup::detect();
                 if let Some(h) = &cgroups {
                     h.sweep(&cgroup_dir);
+                    h.sweep_stale(&config.cgroup_parent);
                 }
                 if cgroups.is_none() {
                     missing.push("cgroups (no memory+pids controllers found)".into());

@@ -170,7 +170,12 @@ pub fn tiny_elf() -> PathBuf {
     for v in [0u64, 0x10_0000, 0x10_0000, 120, 0x1000, 0x1000] {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    let path = std::env::temp_dir().join("dust-test-tiny-guest.elf");
+    // Beside the test binary (in the cargo target dir), so no test leaves it in /tmp.
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join("dust-test-tiny-guest.elf");
     if std::fs::read(&path).ok().as_deref() != Some(&b[..]) {
         let tmp = path.with_extension(format!("{}", std::process::id()));
         std::fs::write(&tmp, &b).expect("write the tiny ELF");
