@@ -18,6 +18,8 @@ struct Daemon {
     child: Child,
     api: PathBuf,
     services: mpsc::Receiver<(String, SocketAddr)>,
+    /// Every line the daemon wrote to stderr so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     dir: TempDir,
 }
 
@@ -34,14 +36,19 @@ fn daemon(name: &str, image: &str, extra: &[&str]) -> (Daemon, SocketAddr) {
         .arg("--run-dir")
         .arg(dir.path().join("run"))
         .args(extra)
+        // Info: the access log is checked; a pipe, as under journald: no colour allowed.
+        .env("DUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, services) = mpsc::channel();
     let err = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
             // "dust: serving NAME on http://ADDR" or "... on tcp ADDR"
             if let Some(rest) = line.strip_prefix("dust: serving ") {
                 let mut parts = rest.split_whitespace();
@@ -70,6 +77,7 @@ fn daemon(name: &str, image: &str, extra: &[&str]) -> (Daemon, SocketAddr) {
             child,
             api,
             services,
+            log,
             dir,
         },
         addr,
@@ -452,5 +460,45 @@ fn the_systemd_unit_verifies() {
     assert!(
         o.status.success() && own.is_empty(),
         "systemd-analyze verify: {err}"
+    );
+}
+
+#[test]
+fn each_request_gets_one_plain_access_log_line() {
+    require_kvm!();
+    let (d, addr) = daemon("logged", "http-hello", &[]);
+    let r = http_get(addr, "/some/path").unwrap();
+    assert_eq!(r.status, 200);
+    let vm = r.header("x-dust-vm").unwrap().to_string();
+    let t = Instant::now();
+    let line = loop {
+        let found = d
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(&vm))
+            .cloned();
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no access-log line for {vm}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for field in [
+        "service=logged",
+        "method=GET",
+        "path=\"/some/path\"",
+        "status=200",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line:?}");
+    }
+    let log = d.log.lock().unwrap().join("\n");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log}"
     );
 }

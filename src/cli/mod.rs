@@ -10,15 +10,37 @@ pub mod service;
 pub mod wasm;
 pub mod worker;
 
+/// Colour codes only for a terminal, and not when `NO_COLOR` is set to anything non-empty
+/// (no-color.org): journald and log files get plain text.
+fn colour(stderr_is_tty: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_tty && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
 /// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level
 /// filter keeps `dust run` start-up short.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let spec = std::env::var("DUST_LOG").or_else(|_| std::env::var("RUST_LOG"));
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR"),
+        ));
     let _ = match spec.ok().and_then(|v| EnvFilter::try_new(v).ok()) {
         Some(filter) => builder.with_env_filter(filter).try_init(),
         None => builder.with_max_level(tracing::Level::WARN).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some("".into())));
+        assert!(!super::colour(true, Some("1".into())));
+        assert!(!super::colour(false, None));
+    }
 }

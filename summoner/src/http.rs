@@ -103,11 +103,35 @@ fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
 
+/// One access-log line per request, at info: service, VM, method, path, status, outcome and
+/// the phases (as in `Server-Timing`).
+fn access_log(
+    svc: &ServiceInner,
+    vm: Option<&str>,
+    (method, path): (&http::Method, &str),
+    status: StatusCode,
+    outcome: crate::metrics::Outcome,
+    timing: &str,
+) {
+    tracing::info!(
+        target: "dust::access",
+        service = %svc.config.name,
+        vm = vm.unwrap_or("-"),
+        %method,
+        path,
+        status = status.as_u16(),
+        outcome = ?outcome,
+        timing,
+        "request"
+    );
+}
+
 /// Serve one request in a fresh VM.
 pub async fn handle(
     svc: Arc<ServiceInner>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
     let mut outcome = OutcomeGuard::new(&svc);
@@ -115,7 +139,18 @@ pub async fn handle(
         Ok(s) => s,
         Err(f) => {
             outcome.settle(f.error.outcome());
-            return Ok(error_response(&svc, &f));
+            let r = error_response(&svc, &f);
+            let timing = format!("total;dur={}", ms(t0.elapsed()));
+            let req = (&method, path.as_str());
+            access_log(
+                &svc,
+                f.vm.as_deref(),
+                req,
+                r.status(),
+                f.error.outcome(),
+                &timing,
+            );
+            return Ok(r);
         }
     };
     summon::record(&svc, &summoned.phases);
@@ -132,7 +167,19 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             outcome.settle(e.outcome());
-            return Ok(error_response(&svc, &Failure::of_vm(e, &vm)));
+            let f = Failure::of_vm(e, &vm);
+            let r = error_response(&svc, &f);
+            let timing = format!("total;dur={}", ms(t0.elapsed()));
+            let req = (&method, path.as_str());
+            access_log(
+                &svc,
+                f.vm.as_deref(),
+                req,
+                r.status(),
+                f.error.outcome(),
+                &timing,
+            );
+            return Ok(r);
         }
     };
     let respond = t.elapsed();
@@ -160,6 +207,9 @@ pub async fn handle(
         ms(guest),
         ms(total)
     );
+    let req = (&method, path.as_str());
+    let (vm_id, done) = (Some(vm.vm_id.as_str()), crate::metrics::Outcome::ok);
+    access_log(&svc, vm_id, req, parts.status, done, &timing);
     if let Ok(v) = HeaderValue::from_str(&timing) {
         parts.headers.append("server-timing", v);
     }
