@@ -170,6 +170,12 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
     let addr = env.summoner.add(s).await.unwrap();
     assert_eq!(get(addr).await.status, 200);
     env.settle("jailed", 2).await;
+    // The worker that served the request may still be on its way out (reaped in the
+    // background): wait for just the two idle shells.
+    let t = std::time::Instant::now();
+    while child_pids().len() != 2 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let monitors = child_pids();
     assert_eq!(monitors.len(), 2, "{monitors:?}");
     let mut pid_namespaces = Vec::new();

@@ -246,6 +246,12 @@ async fn a_template_that_never_gets_ready_fails_the_service_and_leaves_nothing()
     assert!(err.contains("template"), "{err}");
     assert!(s.list().is_empty());
     wait_no_children().await;
+    // A jailed template's per-VM root is removed once its worker is reaped, in the
+    // background.
+    let t = Instant::now();
+    while !run_dir_files(&tmp).is_empty() && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(run_dir_files(&tmp), Vec::<String>::new());
 }
 
