@@ -10,6 +10,19 @@ use vmm::{VmConfig, VmExit};
 /// The tests count the whole process's fds and threads, so they must not overlap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Wait (briefly) until this process has `fds` fds and `threads` threads again: the test
+/// harness's thread of the test that ran before may still be exiting when this one counts.
+fn settled(fds: usize, threads: usize) {
+    let t = std::time::Instant::now();
+    while (fd_count(), thread_count()) != (fds, threads)
+        && t.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(fd_count(), fds, "fds changed");
+    assert_eq!(thread_count(), threads, "threads changed");
+}
+
 /// `config` with its serial output discarded.
 fn quiet(config: VmConfig) -> VmConfig {
     VmConfig {
@@ -67,8 +80,7 @@ fn a_killed_vm_is_freed_too() {
         killer.kill();
         assert_eq!(handle.wait().exit, VmExit::Killed);
     }
-    assert_eq!(fd_count(), fds);
-    assert_eq!(thread_count(), threads);
+    settled(fds, threads);
 }
 
 #[test]
@@ -85,6 +97,5 @@ fn unstarted_and_failed_builds_leave_nothing_behind() {
         // A build that fails after its vCPU threads were started.
         assert!(vmm::build(&quiet(VmConfig::new(&junk))).is_err());
     }
-    assert_eq!(fd_count(), fds, "fds changed");
-    assert_eq!(thread_count(), threads, "threads changed");
+    settled(fds, threads);
 }
