@@ -126,6 +126,28 @@ fn access_log(
     );
 }
 
+/// A request that got no answer from its VM: count it, answer it, log it.
+fn failed(
+    svc: &ServiceInner,
+    outcome: &mut OutcomeGuard,
+    f: &Failure,
+    req: (&http::Method, &str),
+    t0: Instant,
+) -> Response<RespBody> {
+    outcome.settle(f.error.outcome());
+    let r = error_response(svc, f);
+    let timing = format!("total;dur={}", ms(t0.elapsed()));
+    access_log(
+        svc,
+        f.vm.as_deref(),
+        req,
+        r.status(),
+        f.error.outcome(),
+        &timing,
+    );
+    r
+}
+
 /// Serve one request in a fresh VM.
 pub async fn handle(
     svc: Arc<ServiceInner>,
@@ -137,21 +159,7 @@ pub async fn handle(
     let mut outcome = OutcomeGuard::new(&svc);
     let summoned = match summon::summon(&svc, t0, deadline).await {
         Ok(s) => s,
-        Err(f) => {
-            outcome.settle(f.error.outcome());
-            let r = error_response(&svc, &f);
-            let timing = format!("total;dur={}", ms(t0.elapsed()));
-            let req = (&method, path.as_str());
-            access_log(
-                &svc,
-                f.vm.as_deref(),
-                req,
-                r.status(),
-                f.error.outcome(),
-                &timing,
-            );
-            return Ok(r);
-        }
+        Err(f) => return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0)),
     };
     summon::record(&svc, &summoned.phases);
     let phases = summoned.phases;
@@ -166,20 +174,8 @@ pub async fn handle(
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            outcome.settle(e.outcome());
             let f = Failure::of_vm(e, &vm);
-            let r = error_response(&svc, &f);
-            let timing = format!("total;dur={}", ms(t0.elapsed()));
-            let req = (&method, path.as_str());
-            access_log(
-                &svc,
-                f.vm.as_deref(),
-                req,
-                r.status(),
-                f.error.outcome(),
-                &timing,
-            );
-            return Ok(r);
+            return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0));
         }
     };
     let respond = t.elapsed();
