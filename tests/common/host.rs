@@ -177,7 +177,11 @@ pub fn tiny_elf() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     let path = dir.join("dust-test-tiny-guest.elf");
     if std::fs::read(&path).ok().as_deref() != Some(&b[..]) {
-        let tmp = path.with_extension(format!("{}", std::process::id()));
+        // One temporary name per call: threads of one test binary race here, and a shared
+        // name lets one thread rename away the file another is about to rename.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}.{n}", std::process::id()));
         std::fs::write(&tmp, &b).expect("write the tiny ELF");
         std::fs::rename(&tmp, &path).expect("place the tiny ELF");
     }
