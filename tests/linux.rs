@@ -31,8 +31,11 @@ fn boot_until(image: &str, extra: &[&str], want: &str) -> (Vec<String>, Option<i
             "--mem",
             "256",
             "--irqchip",
+            // Alone, the banner takes ~35 s of emulated boot here; two of these tests at once
+            // on a loaded 2-core machine took over 90 s. The test stops at the banner, so a
+            // generous limit costs nothing when things go well.
             "--timeout",
-            "90s",
+            "300s",
         ])
         .args([
             "--cmdline",
