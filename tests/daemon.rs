@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -86,12 +86,27 @@ fn daemon(name: &str, image: &str, extra: &[&str]) -> (Daemon, SocketAddr) {
 
 impl Daemon {
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> HttpReply {
+        self.call_with(method, path, &[], body)
+    }
+
+    /// [`Daemon::call`] with extra request headers.
+    fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> HttpReply {
         let mut s = UnixStream::connect(&self.api).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let body = body.unwrap_or("");
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: dust\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: dust\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -501,4 +516,145 @@ fn each_request_gets_one_plain_access_log_line() {
         !log.contains('\u{1b}'),
         "colour codes in a piped log: {log}"
     );
+}
+
+/// Whether `promtool` (Debian package `prometheus`, installed by scripts/install-deps) runs.
+/// Without it the test says so loudly and passes, except under CI (`CI=true`), where a
+/// missing promtool fails the run.
+fn promtool_available() -> bool {
+    match Command::new("promtool").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        r => {
+            let why = match r {
+                Ok(o) => format!("promtool --version failed: {}", o.status),
+                Err(e) => format!("cannot run promtool: {e}"),
+            };
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("this test needs promtool and CI=true: {why}");
+            }
+            eprintln!(
+                "\n*** SKIPPED: this test needs promtool ({why}); run scripts/install-deps ***\n"
+            );
+            false
+        }
+    }
+}
+
+/// `promtool check metrics` on `text`: its complaints, if any.
+fn promtool_check(text: &[u8]) -> Result<(), String> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text).unwrap();
+    let o = child.wait_with_output().unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ))
+    }
+}
+
+#[test]
+fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
+    require_kvm!();
+    if !promtool_available() {
+        return;
+    }
+    let (d, addr) = daemon("web", "http-hello", &[]);
+    for _ in 0..3 {
+        assert_eq!(http_get(addr, "/").unwrap().status, 200);
+    }
+    // The counters are settled after the response is sent: wait until the scrape shows all.
+    let t = Instant::now();
+    let text = loop {
+        let text = String::from_utf8(d.call("GET", "/metrics", None).body).unwrap();
+        if metric(&text, "dust_requests_total{service=\"web\",outcome=\"ok\"}") >= 3.0
+            || t.elapsed() > Duration::from_secs(10)
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    // The default: Prometheus text 0.0.4 that promtool accepts (HELP and TYPE named after
+    // the counters' _total samples, no # EOF).
+    let r = d.call("GET", "/metrics", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    if let Err(e) = promtool_check(&r.body) {
+        panic!(
+            "promtool check metrics: {e}\n{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(
+        text.contains("# TYPE dust_requests_total counter\n"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "dust_request_duration_seconds_count{service=\"web\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+    // The end-to-end time is not a phase: summing the phases must not count it.
+    assert!(!text.contains("phase=\"total\""), "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "dust_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "process_resident_memory_bytes") > 0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "process_open_fds") > 0.0, "{text}");
+    assert!(metric(&text, "process_threads") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "process_max_fds") >= metric(&text, "process_open_fds"),
+        "{text}"
+    );
+    assert!(metric(&text, "process_start_time_seconds") > 1e9, "{text}");
+
+    // OpenMetrics when the scraper asks for it, as Prometheus does by default.
+    let r = d.call_with(
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let om = String::from_utf8(r.body).unwrap();
+    assert!(om.ends_with("\n# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE dust_requests counter\n"), "{om}");
+    assert!(om.contains("# TYPE process_cpu_seconds counter\n"), "{om}");
+    assert!(om.contains("\nprocess_cpu_seconds_total "), "{om}");
 }

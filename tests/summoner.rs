@@ -299,10 +299,23 @@ async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
     }
     let want = "dust_requests_total{service=\"echo\",outcome=\"ok\"} 2";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !env.summoner.metrics_text().contains(want) && Instant::now() < deadline {
+    while !env
+        .summoner
+        .metrics_text(summoner::metrics::Format::Prometheus)
+        .contains(want)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let text = env.summoner.metrics_text();
+    let text = env
+        .summoner
+        .metrics_text(summoner::metrics::Format::Prometheus);
     assert!(text.contains(want), "{text}");
+    // Each connection's time to its spliced VM is the end-to-end histogram, not a phase.
+    assert!(
+        text.contains("dust_request_duration_seconds_count{service=\"echo\"} 2\n"),
+        "{text}"
+    );
+    assert!(!text.contains("phase=\"total\""), "{text}");
     env.finish().await;
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use summoner::metrics::Format;
 use summoner::registry::VmInfo;
 use summoner::{AddError, ServiceConfig, ServiceStats};
 
@@ -58,8 +59,8 @@ pub trait Control: Send + Sync + 'static {
     /// Kill a VM (its client gets 502); false if there is no such VM.
     fn kill_vm(&self, id: &str) -> bool;
 
-    /// Prometheus text exposition of the daemon's metrics.
-    fn metrics_text(&self) -> String;
+    /// The daemon's metrics in `format` (the router picks it from `Accept`).
+    fn metrics_text(&self, format: Format) -> String;
 
     /// Start draining the whole daemon, as SIGTERM does: `/healthz` turns 503 at once, the
     /// daemon stops after its drain delay and grace period. False if it was already draining.

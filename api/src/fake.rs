@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use summoner::metrics::Format;
 use summoner::registry::{VmInfo, VmPhase};
 use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
 
@@ -127,8 +128,13 @@ impl Control for Fake {
         gone
     }
 
-    fn metrics_text(&self) -> String {
-        "# HELP dust_running_vms VMs alive\n# TYPE dust_running_vms gauge\n# EOF\n".into()
+    fn metrics_text(&self, format: Format) -> String {
+        // Which format was asked for shows in the body: the router's negotiation is tested.
+        let text = "# HELP dust_running_vms VMs alive\n# TYPE dust_running_vms gauge\n";
+        match format {
+            Format::Prometheus => text.into(),
+            Format::OpenMetrics => format!("{text}# EOF\n"),
+        }
     }
 
     fn drain(&self) -> bool {

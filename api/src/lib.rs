@@ -14,7 +14,7 @@
 //! | `GET /v1/vms` | `{"vms":[...]}`: id, service, phase, age_ms, pid |
 //! | `GET /v1/vms/{id}` | one VM (404 `vm_not_found`) |
 //! | `DELETE /v1/vms/{id}` | kill it (204; its client gets 502) |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | Prometheus text 0.0.4, or OpenMetrics 1.0.0 when `Accept` prefers it |
 //! | `POST /v1/drain` | 202: drain and stop the daemon, as SIGTERM does (`/healthz` turns 503 at once) |
 //!
 //! Every error is `{"error":{"code":"snake_case","message":"a sentence"}}`.

@@ -9,15 +9,13 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Full;
 use serde::Serialize;
+use summoner::metrics::Format;
 
 use crate::body;
 use crate::control::Control;
 use crate::error::{ErrorCode, HttpError};
 use crate::models;
 use crate::routes::{self, Endpoint};
-
-/// The Prometheus text exposition content type.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Timing knobs of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,11 +211,22 @@ impl<C: Control> Router<C> {
                 )
             }
             Endpoint::Metrics => {
-                let mut resp = Response::new(Full::new(Bytes::from(c.metrics_text())));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(METRICS_CONTENT_TYPE),
+                // A header value that is not visible ASCII cannot name a media type we
+                // serve; it is skipped like any other unknown one.
+                let format = Format::negotiate(
+                    req.headers()
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
                 );
+                let mut resp = Response::new(Full::new(Bytes::from(c.metrics_text(format))));
+                let headers = resp.headers_mut();
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                );
+                // The body depends on Accept: a cache in between must not mix them up.
+                headers.insert(header::VARY, HeaderValue::from_static("accept"));
                 resp
             }
         })

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use summoner::metrics::Format;
 use summoner::registry::VmInfo;
 use summoner::{AddError, ServiceConfig, ServiceStats, Summoner};
 
@@ -67,8 +68,8 @@ impl Control for Summoner {
         Summoner::kill_vm(self, id)
     }
 
-    fn metrics_text(&self) -> String {
-        Summoner::metrics_text(self)
+    fn metrics_text(&self, format: Format) -> String {
+        Summoner::metrics_text(self, format)
     }
 
     fn drain(&self) -> bool {

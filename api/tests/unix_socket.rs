@@ -313,7 +313,7 @@ impl Control for Slow {
     fn kill_vm(&self, _id: &str) -> bool {
         false
     }
-    fn metrics_text(&self) -> String {
+    fn metrics_text(&self, _format: summoner::metrics::Format) -> String {
         String::new()
     }
     fn drain(&self) -> bool {

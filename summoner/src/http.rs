@@ -183,7 +183,7 @@ pub async fn handle(
     let total = t0.elapsed();
     svc.metrics.phase(Phase::respond, respond);
     svc.metrics.phase(Phase::guest, guest);
-    svc.metrics.phase(Phase::total, total);
+    svc.metrics.request_duration(total);
     outcome.settle(Outcome::ok);
 
     let (mut parts, body) = resp.into_parts();

@@ -246,9 +246,9 @@ impl Summoner {
         }
     }
 
-    /// Prometheus text.
-    pub fn metrics_text(&self) -> String {
-        self.metrics.render()
+    /// The metrics exposition in `format` (see [`metrics::Format::negotiate`]).
+    pub fn metrics_text(&self, format: metrics::Format) -> String {
+        self.metrics.render(format)
     }
 
     /// Stop every service within `grace`.

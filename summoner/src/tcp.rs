@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use crate::metrics::{Outcome, Phase};
+use crate::metrics::Outcome;
 use crate::service::ServiceInner;
 use crate::summon::{self, OutcomeGuard};
 
@@ -24,7 +24,7 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
         }
     };
     summon::record(&svc, &summoned.phases);
-    svc.metrics.phase(Phase::total, t0.elapsed());
+    svc.metrics.request_duration(t0.elapsed());
     let splice = tokio::io::copy_bidirectional(&mut client, &mut summoned.stream);
     // A VM that ends (killed, crashed) ends the connection at once: the splice alone would
     // wait for the client to close its side.

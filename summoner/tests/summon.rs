@@ -95,7 +95,7 @@ impl Env {
     fn count(&self, outcome: &str) -> usize {
         let needle = format!("outcome=\"{outcome}\"");
         self.summoner
-            .metrics_text()
+            .metrics_text(summoner::metrics::Format::Prometheus)
             .lines()
             .filter(|l| l.starts_with("dust_requests_total") && l.contains(&needle))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
@@ -401,7 +401,7 @@ async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
     assert_eq!(snaps(), 1, "the template's snapshot is in the run dir");
     assert!(env
         .summoner
-        .metrics_text()
+        .metrics_text(summoner::metrics::Format::Prometheus)
         .contains("dust_service_start_mode{service=\"snap\",start=\"snapshot\"} 1"));
     assert!(env.summoner.remove("snap", Duration::from_secs(1)).await);
     until("the snapshot is deleted", || snaps() == 0).await;

@@ -13,7 +13,7 @@ use crate::fake::Fake;
 
 #[path = "../../../tests/common/host.rs"]
 mod host;
-use crate::router::{Router, Settings, METRICS_CONTENT_TYPE};
+use crate::router::{Router, Settings};
 
 struct Answer {
     status: StatusCode,
@@ -135,8 +135,44 @@ async fn health_version_metrics() {
     assert_eq!(a.json()["api"], "v1");
     let a = t.get("/metrics").await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.headers[header::CONTENT_TYPE], METRICS_CONTENT_TYPE);
+    assert_eq!(
+        a.headers[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     assert!(a.text.contains("dust_running_vms"), "{}", a.text);
+    assert!(!a.text.contains("# EOF"), "{}", a.text);
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_only_when_accept_prefers_it() {
+    let t = T::new(Fake::default());
+    const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    for (accept, want) in [
+        // What Prometheus 2.x sends by default.
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            OPENMETRICS,
+        ),
+        ("application/openmetrics-text", OPENMETRICS),
+        ("text/plain", PROMETHEUS),
+        ("text/plain;q=1, application/openmetrics-text;q=0.5", PROMETHEUS),
+        ("application/json", PROMETHEUS),
+    ] {
+        let a = t
+            .req(
+                Method::GET,
+                "/metrics",
+                &[("accept", accept)],
+                Bytes::new(),
+                None,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{accept}");
+        assert_eq!(a.headers[header::CONTENT_TYPE], want, "{accept}");
+        assert_eq!(a.headers[header::VARY], "accept", "{accept}");
+        assert_eq!(a.text.ends_with("# EOF\n"), want == OPENMETRICS, "{accept}: {}", a.text);
+    }
 }
 
 #[tokio::test]
