@@ -409,3 +409,21 @@ async fn h2_connections_over_the_cap_get_503() {
     .await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_whose_guest_dies_gets_502_naming_its_vm() {
+    let env = env().await;
+    let mut s = service("h2dies");
+    s.cmdline = "fake=dies".into();
+    let addr = env.summoner.add(s).await.unwrap();
+    let (send, conn) = h2_client(addr).await;
+    let (status, headers, _) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 502);
+    assert!(headers.contains_key("x-dust-vm"), "{headers:?}");
+    // The connection outlives the failed stream: the next one is served too.
+    let (status, _, _) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 502);
+    drop(send);
+    conn.await.unwrap().unwrap();
+    env.finish().await;
+}
