@@ -18,7 +18,9 @@
 //! With half-close allowed, a client that closes its connection entirely (FIN) cannot be
 //! told from one that only shut its write side until its answer is written: its VM lives
 //! until the answer or the request deadline. A connection reset (RST: the client died with
-//! data unread, or aborted) is noticed within [`RESET_CHECK`] and kills the request's VM.
+//! data unread, or aborted) is noticed within [`RESET_CHECK`] and kills the request's VM
+//! (every stream's VM, for HTTP/2). An HTTP/2 stream the client cancels (`RST_STREAM`) kills
+//! its own VM at once and leaves the connection's other streams alone.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits, so the two
 //! timeouts are kept here: the connection's reads and its requests' start and end update
@@ -28,7 +30,7 @@
 //! request must arrive within `header_timeout` of its first byte (as for HTTP/1.1), and
 //! after that it is idle while no stream is open, whatever control frames (PING, SETTINGS,
 //! WINDOW_UPDATE) it sends; idle for `idle_timeout`, it is told GOAWAY and closed. A peer
-//! that stops answering PINGs during a request is dropped too (hyper's HTTP/2 keep-alive).
+//! that stops answering PINGs is dropped too (hyper's HTTP/2 keep-alive), also mid-request.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -427,3 +427,23 @@ async fn an_h2_stream_whose_guest_dies_gets_502_naming_its_vm() {
     conn.await.unwrap().unwrap();
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_the_client_cancels_takes_its_vm_with_it() {
+    let env = env().await;
+    let mut s = service("h2cancel");
+    s.cmdline = "fake=never-answers".into();
+    // Only the cancel may end the VM, not the deadline.
+    s.request_deadline = Duration::from_secs(3600);
+    let addr = env.summoner.add(s).await.unwrap();
+    let (send, conn) = h2_client(addr).await;
+    let stream = tokio::spawn(h2_get(send.clone(), format!("http://{addr}/")));
+    until("the VM serves", || env.summoner.vms().len() == 1).await;
+    // Dropping the request sends RST_STREAM; the connection stays open.
+    stream.abort();
+    until("the VM is gone", || env.summoner.vms().is_empty()).await;
+    assert_eq!(env.connections("h2cancel"), 1);
+    drop(send);
+    conn.await.unwrap().unwrap();
+    env.finish().await;
+}
