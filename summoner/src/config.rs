@@ -72,7 +72,8 @@ pub struct ServiceConfig {
     /// vsock port the guest listens on.
     #[serde(default = "default_port")]
     pub guest_port: u32,
-    /// Most VMs of this service alive at once.
+    /// Most VMs of this service alive at once; in HTTP mode also the most HTTP/2 streams one
+    /// client connection may have open at once.
     #[serde(default = "default_concurrency")]
     pub max_concurrent: usize,
     /// Requests that may wait for a free slot; beyond it, 503.

@@ -1,5 +1,12 @@
 //! One client connection of an HTTP-mode service, from accept to close.
 //!
+//! One listener speaks HTTP/1.1 and HTTP/2 over cleartext with prior knowledge (h2c: the
+//! client opens with the HTTP/2 preface, as `curl --http2-prior-knowledge` does); the first
+//! bytes decide. Every HTTP/2 stream is a request like any other: it is admitted, gets a
+//! fresh VM of its own and is forwarded to the guest as HTTP/1.1 (`crate::http`). A
+//! connection carries at most the service's `max_concurrent` streams at once: more could
+//! only wait for a VM, and HTTP/2 clients queue on their side instead.
+//!
 //! - Half-closed clients get their answers (`half_close`): `printf 'GET / ...' | nc -N`
 //!   shuts its write side at once; pipelined requests are all answered.
 //! - Timeouts: a request head must arrive within `header_timeout` (counted from its first
@@ -11,11 +18,19 @@
 //! With half-close allowed, a client that closes its connection entirely (FIN) cannot be
 //! told from one that only shut its write side until its answer is written: its VM lives
 //! until the answer or the request deadline. A connection reset (RST: the client died with
-//! data unread, or aborted) is noticed within [`RESET_CHECK`] and kills the request's VM.
+//! data unread, or aborted) is noticed within [`RESET_CHECK`] and kills the request's VM
+//! (every stream's VM, for HTTP/2). An HTTP/2 stream the client cancels (`RST_STREAM`) kills
+//! its own VM at once and leaves the connection's other streams alone.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits, so the two
 //! timeouts are kept here: the connection's reads and its requests' start and end update
 //! an [`Activity`], and [`serve`] closes the connection when [`Activity::expired`] says so.
+//!
+//! HTTP/2 has no request head to time between requests: an HTTP/2 connection's first
+//! request must arrive within `header_timeout` of its first byte (as for HTTP/1.1), and
+//! after that it is idle while no stream is open, whatever control frames (PING, SETTINGS,
+//! WINDOW_UPDATE) it sends; idle for `idle_timeout`, it is told GOAWAY and closed. A peer
+//! that stops answering PINGs is dropped too (hyper's HTTP/2 keep-alive), also mid-request.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -26,7 +41,8 @@ use http::Request;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -61,6 +77,8 @@ struct State {
     idle_since: Instant,
     /// First byte read while idle: a request head is on its way.
     head_started: Option<Instant>,
+    /// The client speaks HTTP/2: reads between requests are control frames, not heads.
+    h2: bool,
 }
 
 /// What a connection is doing, for its timeouts.
@@ -82,6 +100,7 @@ impl Activity {
                 served: 0,
                 idle_since: Instant::now(),
                 head_started: None,
+                h2: false,
             }),
             started: tokio::sync::Notify::new(),
             header_timeout,
@@ -95,15 +114,16 @@ impl Activity {
 
     fn read_some(&self) {
         let mut s = self.state();
-        if s.active == 0 && s.head_started.is_none() {
+        if s.active == 0 && s.head_started.is_none() && !s.h2 {
             s.head_started = Some(Instant::now());
         }
     }
 
-    fn request_started(self: &Arc<Self>) -> RequestGuard {
+    fn request_started(self: &Arc<Self>, version: http::Version) -> RequestGuard {
         let mut s = self.state();
         s.active += 1;
         s.head_started = None;
+        s.h2 |= version == http::Version::HTTP_2;
         self.started.notify_one();
         RequestGuard(self.clone())
     }
@@ -126,6 +146,11 @@ impl Activity {
     /// Whether a request is in progress.
     fn busy(&self) -> bool {
         self.state().active > 0
+    }
+
+    /// Whether the client has spoken HTTP/2.
+    fn is_h2(&self) -> bool {
+        self.state().h2
     }
 
     /// Whether the connection has run out of time at `now`.
@@ -197,6 +222,24 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// How long a timed-out HTTP/2 connection has to take its GOAWAY before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
+/// The connection builder for `svc`: HTTP/1.1 and h2c (prior knowledge) on one socket.
+fn builder(svc: &ServiceInner) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().half_close(true);
+    let streams = u32::try_from(svc.config.max_concurrent.max(1)).unwrap_or(u32::MAX);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(streams)
+        // A peer that does not answer a PING within header_timeout is gone; the PINGs only
+        // go out every idle_timeout, so a live connection costs next to nothing.
+        .keep_alive_interval(svc.config.idle_timeout)
+        .keep_alive_timeout(svc.config.header_timeout);
+    b
+}
+
 /// Serve one HTTP client connection until it closes, times out, or the service stops.
 pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Receiver<bool>) {
     let activity = Arc::new(Activity::new(
@@ -206,7 +249,7 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
     let handler = {
         let (svc, activity) = (svc.clone(), activity.clone());
         service_fn(move |req: Request<Incoming>| {
-            let guard = activity.request_started();
+            let guard = activity.request_started(req.version());
             let svc = svc.clone();
             async move {
                 let resp = crate::http::handle(svc, req).await?;
@@ -220,9 +263,8 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
         io: tcp,
         activity: activity.clone(),
     };
-    let conn = hyper::server::conn::http1::Builder::new()
-        .half_close(true)
-        .serve_connection(TokioIo::new(io), handler);
+    let builder = builder(&svc);
+    let conn = builder.serve_connection(TokioIo::new(io), handler);
     tokio::pin!(conn);
     let mut reset_check = tokio::time::interval(RESET_CHECK);
     reset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,6 +292,21 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
             _ = tokio::time::sleep_until(deadline.into()) => {
                 if activity.expired(Instant::now()) {
                     tracing::debug!(service = %svc.config.name, "client connection timed out");
+                    if activity.is_h2() {
+                        // Say GOAWAY, so the client knows no stream was lost. A stream it
+                        // opened meanwhile is still answered (within its request deadline).
+                        conn.as_mut().graceful_shutdown();
+                        loop {
+                            tokio::select! {
+                                _ = conn.as_mut() => break,
+                                _ = tokio::time::sleep(GOAWAY_GRACE) => {
+                                    if !activity.busy() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
                     return;
                 }
             }
@@ -280,7 +337,7 @@ mod tests {
         // A fresh connection has header_timeout to send its first head.
         assert!(!a.expired(opened));
         assert!(a.expired(opened + Duration::from_secs(11)));
-        let g = a.request_started();
+        let g = a.request_started(http::Version::HTTP_11);
         assert!(!a.expired(opened + Duration::from_secs(100)), "busy");
         drop(g);
         // Idle between requests: idle_timeout.

@@ -1,5 +1,7 @@
-//! HTTP mode: one fresh VM per request. hyper serves the client (keep-alive supported) and,
-//! per request, speaks HTTP/1.1 to the guest over the vsock stream; bodies stream both ways.
+//! HTTP mode: one fresh VM per request. hyper serves the client (HTTP/1.1 with keep-alive, or
+//! h2c, see `crate::conn`) and, per request, speaks HTTP/1.1 to the guest over the vsock
+//! stream; bodies stream both ways. Guests only ever see HTTP/1.1: an HTTP/2 request is
+//! rewritten on the way in ([`to_http1`]) and its answer on the way out ([`for_client`]).
 //! Every response carries `Server-Timing` (queue, spawn, boot, connect, respond, guest,
 //! total) and `X-Dust-Vm`. Guest crash -> 502, deadline -> 504, overload -> 503.
 
@@ -99,6 +101,41 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Make a request the client sent in any HTTP version one the guest can read as HTTP/1.1:
+/// an HTTP/2 request names its host in `:authority` (part of the URI here) and its target
+/// in absolute form, where an HTTP/1.1 server expects a `Host` header and a path.
+fn to_http1<B>(req: &mut Request<B>) {
+    strip_hop_by_hop(req.headers_mut());
+    if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
+        return;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    if !req.headers().contains_key(http::header::HOST) {
+        let host = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(host) = host {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = http::Uri::from(path);
+}
+
+/// Make the guest's HTTP/1.1 response headers fit the client's `version`: hop-by-hop headers
+/// never pass, and HTTP/2 also forbids `transfer-encoding` (its framing is its own).
+fn for_client(headers: &mut http::HeaderMap, version: http::Version) {
+    strip_hop_by_hop(headers);
+    if version == http::Version::HTTP_2 {
+        headers.remove(http::header::TRANSFER_ENCODING);
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1000.0)
 }
@@ -154,6 +191,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let version = req.version();
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
     let mut outcome = OutcomeGuard::new(&svc);
@@ -187,7 +225,7 @@ pub async fn handle(
     outcome.settle(Outcome::ok);
 
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    for_client(&mut parts.headers, version);
     let timing = format!(
         "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
         ms(phases.queue),
@@ -226,7 +264,7 @@ async fn forward(
     stream: tokio::net::UnixStream,
     mut req: Request<Incoming>,
 ) -> Result<Response<Incoming>, SummonError> {
-    strip_hop_by_hop(req.headers_mut());
+    to_http1(&mut req);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;
@@ -298,5 +336,47 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn an_http2_request_reaches_the_guest_as_http1() {
+        let mut req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("http://example.test:8080/a/b?c=d")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert_eq!(req.uri().to_string(), "/a/b?c=d");
+        assert_eq!(req.headers()["host"], "example.test:8080");
+        assert!(!req.headers().contains_key("te"));
+        // A Host the client sent itself wins over the authority.
+        let mut req = Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("http://a.test/")
+            .header("host", "b.test")
+            .body(())
+            .unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.headers()["host"], "b.test");
+        // HTTP/1.1 requests keep their target as it came.
+        let mut req = Request::builder().uri("/x").body(()).unwrap();
+        to_http1(&mut req);
+        assert_eq!(req.uri().to_string(), "/x");
+        assert!(!req.headers().contains_key("host"));
+    }
+
+    #[test]
+    fn an_http2_client_gets_no_transfer_encoding() {
+        let mut h = http::HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        for_client(&mut h, http::Version::HTTP_2);
+        assert_eq!(h.len(), 1);
+        let mut h = http::HeaderMap::new();
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        for_client(&mut h, http::Version::HTTP_11);
+        assert_eq!(h.len(), 1, "HTTP/1.1 keeps it");
     }
 }

@@ -275,3 +275,175 @@ async fn a_killed_tcp_vm_closes_its_connection_at_once() {
     assert!(!env.summoner.kill_vm(&id));
     env.finish().await;
 }
+
+/// An HTTP/2 client connection (prior knowledge, as `curl --http2-prior-knowledge`), and
+/// the task driving it: it ends when the server closes the connection.
+async fn h2_client(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// One HTTP/2 GET: status, headers and body.
+async fn h2_get(
+    mut send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    uri: String,
+) -> (http::StatusCode, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_streams_on_one_connection_each_get_a_vm_of_their_own() {
+    let env = env().await;
+    let mut s = service("h2");
+    s.cmdline = "fake=show-head".into();
+    s.max_concurrent = 3;
+    let addr = env.summoner.add(s).await.unwrap();
+    let (send, conn) = h2_client(addr).await;
+    let streams: Vec<_> = (0..3)
+        .map(|i| tokio::spawn(h2_get(send.clone(), format!("http://{addr}/s/{i}?q=1"))))
+        .collect();
+    let mut vms = std::collections::HashSet::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let (status, headers, body) = stream.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        let vm = headers["x-dust-vm"].to_str().unwrap().to_string();
+        // The guest speaks HTTP/1.1 and answers chunked, with a keep-alive header: none of
+        // that reaches an HTTP/2 client.
+        for h in ["connection", "keep-alive", "transfer-encoding"] {
+            assert!(!headers.contains_key(h), "{h}: {headers:?}");
+        }
+        let (body_vm, head) = body.split_once('\n').unwrap();
+        assert_eq!(body_vm, vm);
+        // The guest read an HTTP/1.1 request with a path and a Host header.
+        assert!(
+            head.starts_with(&format!("GET /s/{i}?q=1 HTTP/1.1\r\n")),
+            "{head:?}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("host: {addr}\r\n")),
+            "{head:?}"
+        );
+        vms.insert(vm);
+    }
+    assert_eq!(vms.len(), 3, "every stream gets its own VM: {vms:?}");
+    assert_eq!(env.connections("h2"), 1, "all on one connection");
+    drop(send);
+    conn.await.unwrap().unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_h2_connections_are_closed() {
+    let env = env().await;
+    let mut s = service("h2idle");
+    s.header_timeout = Duration::from_millis(300);
+    s.idle_timeout = Duration::from_millis(300);
+    let addr = env.summoner.add(s).await.unwrap();
+    // The preface and nothing more: closed by the header timeout.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    // One answered request, then nothing: told GOAWAY and closed once idle, while the
+    // client keeps its side open.
+    let (send, conn) = h2_client(addr).await;
+    let (status, _, _) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 200);
+    conn.await.unwrap().unwrap();
+    let silent = tokio::task::spawn_blocking(move || read_until_closed(silent))
+        .await
+        .unwrap();
+    // The server's SETTINGS frame came back, and then the close.
+    assert!(!silent.is_empty());
+    until("no connection is open", || env.connections("h2idle") == 0).await;
+    drop(send);
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connections_over_the_cap_get_503() {
+    let env = env().await;
+    let mut s = service("h2capped");
+    s.max_connections = 1;
+    let addr = env.summoner.add(s).await.unwrap();
+    let held = TcpStream::connect(addr).unwrap();
+    until("the connection is open", || {
+        env.connections("h2capped") == 1
+    })
+    .await;
+    let (send, conn) = h2_client(addr).await;
+    let (status, headers, body) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("retry-after"));
+    assert!(body.contains("too many open connections"), "{body}");
+    // Told GOAWAY after its answer.
+    conn.await.unwrap().unwrap();
+    drop((held, send));
+    until("the connection is closed", || {
+        env.connections("h2capped") == 0
+    })
+    .await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_whose_guest_dies_gets_502_naming_its_vm() {
+    let env = env().await;
+    let mut s = service("h2dies");
+    s.cmdline = "fake=dies".into();
+    let addr = env.summoner.add(s).await.unwrap();
+    let (send, conn) = h2_client(addr).await;
+    let (status, headers, _) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 502);
+    assert!(headers.contains_key("x-dust-vm"), "{headers:?}");
+    // The connection outlives the failed stream: the next one is served too.
+    let (status, _, _) = h2_get(send.clone(), format!("http://{addr}/")).await;
+    assert_eq!(status, 502);
+    drop(send);
+    conn.await.unwrap().unwrap();
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_the_client_cancels_takes_its_vm_with_it() {
+    let env = env().await;
+    let mut s = service("h2cancel");
+    s.cmdline = "fake=never-answers".into();
+    // Only the cancel may end the VM, not the deadline.
+    s.request_deadline = Duration::from_secs(3600);
+    let addr = env.summoner.add(s).await.unwrap();
+    let (send, conn) = h2_client(addr).await;
+    let stream = tokio::spawn(h2_get(send.clone(), format!("http://{addr}/")));
+    until("the VM serves", || env.summoner.vms().len() == 1).await;
+    // Dropping the request sends RST_STREAM; the connection stays open.
+    stream.abort();
+    until("the VM is gone", || env.summoner.vms().is_empty()).await;
+    assert_eq!(env.connections("h2cancel"), 1);
+    drop(send);
+    conn.await.unwrap().unwrap();
+    env.finish().await;
+}

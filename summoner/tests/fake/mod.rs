@@ -61,6 +61,9 @@ enum Behaviour {
     NeverAnswers,
     /// Accepts and echoes bytes back (TCP mode).
     Echo,
+    /// Answers `200` with its VM id and the request head it read, in a chunked body on a
+    /// `Connection: keep-alive` response, as many HTTP/1.1 servers answer.
+    ShowHead,
 }
 
 impl Behaviour {
@@ -76,6 +79,7 @@ impl Behaviour {
             Some("dies") => Self::DiesWhileAnswering,
             Some("never-answers") => Self::NeverAnswers,
             Some("echo") => Self::Echo,
+            Some("show-head") => Self::ShowHead,
             _ => Self::Answer,
         }
     }
@@ -206,6 +210,14 @@ fn guest(vm_id: &str, behaviour: Behaviour, listener: &UnixListener, out: &Out) 
             Behaviour::NeverAnswers => {
                 // Keep the connection open until the summoner kills the process.
                 let _ = s.read(&mut b);
+            }
+            Behaviour::ShowHead => {
+                let body = format!("{vm_id}\n{}", String::from_utf8_lossy(&head));
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                    body.len()
+                );
             }
             _ => {
                 let _ = write!(
