@@ -586,6 +586,12 @@ fn serial_files_go_only_into_the_log_dir() {
     // A VM of the service runs with its serial file (bound into the jail as root).
     let addr: SocketAddr = svc["address"].as_str().unwrap().parse().unwrap();
     assert_eq!(http_get(addr, "/").unwrap().status, 200);
+    // A replacement whose serial file is a symlink is refused before the running service
+    // is touched.
+    let r = put("link.log");
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(d.json("/v1/services/logged")["address"], svc["address"]);
+    assert_eq!(http_get(addr, "/").unwrap().status, 200);
 }
 
 #[test]

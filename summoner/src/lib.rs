@@ -167,8 +167,27 @@ impl Summoner {
     /// directory (the daemon writes it with its own rights, so a client of the control API
     /// must not choose any path).
     pub fn check(&self, config: &ServiceConfig) -> Result<(), config::ServiceConfigError> {
-        config.serial_path(self.log_dir())?;
+        if let Some(path) = config.serial_path(self.log_dir())? {
+            // Up front too, without creating anything: a live replacement through the API
+            // removes the old service before it adds the new one.
+            let problem = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => Some("is a symbolic link"),
+                Ok(m) if !m.is_file() => Some("is not a regular file"),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(self.serial_error(config, problem.to_string()));
+            }
+        }
         config.validate()
+    }
+
+    fn serial_error(&self, config: &ServiceConfig, problem: String) -> config::ServiceConfigError {
+        config::ServiceConfigError::SerialFile {
+            name: config.name.clone(),
+            problem,
+            dir: self.log_dir().display().to_string(),
+        }
     }
 
     /// Create the service's serial file now, so that a symlink or a directory in its place
@@ -185,13 +204,7 @@ impl Summoner {
                 .create(self.log_dir())?;
             config::open_serial_file(&path).map(drop)
         })();
-        made.map_err(|e| {
-            StartError::Config(config::ServiceConfigError::SerialFile {
-                name: config.name.clone(),
-                problem: e.to_string(),
-                dir: self.log_dir().display().to_string(),
-            })
-        })
+        made.map_err(|e| StartError::Config(self.serial_error(config, e.to_string())))
     }
 
     fn services(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {
