@@ -34,6 +34,8 @@ fn summoner(tmp: &TempDir) -> Summoner {
         tmp.path().join("run"),
     )
     .unwrap()
+    // The services' serial files are written there.
+    .with_log_dir(tmp.path().to_path_buf())
 }
 
 fn post(addr: SocketAddr, path: &str, body: &[u8]) -> HttpReply {

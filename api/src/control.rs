@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use summoner::config::ServiceConfigError;
 use summoner::metrics::Format;
 use summoner::registry::VmInfo;
 use summoner::{AddError, ServiceConfig, ServiceStats};
@@ -24,9 +25,15 @@ pub struct ServiceStatus {
 /// What the control API needs from the daemon. Every method is cheap except
 /// [`Control::remove_service`], which drains.
 ///
-/// Validation ([`ServiceConfig::validate`]) and the order of a live replacement are the
-/// API's job; an implementation only adds, removes and reports.
+/// Validation (through [`Control::check_service`]) and the order of a live replacement are
+/// the API's job; an implementation only checks, adds, removes and reports.
 pub trait Control: Send + Sync + 'static {
+    /// Whether `config` could be added, short of binding and booting: by default
+    /// [`ServiceConfig::validate`]; the summoner also checks where its serial file goes.
+    fn check_service(&self, config: &ServiceConfig) -> Result<(), ServiceConfigError> {
+        config.validate()
+    }
+
     /// Every service, ordered by name.
     fn services(&self) -> Vec<ServiceStatus>;
 

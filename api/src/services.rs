@@ -73,8 +73,8 @@ impl<C: Control> Router<C> {
         config: ServiceConfig,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        config
-            .validate()
+        self.control
+            .check_service(&config)
             .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
         let change = Change {
             control: self.control.clone(),

@@ -44,6 +44,13 @@ impl Control for Summoner {
         })
     }
 
+    fn check_service(
+        &self,
+        config: &ServiceConfig,
+    ) -> Result<(), summoner::config::ServiceConfigError> {
+        self.check(config)
+    }
+
     async fn add_service(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
         self.add(config).await
     }

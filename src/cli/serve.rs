@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// Directory for per-VM sockets.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Directory for services' serial files, which must be file names in it (default: the
+    /// file's log_dir, else /var/log/dust as root, else $XDG_STATE_HOME/dust/log or
+    /// ~/.local/state/dust/log).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
     /// Most worker processes (idle shells and running VMs of all services) at once
     /// (default: `max_vms` of the config file, else as many default-sized VMs as the
     /// host's memory holds).
@@ -48,13 +53,15 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
-    /// Control API socket (default: /run/dust/api.sock as root, else
-    /// $XDG_RUNTIME_DIR/dust/api.sock).
+    /// Control API socket (default: the file's [api] socket, else /run/dust/api.sock as
+    /// root, else $XDG_RUNTIME_DIR/dust/api.sock).
     #[arg(long)]
     pub api_socket: Option<PathBuf>,
-    /// Also serve the control API on TCP at this address; every request then needs
-    /// `Authorization: Bearer <token>` with the token from $DUST_API_TOKEN.
-    #[arg(long)]
+    /// Also serve the control API on TCP at this address (default: the file's [api] tcp);
+    /// every request then needs `Authorization: Bearer <token>` with the token from
+    /// $DUST_API_TOKEN, else from the file's [api] token_file.
+    // `--api-listen` was the documented name for a while; it keeps working, unlisted.
+    #[arg(long, alias = "api-listen")]
     pub api_tcp: Option<SocketAddr>,
     /// Serve /healthz, /readyz and /livez here for load balancers (docs/deploy.md).
     #[arg(long)]
@@ -127,6 +134,26 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("dust: {e}");
         return ExitCode::from(status::VMM_ERROR);
     }
+    let log_dir = match args
+        .log_dir
+        .clone()
+        .or(file.log_dir.clone())
+        .unwrap_or_else(summoner::default_log_dir)
+    {
+        d if d.is_absolute() => d,
+        d => {
+            eprintln!("dust: log_dir {}: use an absolute path", d.display());
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    // Read now, so that a token file the daemon cannot use stops it before anything listens.
+    let api = match ApiPlace::resolve(&args, &file.api) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dust: control API: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
     let services = file.services;
     let health_listen = args.health_listen.or(file.health_listen);
     let drain_delay = args.drain_delay.unwrap_or(file.drain_delay);
@@ -161,10 +188,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         };
         let max_vms = args.max_vms.or(file.max_vms);
         let summoner = match Summoner::with_jail(exe, run_dir.clone(), jail) {
-            Ok(s) => std::sync::Arc::new(match max_vms {
-                Some(n) => s.with_max_vms(n),
-                None => s,
-            }),
+            Ok(s) => std::sync::Arc::new(
+                match max_vms {
+                    Some(n) => s.with_max_vms(n),
+                    None => s,
+                }
+                .with_log_dir(log_dir),
+            ),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
                 return ExitCode::from(status::VMM_ERROR);
@@ -191,7 +221,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        let api = match bind_api(&args) {
+        let api = match bind_api(api, args.grace) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("dust: control API: {e}");
@@ -200,6 +230,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         eprintln!("dust: control API on {}", api.unix_path().display());
+        if let Some(addr) = api.tcp_addr() {
+            eprintln!("dust: control API on tcp {addr} (bearer token)");
+        }
         super::drain::warn_unclaimed();
         let health = match health_listen.map(|a| super::drain::Health::start(a, summoner.clone())) {
             Some(Ok((h, addr))) => {
@@ -233,24 +266,61 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-fn bind_api(args: &ServeArgs) -> Result<api::ApiServer, String> {
-    let path = args
-        .api_socket
-        .clone()
-        .unwrap_or_else(api::default_socket_path);
-    let tcp = match args.api_tcp {
-        Some(addr) => {
-            let token = std::env::var("DUST_API_TOKEN")
-                .map_err(|_| "--api-tcp needs a token in $DUST_API_TOKEN".to_string())?;
-            Some((addr, token))
-        }
-        None => None,
+/// Where the control API listens, from the flags over the file's `[api]`.
+struct ApiPlace {
+    socket: PathBuf,
+    tcp: Option<(SocketAddr, String)>,
+}
+
+impl ApiPlace {
+    fn resolve(args: &ServeArgs, file: &summoner::config::ApiFileConfig) -> Result<Self, String> {
+        let socket = args
+            .api_socket
+            .clone()
+            .or(file.socket.clone())
+            .unwrap_or_else(api::default_socket_path);
+        let tcp = match args.api_tcp.or(file.tcp) {
+            Some(addr) => Some((addr, api_token(file.token_file.as_deref())?)),
+            None => None,
+        };
+        Ok(Self { socket, tcp })
+    }
+}
+
+/// The TCP API's bearer token: `$DUST_API_TOKEN`, else the content of `token_file`.
+fn api_token(token_file: Option<&Path>) -> Result<String, String> {
+    if let Ok(t) = std::env::var("DUST_API_TOKEN") {
+        return Ok(t);
+    }
+    let Some(path) = token_file else {
+        return Err(
+            "the TCP API needs a token: set $DUST_API_TOKEN or [api] token_file".to_string(),
+        );
     };
+    use std::os::unix::fs::PermissionsExt;
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("token_file {name}: {e}"))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "token_file {name}: readable by every user (mode {:o}); chmod o-r it",
+            mode & 0o7777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("token_file {name}: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token_file {name}: empty"));
+    }
+    Ok(token.to_string())
+}
+
+fn bind_api(place: ApiPlace, grace: Duration) -> Result<api::ApiServer, String> {
     let settings = api::Settings {
-        drain_grace: args.grace,
+        drain_grace: grace,
         ..Default::default()
     };
-    api::ApiServer::bind(&path, tcp)
+    api::ApiServer::bind(&place.socket, place.tcp)
         .map(|a| a.with_settings(settings))
         .map_err(|e| e.to_string())
 }

@@ -271,6 +271,17 @@ pub enum ServiceConfigError {
         /// max_concurrent.
         max: usize,
     },
+    /// A serial file a daemon's service may not write: the daemon writes these as root,
+    /// so they go only into its log directory.
+    #[error("service {name}: serial file {problem}: use a file name in the log directory ({dir})")]
+    SerialFile {
+        /// Service.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+        /// The daemon's log directory.
+        dir: String,
+    },
     /// The VM part is invalid.
     #[error("service {name}: {source}")]
     Vm {
@@ -415,6 +426,16 @@ impl ServiceConfig {
         if self.cmdline.chars().any(char::is_control) {
             return Err(ServiceConfigError::Cmdline { name });
         }
+        if let SerialConfig::File(p) = &self.serial {
+            // The shape alone; where it may go is the daemon's (`serial_path`).
+            if let Err(problem) = serial_in(Path::new("/"), p, true) {
+                return Err(ServiceConfigError::SerialFile {
+                    name,
+                    problem: problem.into(),
+                    dir: "the daemon's log_dir".into(),
+                });
+            }
+        }
         self.vm_config("check", Path::new("/"))
             .validate()
             .map_err(|source| ServiceConfigError::Vm {
@@ -431,6 +452,22 @@ impl ServiceConfig {
             });
         }
         Ok(())
+    }
+
+    /// Where a daemon whose log directory is `log_dir` writes this service's serial output:
+    /// `None` without a serial file, else the file in `log_dir` the config names, as a
+    /// plain file name or as a path directly inside `log_dir`.
+    pub fn serial_path(&self, log_dir: &Path) -> Result<Option<PathBuf>, ServiceConfigError> {
+        let SerialConfig::File(p) = &self.serial else {
+            return Ok(None);
+        };
+        serial_in(log_dir, p, false)
+            .map(Some)
+            .map_err(|problem| ServiceConfigError::SerialFile {
+                name: self.name.clone(),
+                problem: problem.into(),
+                dir: log_dir.display().to_string(),
+            })
     }
 
     /// The VM config of one request's VM.
@@ -482,6 +519,77 @@ impl ServiceConfig {
     }
 }
 
+/// `file` resolved in `log_dir`, or what is wrong with it. Only a file directly in
+/// `log_dir` passes: with no directory between, the one symlink that could lead out is the
+/// file itself, which [`open_serial_file`] refuses to follow. `shape_only` skips the
+/// check that an absolute path lies in `log_dir`.
+pub fn serial_in(log_dir: &Path, file: &Path, shape_only: bool) -> Result<PathBuf, &'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let bytes = file.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err("is empty");
+    }
+    if bytes.contains(&0) {
+        return Err("contains a NUL byte");
+    }
+    if file.components().any(|c| c == Component::ParentDir) {
+        return Err("must not contain \"..\"");
+    }
+    let rel = match (file.is_absolute(), shape_only) {
+        (true, true) => return Ok(file.to_path_buf()),
+        (true, false) => file
+            .strip_prefix(log_dir)
+            .map_err(|_| "is outside the log directory")?,
+        (false, _) => file,
+    };
+    let mut parts = rel.components().filter(|c| *c != Component::CurDir);
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(name)), None) => Ok(log_dir.join(name)),
+        (None, _) => Err("names the log directory itself"),
+        _ => Err("must be a file directly in the log directory (no subdirectories)"),
+    }
+}
+
+/// Open (creating it, mode 0600) a serial file the daemon resolved with [`serial_in`], for
+/// appending, without following a symlink: one there is refused, as is anything but a
+/// regular file.
+pub fn open_serial_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other("is a symbolic link"),
+            _ => e,
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("is not a regular file"));
+    }
+    Ok(f)
+}
+
+/// The default log directory of `dust serve`: /var/log/dust as root (the systemd unit's
+/// LogsDirectory), else $XDG_STATE_HOME/dust/log, else ~/.local/state/dust/log.
+pub fn default_log_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        return PathBuf::from("/var/log/dust");
+    }
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(d) = absolute(std::env::var_os("XDG_STATE_HOME")) {
+        return d.join("dust/log");
+    }
+    match absolute(std::env::var_os("HOME")) {
+        Some(h) => h.join(".local/state/dust/log"),
+        // No home: the per-user runtime directory's neighbour, never the cwd.
+        None => vmm::runtime_dir().join("log"),
+    }
+}
+
 /// Where a VM's vsock socket lives.
 pub fn vsock_path(run_dir: &Path, vm_id: &str) -> PathBuf {
     run_dir.join(format!("{vm_id}.vsock"))
@@ -494,6 +602,10 @@ pub struct FileConfig {
     /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// Where services' serial files go (default: /var/log/dust as root, else
+    /// $XDG_STATE_HOME/dust/log or ~/.local/state/dust/log).
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     /// Where `/healthz`, `/readyz` and `/livez` are served for load balancers (default:
     /// nowhere).
     #[serde(default)]
@@ -509,9 +621,29 @@ pub struct FileConfig {
     /// (default: as many default-sized VMs as the host's memory holds).
     #[serde(default)]
     pub max_vms: Option<usize>,
+    /// The control API (`[api]`); `dust serve` flags override each key.
+    #[serde(default)]
+    pub api: ApiFileConfig,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[api]` of a config file: where the control API listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFileConfig {
+    /// The Unix socket (default: /run/dust/api.sock as root, else
+    /// $XDG_RUNTIME_DIR/dust/api.sock); `--api-socket`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Also serve the API on TCP here, every request with a bearer token; `--api-tcp`.
+    #[serde(default)]
+    pub tcp: Option<SocketAddr>,
+    /// The file holding that token (read at start, surrounding whitespace trimmed; it must
+    /// not be readable by every user). `$DUST_API_TOKEN`, if set, wins over it.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[cfg(test)]

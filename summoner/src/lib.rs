@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use config::{FileConfig, Mode, ServiceConfig};
+pub use config::{default_log_dir, FileConfig, Mode, ServiceConfig};
 pub use service::{Service, StartError};
 
 /// Why a service could not be added.
@@ -131,6 +131,7 @@ impl Summoner {
                 exe,
                 args,
                 run_dir,
+                log_dir: default_log_dir(),
                 slots: limits::VmSlots::new(max_vms),
             },
             nofile,
@@ -149,6 +150,63 @@ impl Summoner {
         self
     }
 
+    /// Write services' serial files into `log_dir` (default: [`default_log_dir`]), created
+    /// (mode 0700) when a service first needs it. Call before adding services.
+    pub fn with_log_dir(mut self, log_dir: PathBuf) -> Self {
+        self.spawner.log_dir = log_dir;
+        self
+    }
+
+    /// Where services' serial files go.
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.spawner.log_dir
+    }
+
+    /// Everything [`Summoner::add`] checks before it starts anything: the config
+    /// ([`ServiceConfig::validate`]) and that its serial file, if any, is in the log
+    /// directory (the daemon writes it with its own rights, so a client of the control API
+    /// must not choose any path).
+    pub fn check(&self, config: &ServiceConfig) -> Result<(), config::ServiceConfigError> {
+        if let Some(path) = config.serial_path(self.log_dir())? {
+            // Up front too, without creating anything: a live replacement through the API
+            // removes the old service before it adds the new one.
+            let problem = match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_symlink() => Some("is a symbolic link"),
+                Ok(m) if !m.is_file() => Some("is not a regular file"),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(self.serial_error(config, problem.to_string()));
+            }
+        }
+        config.validate()
+    }
+
+    fn serial_error(&self, config: &ServiceConfig, problem: String) -> config::ServiceConfigError {
+        config::ServiceConfigError::SerialFile {
+            name: config.name.clone(),
+            problem,
+            dir: self.log_dir().display().to_string(),
+        }
+    }
+
+    /// Create the service's serial file now, so that a symlink or a directory in its place
+    /// is refused when the service is added rather than on each VM.
+    fn create_serial_file(&self, config: &ServiceConfig) -> Result<(), StartError> {
+        let Some(path) = config.serial_path(self.log_dir())? else {
+            return Ok(());
+        };
+        let made = (|| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.log_dir())?;
+            config::open_serial_file(&path).map(drop)
+        })();
+        made.map_err(|e| StartError::Config(self.serial_error(config, e.to_string())))
+    }
+
     fn services(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Service>> {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -159,7 +217,8 @@ impl Summoner {
         if self.services().contains_key(&config.name) {
             return Err(AddError::Duplicate(config.name));
         }
-        config.validate().map_err(StartError::from)?;
+        self.check(&config).map_err(StartError::from)?;
+        self.create_serial_file(&config)?;
         let template = match config.snapshot_mode() {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)

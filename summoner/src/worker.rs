@@ -147,6 +147,9 @@ pub struct Spawner {
     pub args: Vec<OsString>,
     /// Where VM sockets go.
     pub run_dir: PathBuf,
+    /// Where serial files go: a VM config's serial file is a name in it
+    /// ([`crate::config::serial_in`]).
+    pub log_dir: PathBuf,
     /// How workers are jailed (None: not at all; seccomp still applies).
     pub jail: Option<Arc<crate::jail::Jail>>,
     /// The daemon's `max_vms`, shared by all services.
@@ -262,6 +265,13 @@ impl Spawner {
         memory_limit_mib: Option<u32>,
         snapshot: Option<vmm::jail::SnapshotMount>,
     ) -> Result<(VmConfig, Launch), WorkerError> {
+        let mut config = config;
+        if let vmm::SerialConfig::File(p) = &config.serial {
+            let path = crate::config::serial_in(&self.log_dir, p, false).map_err(|problem| {
+                WorkerError::Reported(format!("serial file {}: {problem}", p.display()))
+            })?;
+            config.serial = vmm::SerialConfig::File(path);
+        }
         let Some(j) = &self.jail else {
             let vsock = config
                 .vsock

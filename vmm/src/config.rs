@@ -190,13 +190,18 @@ impl VmConfig {
     }
 }
 
-/// Physical memory of the host in MiB.
+/// Physical memory of the host in MiB (0 if unknown). From sysinfo(2), never /proc/meminfo:
+/// the systemd unit's ProcSubset=pid hides everything in /proc but process directories.
 pub fn host_memory_mib() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    (pages.max(0) as u64).saturating_mul(page.max(0) as u64) >> 20
+    // SAFETY: all zeroes is a valid value of this plain C struct of integers.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills `info`, which outlives the call.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return 0;
+    }
+    info.totalram
+        .saturating_mul(u64::from(info.mem_unit.max(1)))
+        >> 20
 }
 
 /// serde for `Option<Duration>` as a humantime string ("2s", "150ms").
@@ -278,5 +283,17 @@ vsock = { uds = "/run/v.sock" }"#,
         c.cmdline.clear();
         c.timeout = Some(Duration::ZERO);
         assert_eq!(c.validate(), Err(ConfigError::ZeroTimeout));
+    }
+
+    #[test]
+    fn host_memory_is_what_the_kernel_reports() {
+        // The test can read /proc; the daemon under its unit cannot, hence sysinfo(2).
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert_eq!(host_memory_mib(), kib >> 10);
     }
 }

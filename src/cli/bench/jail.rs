@@ -140,6 +140,7 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
                 exe: exe.to_path_buf(),
                 args: vec!["worker".into()],
                 run_dir,
+                log_dir: summoner::default_log_dir(),
                 jail,
                 slots: summoner::limits::VmSlots::new(args.shells * 2 + 4),
             },

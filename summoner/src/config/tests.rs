@@ -102,3 +102,74 @@ fn modes_parse_as_in_config_files() {
     let e = "udp".parse::<Mode>().unwrap_err().to_string();
     assert!(e.contains("use http or tcp"), "{e}");
 }
+
+#[test]
+fn serial_files_stay_in_the_log_dir() {
+    let logs = Path::new("/var/log/dust");
+    let mut s = ServiceConfig::new("svc", "127.0.0.1:1".parse().unwrap(), "/x");
+    assert_eq!(s.serial_path(logs), Ok(None));
+    for (bad, problem) in [
+        ("/etc/x", "outside the log directory"),
+        ("../x", "\"..\""),
+        ("/var/log/dust/../x", "\"..\""),
+        ("", "empty"),
+        ("a\0b", "NUL"),
+        ("sub/x.log", "no subdirectories"),
+        ("/var/log/dust", "the log directory itself"),
+        ("/var/log/dustx/a", "outside the log directory"),
+    ] {
+        s.serial = SerialConfig::File(bad.into());
+        let e = s.serial_path(logs).unwrap_err().to_string();
+        assert!(
+            e.contains(problem) && e.contains("/var/log/dust") && e.contains("service svc"),
+            "{bad:?}: {e}"
+        );
+    }
+    for good in [
+        "name.log",
+        "/var/log/dust/name.log",
+        "/var/log/dust/./name.log",
+    ] {
+        s.serial = SerialConfig::File(good.into());
+        assert_eq!(
+            s.serial_path(logs),
+            Ok(Some(PathBuf::from("/var/log/dust/name.log"))),
+            "{good:?}"
+        );
+    }
+    // validate() alone (no log dir known) refuses what no log dir could hold.
+    s.image = host::tiny_elf();
+    for bad in ["", "../x", "a/b"] {
+        s.serial = SerialConfig::File(bad.into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("serial file"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn serial_files_are_private_and_never_followed_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = host::TempDir::new("serial");
+    let dir = tmp.path();
+    let log = dir.join("svc.log");
+    std::fs::write(&log, "earlier\n").unwrap();
+    // Appended to, not truncated: every VM of a service shares the file.
+    std::io::Write::write_all(&mut open_serial_file(&log).unwrap(), b"later\n").unwrap();
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "earlier\nlater\n");
+    let new = dir.join("new.log");
+    open_serial_file(&new).unwrap();
+    let mode = std::fs::metadata(&new).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let target = dir.join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = dir.join("link.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = open_serial_file(&link).unwrap_err().to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    let e = open_serial_file(dir).unwrap_err().to_string();
+    assert!(
+        e.contains("not a regular file") || e.contains("directory"),
+        "{e}"
+    );
+}
