@@ -132,12 +132,33 @@ pub fn service_config(path_name: &str, bytes: &[u8]) -> Result<ServiceConfig, Ht
         }
         Some(_) => {}
     }
+    integral_numbers_as_integers(obj);
     serde_json::from_value(value).map_err(|e| {
         HttpError::new(
             ErrorCode::InvalidBody,
             format!("the request body is not a valid service config: {e}"),
         )
     })
+}
+
+/// JSON Schema, and so the API spec, counts a number with a zero fraction (`4159.0`,
+/// `4.159e3`) as an integer; serde would refuse it for an integer field. Such numbers among
+/// the config's fields (all its numbers are top-level) become the integers they equal, so
+/// that the server takes what the spec admits. Other fractions are left for serde to refuse.
+fn integral_numbers_as_integers(obj: &mut serde_json::Map<String, Value>) {
+    // 2^64: every integral f64 below it converts to u64 exactly.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+    for v in obj.values_mut() {
+        let Value::Number(n) = v else { continue };
+        if !n.is_f64() {
+            continue;
+        }
+        if let Some(f) = n.as_f64() {
+            if f.fract() == 0.0 && (0.0..U64_END).contains(&f) {
+                *v = Value::from(f as u64);
+            }
+        }
+    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -215,6 +236,26 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(e.code(), ErrorCode::NameMismatch);
+    }
+
+    #[test]
+    fn integral_numbers_count_as_integers_as_in_json_schema() {
+        let c = service_config(
+            "a",
+            br#"{"listen":"127.0.0.1:1","memory_mib":4159.0,"max_connections":4.159e3,"fuel":1e19}"#,
+        )
+        .unwrap();
+        assert_eq!((c.memory_mib, c.max_connections), (4159, 4159));
+        assert_eq!(c.fuel, Some(10_000_000_000_000_000_000));
+        for bad in [
+            r#"{"listen":"127.0.0.1:1","memory_mib":4159.5}"#,
+            r#"{"listen":"127.0.0.1:1","memory_mib":-1.0}"#,
+            r#"{"listen":"127.0.0.1:1","fuel":1.8446744073709552e19}"#,
+            r#"{"listen":"127.0.0.1:1","irqchip":1.0}"#,
+        ] {
+            let e = service_config("a", bad.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidBody, "{bad}: {}", e.message);
+        }
     }
 
     #[test]

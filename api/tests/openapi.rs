@@ -130,3 +130,140 @@ fn error_codes_match_the_code() {
     let code: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(listed, code, "Error.code enum in docs/api/openapi.yaml");
 }
+
+/// The `pattern` of a schema in `components/schemas` (`field` for a property of
+/// `ServiceFields`), compiled.
+fn pattern(doc: &Yaml, path: &[&str]) -> regex::Regex {
+    let mut node = &doc["components"]["schemas"];
+    for p in path {
+        node = &node[*p];
+    }
+    let text = node["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path:?} has a pattern"));
+    regex::Regex::new(text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+/// Does the server parse `body` (a `PUT` body) as a service config?
+fn parses(body: serde_json::Value) -> bool {
+    api::body::service_config("a", body.to_string().as_bytes()).is_ok()
+}
+
+#[test]
+fn duration_pattern_is_the_servers_grammar() {
+    let doc = spec();
+    let re = pattern(&doc, &["Duration"]);
+    assert_eq!(re.as_str(), summoner::config::DURATION_PATTERN);
+    for text in [
+        "250ms",
+        "5s",
+        "1m 30s",
+        "1m30s",
+        "1h",
+        "0s",
+        "1s 2ms 3us 4ns",
+        "9999999999h",
+        "",
+        "5",
+        "5 s",
+        "1.5s",
+        "2min",
+        "1d",
+        " 5s",
+        "5s ",
+        "5s\n",
+        "1s  2s",
+        "12345678901s",
+        "1s 1s 1s 1s 1s 1s",
+        "1s 1s 1s 1s 1s 1s 1s",
+        "-1s",
+        "１s",
+    ] {
+        let body =
+            serde_json::json!({"listen": "127.0.0.1:1", "image": "/x", "idle_timeout": text});
+        assert_eq!(re.is_match(text), parses(body), "{text:?}");
+    }
+}
+
+#[test]
+fn listen_pattern_is_what_the_server_parses() {
+    let doc = spec();
+    let re = pattern(&doc, &["ServiceFields", "properties", "listen"]);
+    for text in [
+        "127.0.0.1:8080",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "1.2.3.4:65536",
+        "256.1.1.1:1",
+        "01.2.3.4:1",
+        "1.2.3:1",
+        "127.0.0.1",
+        "127.0.0.1:080",
+        "127.0.0.1:00",
+        "127.0.0.1:8080\n",
+        " 127.0.0.1:1",
+        "localhost:80",
+        "[::1]:80",
+        "[::]:0",
+        "[FE80::1]:1",
+        "[1:2:3:4:5:6:7:8]:1",
+        "[1:2:3:4:5:6:7::]:1",
+        "[::2:3:4:5:6:7:8]:1",
+        "[1::8]:1",
+        "[1:2:3:4:5:6:7:8:9]:1",
+        "[1:::2]:1",
+        "[fe80::1%2]:80",
+        "[::ffff:1.2.3.4]:80",
+        "::1:80",
+        "[12345::]:1",
+        "[::1]",
+    ] {
+        let body = serde_json::json!({"listen": text, "image": "/x"});
+        assert_eq!(re.is_match(text), parses(body), "{text:?}");
+    }
+}
+
+#[test]
+fn integer_ranges_are_the_servers() {
+    let doc = spec();
+    let fields = &doc["components"]["schemas"]["ServiceFields"]["properties"];
+    let max = |f: &str| fields[f]["maximum"].as_i64().map(|m| m as u64);
+    let big = |f: &str| {
+        // yaml-rust2 reads integers past i64 as reals.
+        fields[f]["maximum"]
+            .as_f64()
+            .or_else(|| fields[f]["maximum"].as_i64().map(|m| m as f64))
+    };
+    let count = summoner::config::MAX_COUNT as u64;
+    for f in [
+        "max_concurrent",
+        "queue_depth",
+        "pool_size",
+        "max_connections",
+    ] {
+        assert_eq!(max(f), Some(count), "{f}");
+    }
+    assert_eq!(max("vcpus"), Some(u64::from(vmm::config::MAX_VCPUS)));
+    assert_eq!(max("guest_port"), Some(65535));
+    for f in ["memory_mib", "memory_limit_mib"] {
+        assert_eq!(max(f), Some(u64::from(u32::MAX)), "{f}");
+    }
+    assert_eq!(big("fuel"), Some(u64::MAX as f64));
+    // The server takes every value up to the maximum, and, as JSON Schema, a zero fraction
+    // (4159.0 is the integer 4159) but no other.
+    for (field, top) in [
+        ("memory_mib", serde_json::json!(u32::MAX)),
+        ("memory_limit_mib", serde_json::json!(u32::MAX)),
+        ("fuel", serde_json::json!(u64::MAX)),
+        ("max_connections", serde_json::json!(count)),
+    ] {
+        let body = |v: serde_json::Value| {
+            let mut b = serde_json::json!({"listen": "127.0.0.1:1"});
+            b[field] = v;
+            b
+        };
+        assert!(parses(body(top)), "{field}");
+        assert!(parses(body(serde_json::json!(4159.0))), "{field}: 4159.0");
+        assert!(!parses(body(serde_json::json!(4159.5))), "{field}: 4159.5");
+    }
+}

@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use api::models::{Service, ServiceList, Vm, VmList};
+use api::models::{ErrorBody, ErrorDetail, Service, ServiceList, Vm, VmList};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-use super::service::ServiceFlags;
+use summoner::ServiceConfig;
+use vmm::SerialConfig;
+
+use super::service::{resolve_existing, resolve_new, ServiceFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -31,13 +34,16 @@ pub struct Conn {
 pub enum ServicesCmd {
     /// List services.
     List,
-    /// Show one service.
+    /// Show one service: its whole config, bound address and counters.
     Show {
         /// Service name.
         name: String,
     },
-    /// Add a service (fails if the name exists; the API's PUT replaces).
+    /// Add a service (fails if the name exists; `replace` changes one).
     Add(AddArgs),
+    /// Replace a service's config live (or create it): the API's PUT. Settings not given
+    /// take their defaults, as with `add`.
+    Replace(AddArgs),
     /// Stop and remove a service (in-flight requests finish first).
     Rm {
         /// Service name.
@@ -45,12 +51,13 @@ pub enum ServicesCmd {
     },
 }
 
-/// Flags of `dust services add`.
+/// Flags of `dust services add` and `replace`.
 #[derive(Args, Debug)]
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image (not needed with --wasm).
+    /// Guest image (not needed with --wasm); a relative path is taken from the current
+    /// directory.
     #[arg(long, required_unless_present = "wasm")]
     pub image: Option<PathBuf>,
     /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
@@ -60,12 +67,96 @@ pub struct AddArgs {
     /// Fuel per request of a --wasm service (out of fuel: 504).
     #[arg(long, requires = "wasm")]
     pub fuel: Option<u64>,
-    /// Listen address.
+    /// Listen address (port 0: a free one, printed).
     #[arg(long)]
     pub listen: SocketAddr,
     /// The service's settings.
     #[command(flatten)]
     pub service: ServiceFlags,
+}
+
+impl AddArgs {
+    /// The config to send. The daemon runs elsewhere, with another working directory, so
+    /// every file is named by its absolute path, and one that does not exist is refused
+    /// here.
+    fn config(self) -> Result<ServiceConfig, CliError> {
+        let image = match &self.image {
+            Some(i) => resolve_existing("--image", i).map_err(CliError::argument)?,
+            None => PathBuf::new(),
+        };
+        let mut cfg = self.service.config(&self.name, self.listen, image);
+        cfg.wasm = match &self.wasm {
+            Some(w) => Some(resolve_existing("--wasm", w).map_err(CliError::argument)?),
+            None => None,
+        };
+        cfg.fuel = self.fuel;
+        if let SerialConfig::File(f) = &cfg.serial {
+            cfg.serial =
+                SerialConfig::File(resolve_new("--serial", f).map_err(CliError::argument)?);
+        }
+        Ok(cfg)
+    }
+}
+
+/// A failed verb: the API's error code and message, or one of the client's own
+/// (`invalid_argument`, `daemon_unreachable`, `bad_answer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    code: String,
+    message: String,
+}
+
+impl CliError {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    fn argument(message: String) -> Self {
+        Self::new("invalid_argument", message)
+    }
+
+    fn answer(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            "bad_answer",
+            format!("cannot read the daemon's answer: {e}"),
+        )
+    }
+
+    /// The API's error body, or (a body that is not one) its text.
+    fn api(r: &Reply) -> Self {
+        match serde_json::from_slice::<ErrorBody>(&r.body) {
+            Ok(b) => Self::new(&b.error.code, b.error.message),
+            Err(_) => Self::new(
+                "bad_answer",
+                format!(
+                    "the daemon answered {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body).trim_end()
+                ),
+            ),
+        }
+    }
+
+    /// What the user sees: a line for people, or the API's error shape for `--json`.
+    fn render(&self, json: bool) -> String {
+        if json {
+            let body = ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.clone(),
+                    message: self.message.clone(),
+                },
+            };
+            format!(
+                "{}\n",
+                serde_json::to_string(&body).unwrap_or_else(|_| "{}".into())
+            )
+        } else {
+            format!("dust: {}\n", self.message)
+        }
+    }
 }
 
 struct Reply {
@@ -78,17 +169,23 @@ async fn request(
     method: &str,
     path: &str,
     body: Option<String>,
-) -> Result<Reply, String> {
+) -> Result<Reply, CliError> {
     let sock = conn.socket.clone().unwrap_or_else(api::default_socket_path);
-    let stream = tokio::net::UnixStream::connect(&sock).await.map_err(|e| {
-        format!(
-            "cannot reach the dust daemon at {}: {e} (is `dust serve` running?)",
-            sock.display()
+    let unreachable = |e: &dyn std::fmt::Display| {
+        CliError::new(
+            "daemon_unreachable",
+            format!(
+                "cannot reach the dust daemon at {}: {e} (is `dust serve` running?)",
+                sock.display()
+            ),
         )
-    })?;
+    };
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .map_err(|e| unreachable(&e))?;
     let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| unreachable(&e))?;
     tokio::spawn(c);
     let mut req = hyper::Request::builder()
         .method(method)
@@ -99,58 +196,117 @@ async fn request(
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CliError::argument(format!("cannot make the request: {e}")))?;
     let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
         .await
-        .map_err(|_| "the daemon did not answer within 30 s".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| unreachable(&"no answer within 30 s"))?
+        .map_err(|e| unreachable(&e))?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| unreachable(&e))?
         .to_bytes();
     Ok(Reply { status, body })
 }
 
-/// The API's error message, or the raw body.
-fn api_error(r: &Reply) -> String {
-    serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned())
-}
-
-fn run<F: std::future::Future<Output = Result<String, String>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+fn run<F: std::future::Future<Output = Result<String, CliError>>>(json: bool, f: F) -> ExitCode {
+    let out = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dust: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(f) {
+        .map_err(|e| CliError::new("internal", e.to_string()))
+        .and_then(|rt| rt.block_on(f));
+    match out {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
         }
+        // Scripts that asked for JSON read stdout; people read stderr.
+        Err(e) if json => {
+            print!("{}", e.render(true));
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            eprintln!("dust: {e}");
+            eprint!("{}", e.render(false));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn get_json(conn: &Conn, path: &str) -> Result<Reply, String> {
+async fn get_json(conn: &Conn, path: &str) -> Result<Reply, CliError> {
     let r = request(conn, "GET", path, None).await?;
     if r.status != 200 {
-        return Err(api_error(&r));
+        return Err(CliError::api(&r));
     }
     Ok(r)
+}
+
+/// What a verb without an answer body (kill, rm) prints: a line, or `{"VERB": "WHAT"}`.
+fn done(json: bool, verb: &str, what: &str) -> String {
+    if json {
+        format!("{}\n", serde_json::json!({ verb: what }))
+    } else {
+        format!("{verb} {what}\n")
+    }
+}
+
+/// Every field of a service, one `key: value` line each, for `services show`.
+fn service_details(s: &Service) -> String {
+    let c = &s.config;
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let serial = match &c.serial {
+        SerialConfig::None => "none".to_string(),
+        SerialConfig::Stdout => "stdout".to_string(),
+        SerialConfig::File(f) => format!("file:{}", f.display()),
+    };
+    let or_default = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.into());
+    let rows: Vec<(&str, String)> = vec![
+        ("name", c.name.clone()),
+        ("listen", c.listen.to_string()),
+        ("address", s.address.to_string()),
+        ("mode", c.mode.to_string()),
+        ("image", c.image.display().to_string()),
+        ("cmdline", format!("{:?}", c.cmdline)),
+        ("memory_mib", c.memory_mib.to_string()),
+        (
+            "memory_limit_mib",
+            or_default(
+                c.memory_limit_mib.map(|m| m.to_string()),
+                "default (memory + jail overhead)",
+            ),
+        ),
+        ("vcpus", c.vcpus.to_string()),
+        ("irqchip", c.irqchip.to_string()),
+        ("guest_port", c.guest_port.to_string()),
+        ("snapshot", c.snapshot_mode().to_string()),
+        (
+            "wasm",
+            or_default(c.wasm.as_ref().map(|w| w.display().to_string()), "-"),
+        ),
+        ("fuel", or_default(c.fuel.map(|f| f.to_string()), "-")),
+        ("serial", serial),
+        ("max_concurrent", c.max_concurrent.to_string()),
+        ("queue_depth", c.queue_depth.to_string()),
+        ("queue_deadline", d(c.queue_deadline)),
+        ("request_deadline", d(c.request_deadline)),
+        ("pool_size", c.pool_size.to_string()),
+        ("header_timeout", d(c.header_timeout)),
+        ("idle_timeout", d(c.idle_timeout)),
+        ("max_connections", c.max_connections.to_string()),
+        (
+            "stats",
+            format!(
+                "running {} (max {}), idle {}, waiting {}, connections {}",
+                s.stats.running,
+                s.stats.max_running,
+                s.stats.idle,
+                s.stats.waiting,
+                s.stats.connections
+            ),
+        ),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
 fn vm_table(vms: &[Vm]) -> String {
@@ -203,30 +359,30 @@ fn text(body: &Bytes) -> String {
 
 /// `dust ps`.
 pub fn ps(conn: Conn) -> ExitCode {
-    run(async move {
+    run(conn.json, async move {
         let r = get_json(&conn, "/v1/vms").await?;
         if conn.json {
             return Ok(text(&r.body));
         }
-        let list: VmList = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+        let list: VmList = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
         Ok(vm_table(&list.vms))
     })
 }
 
 /// `dust kill VM`.
 pub fn kill(conn: Conn, vm: String) -> ExitCode {
-    run(async move {
+    run(conn.json, async move {
         let r = request(&conn, "DELETE", &format!("/v1/vms/{vm}"), None).await?;
         match r.status {
-            204 => Ok(format!("killed {vm}\n")),
-            _ => Err(api_error(&r)),
+            204 => Ok(done(conn.json, "killed", &vm)),
+            _ => Err(CliError::api(&r)),
         }
     })
 }
 
 /// `dust services ...`.
 pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
-    run(async move {
+    run(conn.json, async move {
         match cmd {
             ServicesCmd::List => {
                 let r = get_json(&conn, "/v1/services").await?;
@@ -234,7 +390,7 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                     return Ok(text(&r.body));
                 }
                 let list: ServiceList =
-                    serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+                    serde_json::from_slice(&r.body).map_err(CliError::answer)?;
                 Ok(service_table(&list.services))
             }
             ServicesCmd::Show { name } => {
@@ -242,40 +398,67 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
                 if conn.json {
                     return Ok(text(&r.body));
                 }
-                let s: Service = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
-                let mut out = service_table(std::slice::from_ref(&s));
-                out += &format!(
-                    "limits: max_concurrent {} queue_depth {} queue_deadline {} request_deadline {} pool {}\n",
-                    s.config.max_concurrent,
-                    s.config.queue_depth,
-                    humantime::format_duration(s.config.queue_deadline),
-                    humantime::format_duration(s.config.request_deadline),
-                    s.config.pool_size
-                );
-                Ok(out)
+                let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+                Ok(service_details(&s))
             }
-            ServicesCmd::Add(a) => {
-                let mut cfg = a
-                    .service
-                    .config(&a.name, a.listen, a.image.unwrap_or_default());
-                // The daemon reads the module: give it an absolute path.
-                cfg.wasm = a.wasm.map(|w| std::path::absolute(&w).unwrap_or(w));
-                cfg.fuel = a.fuel;
-                let body = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
-                let r = request(&conn, "POST", "/v1/services", Some(body)).await?;
-                match r.status {
-                    201 if conn.json => Ok(text(&r.body)),
-                    201 => Ok(format!("added {}\n", a.name)),
-                    _ => Err(api_error(&r)),
-                }
-            }
+            ServicesCmd::Add(a) => put(&conn, a, false).await,
+            ServicesCmd::Replace(a) => put(&conn, a, true).await,
             ServicesCmd::Rm { name } => {
                 let r = request(&conn, "DELETE", &format!("/v1/services/{name}"), None).await?;
                 match r.status {
-                    204 => Ok(format!("removed {name}\n")),
-                    _ => Err(api_error(&r)),
+                    204 => Ok(done(conn.json, "removed", &name)),
+                    _ => Err(CliError::api(&r)),
                 }
             }
         }
     })
+}
+
+/// `services add` (POST: never replaces) or `services replace` (PUT). Prints the bound
+/// address, which is the one to use when `--listen` had port 0.
+async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError> {
+    let name = a.name.clone();
+    let cfg = a.config()?;
+    let body = serde_json::to_string(&cfg).map_err(|e| CliError::new("internal", e.to_string()))?;
+    let r = if replace {
+        request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await?
+    } else {
+        request(conn, "POST", "/v1/services", Some(body)).await?
+    };
+    let verb = match r.status {
+        201 => "added",
+        200 if replace => "replaced",
+        _ => return Err(CliError::api(&r)),
+    };
+    if conn.json {
+        return Ok(text(&r.body));
+    }
+    let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+    Ok(format!("{verb} {name} on {}\n", s.address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_mode_prints_json_for_errors_and_bodiless_answers() {
+        let e = CliError::new("service_not_found", "there is no service named \"x\"");
+        let v: serde_json::Value = serde_json::from_str(&e.render(true)).unwrap_or_default();
+        assert_eq!(v["error"]["code"], "service_not_found");
+        assert_eq!(v["error"]["message"], "there is no service named \"x\"");
+        assert_eq!(e.render(false), "dust: there is no service named \"x\"\n");
+        let v: serde_json::Value =
+            serde_json::from_str(&done(true, "killed", "vm-1")).unwrap_or_default();
+        assert_eq!(v, serde_json::json!({"killed": "vm-1"}));
+        assert_eq!(done(false, "removed", "web"), "removed web\n");
+        // A body that is not the API's error shape still ends up in one.
+        let r = Reply {
+            status: 502,
+            body: Bytes::from_static(b"bad gateway\n"),
+        };
+        let e = CliError::api(&r);
+        assert_eq!(e.code, "bad_answer");
+        assert_eq!(e.message, "the daemon answered 502: bad gateway");
+    }
 }

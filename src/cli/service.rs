@@ -1,11 +1,49 @@
 //! The flags that describe a service, shared by `dust serve --image` and
 //! `dust services add`: one set of names, the defaults of [`summoner::config::defaults`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use summoner::config::defaults;
+use summoner::config::{defaults, service_duration};
 use summoner::{Mode, ServiceConfig};
+use vmm::SerialConfig;
+
+/// A duration flag: the grammar the config file and the API take ("250ms", "1m 30s").
+fn duration(s: &str) -> Result<humantime::Duration, String> {
+    service_duration::parse(s).map(Into::into)
+}
+
+/// `--serial none|stdout|file:PATH`.
+fn serial(s: &str) -> Result<SerialConfig, String> {
+    match s {
+        "none" => Ok(SerialConfig::None),
+        "stdout" => Ok(SerialConfig::Stdout),
+        _ => match s.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(SerialConfig::File(PathBuf::from(path))),
+            _ => Err(format!("{s:?}: use none, stdout or file:PATH")),
+        },
+    }
+}
+
+/// `path` made absolute against this process's working directory and symlinks resolved, so
+/// that a daemon with another working directory reads the same file; `flag` names it in the
+/// error when it does not exist.
+pub fn resolve_existing(flag: &str, path: &Path) -> Result<PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// Like [`resolve_existing`] for a file that may not exist yet: its directory must.
+pub fn resolve_new(flag: &str, path: &Path) -> Result<PathBuf, String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{flag} {}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok(resolve_existing(flag, dir)?.join(name))
+}
 
 /// A service's settings beyond its name, address and image.
 #[derive(Args, Debug, Clone)]
@@ -35,11 +73,27 @@ pub struct ServiceFlags {
     #[arg(long, default_value_t = defaults::QUEUE_DEPTH)]
     pub queue_depth: usize,
     /// Longest wait for a slot, e.g. 5s.
-    #[arg(long, default_value_t = defaults::QUEUE_DEADLINE.into())]
+    #[arg(long, default_value_t = defaults::QUEUE_DEADLINE.into(), value_parser = duration)]
     pub queue_deadline: humantime::Duration,
     /// Longest a request may take, e.g. 10s (then 504).
-    #[arg(long, default_value_t = defaults::REQUEST_DEADLINE.into())]
+    #[arg(long, default_value_t = defaults::REQUEST_DEADLINE.into(), value_parser = duration)]
     pub request_deadline: humantime::Duration,
+    /// HTTP mode: longest a client may take to send a request head.
+    #[arg(long, default_value_t = defaults::HEADER_TIMEOUT.into(), value_parser = duration)]
+    pub header_timeout: humantime::Duration,
+    /// HTTP mode: longest a keep-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = defaults::IDLE_TIMEOUT.into(), value_parser = duration)]
+    pub idle_timeout: humantime::Duration,
+    /// Most client connections open at once (beyond: 503, or a closed TCP connection).
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Memory limit of each VM's worker process, MiB (default: guest memory + the jail's
+    /// overhead).
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u32>,
+    /// Guest serial output: none, stdout (the daemon's) or file:PATH.
+    #[arg(long, default_value = "none", value_parser = serial)]
+    pub serial: SerialConfig,
     /// Pre-built idle VM shells kept ready.
     #[arg(long, default_value_t = defaults::POOL_SIZE)]
     pub pool: usize,
@@ -70,6 +124,11 @@ impl ServiceFlags {
             request_deadline: Duration::from(self.request_deadline),
             pool_size: self.pool,
             snapshot: self.snapshot.then_some(true),
+            header_timeout: Duration::from(self.header_timeout),
+            idle_timeout: Duration::from(self.idle_timeout),
+            max_connections: self.max_connections,
+            memory_limit_mib: self.memory_limit,
+            serial: self.serial.clone(),
             ..ServiceConfig::new(name, listen, image)
         }
     }
@@ -99,5 +158,85 @@ mod tests {
         let c = flags.config("a", addr, "/img".into());
         assert_eq!((c.mode, c.vcpus, c.irqchip), (Mode::Tcp, 2, true));
         assert!(Cli::try_parse_from(["x", "--mode", "udp"]).is_err());
+    }
+
+    #[test]
+    fn every_operator_setting_has_a_flag() {
+        let addr = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let flags = Cli::parse_from([
+            "x",
+            "--mem",
+            "48",
+            "--pool",
+            "1",
+            "--queue-depth",
+            "9",
+            "--queue-deadline",
+            "1s",
+            "--request-deadline",
+            "2s",
+            "--header-timeout",
+            "3s",
+            "--idle-timeout",
+            "1m 30s",
+            "--max-connections",
+            "7",
+            "--memory-limit",
+            "100",
+            "--serial",
+            "file:/var/log/x.log",
+            "--snapshot",
+        ])
+        .flags;
+        let c = flags.config("a", addr, "/img".into());
+        assert_eq!((c.memory_mib, c.pool_size, c.queue_depth), (48, 1, 9));
+        assert_eq!(
+            (c.queue_deadline, c.request_deadline, c.header_timeout),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_secs(3)
+            )
+        );
+        assert_eq!(c.idle_timeout, Duration::from_secs(90));
+        assert_eq!((c.max_connections, c.memory_limit_mib), (7, Some(100)));
+        assert_eq!(c.serial, SerialConfig::File("/var/log/x.log".into()));
+        assert_eq!(c.snapshot, Some(true));
+        for s in ["none", "stdout"] {
+            assert!(Cli::try_parse_from(["x", "--serial", s]).is_ok(), "{s}");
+        }
+        for bad in [
+            ["--serial", "file:"],
+            ["--serial", "tty"],
+            ["--idle-timeout", "2min"],
+            ["--queue-deadline", "1.5s"],
+        ] {
+            let e = Cli::try_parse_from(["x", bad[0], bad[1]])
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(e.to_string().contains(bad[1]), "{e}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
+        let here = std::fs::canonicalize(&cwd).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolve_existing("--image", Path::new("Cargo.toml")),
+            Ok(here.join("Cargo.toml"))
+        );
+        assert_eq!(
+            resolve_new("--serial", Path::new("new.log")),
+            Ok(here.join("new.log"))
+        );
+        assert_eq!(
+            resolve_new("--serial", Path::new("src/../new.log")),
+            Ok(here.join("new.log"))
+        );
+        let e = resolve_existing("--image", Path::new("no/such/image")).unwrap_err();
+        assert!(e.starts_with("--image no/such/image: "), "{e}");
+        let e = resolve_new("--serial", Path::new("no/such/dir/x.log")).unwrap_err();
+        assert!(e.starts_with("--serial no/such/dir: "), "{e}");
     }
 }

@@ -49,7 +49,8 @@ impl std::fmt::Display for Mode {
 pub struct ServiceConfig {
     /// Name: lowercase letters, digits and '-', at most 32 characters.
     pub name: String,
-    /// Where clients connect, e.g. "127.0.0.1:8080".
+    /// Where clients connect, e.g. "127.0.0.1:8080" (see [`listen_addr`] for the forms).
+    #[serde(with = "listen_addr")]
     pub listen: SocketAddr,
     /// `http` or `tcp`.
     #[serde(default)]
@@ -80,10 +81,10 @@ pub struct ServiceConfig {
     #[serde(default = "default_queue_depth")]
     pub queue_depth: usize,
     /// Longest a request waits for a slot before 503.
-    #[serde(default = "default_queue_deadline", with = "humantime_serde")]
+    #[serde(default = "default_queue_deadline", with = "service_duration")]
     pub queue_deadline: Duration,
     /// Longest a request may take from accept to its last byte; then 504 and the VM dies.
-    #[serde(default = "default_request_deadline", with = "humantime_serde")]
+    #[serde(default = "default_request_deadline", with = "service_duration")]
     pub request_deadline: Duration,
     /// Pre-started idle workers (VM shells built, never run) kept ready.
     #[serde(default = "default_pool")]
@@ -110,10 +111,10 @@ pub struct ServiceConfig {
     /// HTTP mode: longest a client may take to send a request head, from its first byte
     /// (or from the connection's opening, for its first request); then the connection is
     /// closed.
-    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[serde(default = "default_header_timeout", with = "service_duration")]
     pub header_timeout: Duration,
     /// HTTP mode: longest a keep-alive connection may sit idle between requests.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "default_idle_timeout", with = "service_duration")]
     pub idle_timeout: Duration,
     /// Most client connections open at once; beyond it, HTTP clients get a 503 and TCP
     /// clients a closed connection.
@@ -204,6 +205,107 @@ mod humantime_serde {
     }
 }
 
+/// The durations of a service: one to six parts, each 1-10 digits and a unit (`ns`, `us`,
+/// `ms`, `s`, `m`, `h`), optionally one space between parts: "250ms", "1m 30s", "1h".
+/// Narrower than humantime on purpose, so that the API spec can state it as a pattern
+/// ([`DURATION_PATTERN`]) that the parser matches exactly; it is also what the daemon
+/// writes back. The digit and part limits keep every value far below an overflow.
+pub mod service_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const UNITS: [&str; 6] = ["ns", "us", "ms", "s", "m", "h"];
+
+    /// Does `s` follow the grammar? (Does not check the range.)
+    pub fn well_formed(s: &str) -> bool {
+        let mut rest = s;
+        let mut parts = 0;
+        while !rest.is_empty() {
+            if parts > 0 {
+                rest = rest.strip_prefix(' ').unwrap_or(rest);
+            }
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if !(1..=10).contains(&digits) {
+                return false;
+            }
+            rest = &rest[digits..];
+            let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+            if !UNITS.contains(&&rest[..letters]) {
+                return false;
+            }
+            rest = &rest[letters..];
+            parts += 1;
+        }
+        (1..=6).contains(&parts)
+    }
+
+    /// `s` as a duration, or why not.
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        if !well_formed(s) {
+            return Err(format!(
+                "invalid duration {s:?}: use numbers with units ns, us, ms, s, m or h, \
+                 e.g. \"250ms\", \"5s\" or \"1m 30s\""
+            ));
+        }
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e})"))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::humantime_serde::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The grammar of [`service_duration`] as an ECMA-262 regular expression, as
+/// `docs/api/openapi.yaml` states it (a test holds the two together).
+pub const DURATION_PATTERN: &str =
+    "^[0-9]{1,10}(ns|us|ms|s|m|h)( ?[0-9]{1,10}(ns|us|ms|s|m|h)){0,5}$";
+
+/// A service's `listen`: `a.b.c.d:port` or `[ipv6]:port`, written plainly: no leading zeros
+/// in the port (Rust's parser would take `:080`), no `%zone` and no embedded IPv4 in an
+/// IPv6 address. What is left is exactly what the API spec's pattern describes.
+pub mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `s` as a listen address, or why not.
+    pub fn parse(s: &str) -> Result<SocketAddr, String> {
+        let bad = || {
+            format!(
+                "invalid listen address {s:?}: use ip:port, e.g. \"127.0.0.1:8080\" or \
+                 \"[::1]:8080\" (port 0-65535 without leading zeros)"
+            )
+        };
+        let addr: SocketAddr = s.parse().map_err(|_| bad())?;
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let plain_port = port == "0" || !port.starts_with('0');
+        let plain_host = !host.starts_with('[') || !host.contains(['%', '.']);
+        if !plain_port || !plain_host {
+            return Err(bad());
+        }
+        Ok(addr)
+    }
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The most `max_concurrent`, `queue_depth`, `pool_size` and `max_connections` may be: far
+/// above any host's means, and below what the semaphores behind them can count.
+pub const MAX_COUNT: usize = 1 << 20;
+
 /// A service config that cannot run.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ServiceConfigError {
@@ -227,6 +329,16 @@ pub enum ServiceConfigError {
         name: String,
         /// Field.
         field: &'static str,
+    },
+    /// A count above [`MAX_COUNT`].
+    #[error("service {name}: {field} {value} is larger than {MAX_COUNT}")]
+    TooLarge {
+        /// Service.
+        name: String,
+        /// Field.
+        field: &'static str,
+        /// The value.
+        value: usize,
     },
     /// A duration out of its range.
     #[error("service {name}: {field} must be between 10ms and 1h")]
@@ -384,6 +496,22 @@ impl ServiceConfig {
             if n == 0 {
                 return Err(ServiceConfigError::Zero { name, field });
             }
+        }
+        for (field, value) in [
+            ("max_concurrent", self.max_concurrent),
+            ("queue_depth", self.queue_depth),
+            ("pool_size", self.pool_size),
+            ("max_connections", self.max_connections),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ServiceConfigError::TooLarge { name, field, value });
+            }
+        }
+        if self.fuel == Some(0) {
+            return Err(ServiceConfigError::Zero {
+                name,
+                field: "fuel",
+            });
         }
         if let Some(module) = &self.wasm {
             crate::wasm::check_file(module, self.memory_mib).map_err(|source| {

@@ -147,6 +147,80 @@ fn serial_files_stay_in_the_log_dir() {
 }
 
 #[test]
+fn service_durations_take_only_the_documented_grammar() {
+    use service_duration::parse;
+    for (text, want) in [
+        ("250ms", Duration::from_millis(250)),
+        ("5s", Duration::from_secs(5)),
+        ("1m 30s", Duration::from_secs(90)),
+        ("1m30s", Duration::from_secs(90)),
+        ("1h", Duration::from_secs(3600)),
+        ("1s 2ms 3us 4ns", Duration::new(1, 2_003_004)),
+        ("9999999999h", Duration::from_secs(9_999_999_999 * 3600)),
+    ] {
+        assert_eq!(parse(text), Ok(want), "{text}");
+    }
+    // Outside the grammar (and the API spec's pattern), though humantime takes some.
+    for text in [
+        "",
+        "5",
+        "s",
+        "5 s",
+        "1.5s",
+        "2min",
+        "1d",
+        "5S",
+        " 5s",
+        "5s ",
+        "1s  2s",
+        "1m,30s",
+        "12345678901s",
+        "1s 1s 1s 1s 1s 1s 1s",
+        "-1s",
+    ] {
+        let e = parse(text).unwrap_err();
+        assert!(e.contains("invalid duration"), "{text}: {e}");
+    }
+    // What the daemon writes back is taken again.
+    for d in [Duration::from_millis(10), Duration::new(3599, 999_999_999)] {
+        let text = humantime::format_duration(d).to_string();
+        assert_eq!(parse(&text), Ok(d), "{text}");
+    }
+    let e = serde_json::from_str::<ServiceConfig>(
+        r#"{"name":"a","listen":"127.0.0.1:1","image":"/x","idle_timeout":"2 minutes"}"#,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("ns, us, ms, s, m or h"), "{e}");
+}
+
+#[test]
+fn listen_addresses_are_written_plainly() {
+    use listen_addr::parse;
+    for ok in [
+        "127.0.0.1:8080",
+        "0.0.0.0:0",
+        "[::1]:80",
+        "[FE80::1]:65535",
+        "[1:2:3:4:5:6:7::]:1",
+    ] {
+        assert!(parse(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "127.0.0.1:080",
+        "127.0.0.1:00",
+        "[fe80::1%2]:80",
+        "[::ffff:1.2.3.4]:80",
+        "127.0.0.1",
+        "localhost:80",
+        "127.0.0.1:65536",
+        "01.2.3.4:1",
+    ] {
+        let e = parse(bad).unwrap_err();
+        assert!(e.contains("invalid listen address"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn serial_files_are_private_and_never_followed_through_a_symlink() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = host::TempDir::new("serial");
@@ -172,4 +246,42 @@ fn serial_files_are_private_and_never_followed_through_a_symlink() {
         e.contains("not a regular file") || e.contains("directory"),
         "{e}"
     );
+}
+
+#[test]
+fn counts_past_max_count_and_zero_fuel_are_refused() {
+    let ok = ServiceConfig::new("a", "127.0.0.1:0".parse().unwrap(), host::tiny_elf());
+    assert_eq!(ok.validate(), Ok(()));
+    let mut c = ok.clone();
+    c.queue_depth = MAX_COUNT + 1;
+    assert!(
+        matches!(
+            c.validate(),
+            Err(ServiceConfigError::TooLarge {
+                field: "queue_depth",
+                ..
+            })
+        ),
+        "{:?}",
+        c.validate()
+    );
+    // Past the semaphore's capacity, which used to panic when the service started.
+    let mut c = ok.clone();
+    c.max_concurrent = usize::MAX;
+    assert!(matches!(
+        c.validate(),
+        Err(ServiceConfigError::TooLarge {
+            field: "max_concurrent",
+            ..
+        })
+    ));
+    let mut c = ok.clone();
+    c.max_connections = MAX_COUNT;
+    assert_eq!(c.validate(), Ok(()));
+    let mut c = ok;
+    c.fuel = Some(0);
+    assert!(matches!(
+        c.validate(),
+        Err(ServiceConfigError::Zero { field: "fuel", .. })
+    ));
 }
