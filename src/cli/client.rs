@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use summoner::ServiceConfig;
 use vmm::SerialConfig;
 
-use super::service::{resolve_existing, resolve_new, ServiceFlags};
+use super::service::{resolve_existing, ServiceFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -90,10 +90,8 @@ impl AddArgs {
             None => None,
         };
         cfg.fuel = self.fuel;
-        if let SerialConfig::File(f) = &cfg.serial {
-            cfg.serial =
-                SerialConfig::File(resolve_new("--serial", f).map_err(CliError::argument)?);
-        }
+        // A serial file is not resolved here: the daemon takes only names inside its own
+        // log directory and resolves them there.
         Ok(cfg)
     }
 }

@@ -14,7 +14,7 @@ fn duration(s: &str) -> Result<humantime::Duration, String> {
     service_duration::parse(s).map(Into::into)
 }
 
-/// `--serial none|stdout|file:PATH`.
+/// `--serial none|stdout|file:NAME`.
 fn serial(s: &str) -> Result<SerialConfig, String> {
     match s {
         "none" => Ok(SerialConfig::None),
@@ -31,18 +31,6 @@ fn serial(s: &str) -> Result<SerialConfig, String> {
 /// error when it does not exist.
 pub fn resolve_existing(flag: &str, path: &Path) -> Result<PathBuf, String> {
     std::fs::canonicalize(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
-}
-
-/// Like [`resolve_existing`] for a file that may not exist yet: its directory must.
-pub fn resolve_new(flag: &str, path: &Path) -> Result<PathBuf, String> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{flag} {}: not a file name", path.display()))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Ok(resolve_existing(flag, dir)?.join(name))
 }
 
 /// A service's settings beyond its name, address and image.
@@ -91,7 +79,8 @@ pub struct ServiceFlags {
     /// overhead).
     #[arg(long, value_name = "MIB")]
     pub memory_limit: Option<u32>,
-    /// Guest serial output: none, stdout (the daemon's) or file:PATH.
+    /// Guest serial output: none, stdout (the daemon's) or file:NAME, a file in the daemon's
+    /// log directory (--log-dir).
     #[arg(long, default_value = "none", value_parser = serial)]
     pub serial: SerialConfig,
     /// Pre-built idle VM shells kept ready.
@@ -226,17 +215,7 @@ mod tests {
             resolve_existing("--image", Path::new("Cargo.toml")),
             Ok(here.join("Cargo.toml"))
         );
-        assert_eq!(
-            resolve_new("--serial", Path::new("new.log")),
-            Ok(here.join("new.log"))
-        );
-        assert_eq!(
-            resolve_new("--serial", Path::new("src/../new.log")),
-            Ok(here.join("new.log"))
-        );
         let e = resolve_existing("--image", Path::new("no/such/image")).unwrap_err();
         assert!(e.starts_with("--image no/such/image: "), "{e}");
-        let e = resolve_new("--serial", Path::new("no/such/dir/x.log")).unwrap_err();
-        assert!(e.starts_with("--serial no/such/dir: "), "{e}");
     }
 }
