@@ -679,26 +679,8 @@ pub fn serial_in(log_dir: &Path, file: &Path, shape_only: bool) -> Result<PathBu
     }
 }
 
-/// Open (creating it, mode 0600) a serial file the daemon resolved with [`serial_in`], for
-/// appending, without following a symlink: one there is refused, as is anything but a
-/// regular file.
-pub fn open_serial_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => std::io::Error::other("is a symbolic link"),
-            _ => e,
-        })?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("is not a regular file"));
-    }
-    Ok(f)
-}
+/// Serial files are opened as a jailed worker opens them (see [`vmm::open_serial_file`]).
+pub use vmm::open_serial_file;
 
 /// The default log directory of `dust serve`: /var/log/dust as root (the systemd unit's
 /// LogsDirectory), else $XDG_STATE_HOME/dust/log, else ~/.local/state/dust/log.

@@ -40,7 +40,9 @@ pub fn open_kvm() -> Result<(), BuildError> {
     kvm::kvm().map(|_| ()).map_err(BuildError::OpenKvm)
 }
 
-pub use config::{BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig};
+pub use config::{
+    open_serial_file, BootProtocol, ConfigError, RestoreConfig, SerialConfig, VmConfig, VsockConfig,
+};
 pub use kvm::KvmError;
 pub use loader::{check_image, ImageError};
 pub use memory::MemoryError;

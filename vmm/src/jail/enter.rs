@@ -159,19 +159,8 @@ fn prepare_serial(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
         step: format!("serial file {}", path.display()),
         source,
     };
-    // Appended to, never truncated (every VM of a service shares the file), and never
-    // through a symlink: this still runs as root.
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
-    if !f.metadata().map_err(io)?.is_file() {
-        return Err(io(std::io::Error::other("not a regular file")));
-    }
+    // This still runs as root: the file is opened without following a symlink.
+    let f = crate::config::open_serial_file(path).map_err(io)?;
     std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io)
 }
 
