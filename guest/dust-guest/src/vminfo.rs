@@ -8,6 +8,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use dust_abi::vminfo::{ADDR, MAGIC, VmInfo};
 
+/// The page's size in quadwords.
+const WORDS: usize = size_of::<VmInfo>() / 8;
+const _: () = assert!(size_of::<VmInfo>() == WORDS * 8 && align_of::<VmInfo>() == 8);
+
 /// A copy of the page, if the VMM filled one (dust does; QEMU and Firecracker do not).
 pub fn page() -> Option<VmInfo> {
     #[cfg(test)]
@@ -18,8 +22,13 @@ pub fn page() -> Option<VmInfo> {
     {
         // SAFETY: the page lies in identity-mapped guest RAM, below the zero page; the VMM
         // writes it before the vCPU runs and nothing in the guest writes it. A volatile read
-        // keeps the compiler from caching a value across a snapshot restore.
-        let info = unsafe { core::ptr::read_volatile(ADDR as *const VmInfo) };
+        // keeps the compiler from caching a value across a snapshot restore. It reads
+        // quadwords: a volatile read of the struct itself is one byte load and store per
+        // byte of its arrays, a few hundred emulated instructions per call.
+        let words = unsafe { core::ptr::read_volatile(ADDR as *const [u64; WORDS]) };
+        // SAFETY: VmInfo is repr(C) of integers and byte arrays, 8-aligned, a whole number
+        // of quadwords (asserted at WORDS): any bits are a valid value.
+        let info: VmInfo = unsafe { core::mem::transmute(words) };
         (info.magic == MAGIC).then_some(info)
     }
 }
