@@ -319,18 +319,8 @@ fn push_head(out: &mut Vec<u8>, status: u16, headers: &[(&str, &str)], body_len:
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(dust_abi::decimal(n as u64, &mut [0; 20]));
 }
 
 #[cfg(test)]

@@ -51,18 +51,8 @@ impl Buf {
         self.len += n;
     }
 
-    fn number(&mut self, mut v: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&digits[i..]);
+    fn number(&mut self, v: u64) {
+        self.push(dust_abi::decimal(v, &mut [0; 20]));
     }
 
     fn write_to(&self, fd: c_int) {
