@@ -8,31 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{child_pids, guest, http_get, TempDir};
-use summoner::{ServiceConfig, Summoner};
-
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Env {
-    summoner: Summoner,
-    dir: TempDir,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-async fn env() -> Env {
-    let serial = ONE_AT_A_TIME.lock().await;
-    let dir = TempDir::new("isolation");
-    let summoner = Summoner::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_dust")),
-        dir.path().join("run"),
-    )
-    .expect("summoner");
-    Env {
-        summoner,
-        dir,
-        _serial: serial,
-    }
-}
+use common::{child_pids, env, get, guest, http_get, Env, TempDir, ONE_AT_A_TIME};
+use summoner::ServiceConfig;
 
 fn service(name: &str, image: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest(image));
@@ -40,34 +17,10 @@ fn service(name: &str, image: &str) -> ServiceConfig {
     s
 }
 
-async fn get(addr: SocketAddr) -> common::HttpReply {
-    tokio::task::spawn_blocking(move || http_get(addr, "/").expect("http"))
-        .await
-        .unwrap()
-}
-
-impl Env {
-    /// Shut down and check that nothing is left: no workers, no files in the run dir.
-    async fn finish(self) {
-        self.summoner.shutdown(Duration::from_secs(5)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !child_pids().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(child_pids(), Vec::<u32>::new(), "workers left behind");
-        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("run"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "files left in the run dir: {left:?}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_syscall_kills_the_worker_with_sigsys_and_the_client_gets_502() {
     require_kvm!();
-    let env = env().await;
+    let env = env("isolation").await;
     let mut bad = service("bad", "http-hello");
     // Test-only hook (cargo feature `test-hooks`, on for the integration tests only).
     bad.cmdline = vmm::seccomp::test_hooks::ARM.into();
@@ -163,7 +116,7 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         eprintln!("*** SKIPPED: the jail needs root ***");
         return;
     }
-    let env = env().await;
+    let env = env("isolation").await;
     let mut s = service("jailed", "http-hello");
     s.pool_size = 2;
     s.memory_mib = 32;
@@ -242,7 +195,7 @@ async fn a_guest_over_its_memory_limit_loses_its_worker_and_no_one_else_notices(
         eprintln!("*** SKIPPED: cgroups need root ***");
         return;
     }
-    let env = env().await;
+    let env = env("isolation").await;
     // The same guest touches ~48 MiB of its 64: fine under the default limit (64 + 64
     // MiB), fatal under 32 MiB.
     let mut small = service("hog-small", "mem-hog");
@@ -311,7 +264,7 @@ fn the_daemon_runs_under_its_own_filter_and_still_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_virtio_guests_in_jailed_filtered_workers_end_with_a_device_error() {
     require_kvm!();
-    let env = env().await;
+    let env = env("isolation").await;
     let hello = env
         .summoner
         .add(service("hello", "http-hello"))

@@ -7,36 +7,10 @@ mod common;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{child_pids, fd_count, guest, http_get, read_reply, TempDir};
-use summoner::{Mode, ServiceConfig, Summoner};
-
-/// Every test checks that the whole process has no worker children and no stray fds left,
-/// so two tests must never overlap: each holds this for its whole run.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct Env {
-    summoner: Summoner,
-    dir: TempDir,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-async fn env() -> Env {
-    let serial = ONE_AT_A_TIME.lock().await;
-    let dir = TempDir::new("summoner");
-    let summoner = Summoner::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_dust")),
-        dir.path().join("run"),
-    )
-    .expect("summoner");
-    Env {
-        summoner,
-        dir,
-        _serial: serial,
-    }
-}
+use common::{env, fd_count, get, guest, http_get, read_reply, Env};
+use summoner::{Mode, ServiceConfig};
 
 /// Idle workers each test service keeps.
 const POOL: usize = 2;
@@ -64,38 +38,12 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
-    /// Shut down and check that nothing is left: no workers, no sockets.
-    async fn finish(self) {
-        self.summoner.shutdown(Duration::from_secs(5)).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !child_pids().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            child_pids(),
-            Vec::<u32>::new(),
-            "worker processes left behind"
-        );
-        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("run"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "files left in the run dir: {left:?}");
-    }
-}
-
-async fn get(addr: SocketAddr) -> common::HttpReply {
-    tokio::task::spawn_blocking(move || http_get(addr, "/").expect("http"))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_requests_five_hundred_vms() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let addr = env.add(service("hello", "http-hello")).await;
     // Count fds only when the pool is full and no VM runs, before and after, so the idle
     // workers' sockets are in both counts.
@@ -133,7 +81,7 @@ async fn five_hundred_requests_five_hundred_vms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_client_gets_a_fresh_vm_per_request() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let addr = env.add(service("ka", "http-hello")).await;
     let ids = tokio::task::spawn_blocking(move || {
         let mut s = TcpStream::connect(addr).unwrap();
@@ -155,7 +103,7 @@ async fn keep_alive_client_gets_a_fresh_vm_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_holds_and_queue_drops_nothing() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let mut s = service("busy", "http-hello");
     s.max_concurrent = 4;
     s.queue_depth = 64;
@@ -191,7 +139,7 @@ async fn concurrency_limit_holds_and_queue_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_is_shed_with_503_and_retry_after() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let mut s = service("spinq", "spin");
     s.max_concurrent = 1;
     s.pool_size = 1;
@@ -214,7 +162,7 @@ async fn full_queue_is_shed_with_503_and_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinning_guest_gets_504_at_the_deadline() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let mut s = service("spin", "spin");
     s.request_deadline = Duration::from_secs(1);
     let addr = env.add(s).await;
@@ -230,7 +178,7 @@ async fn spinning_guest_gets_504_at_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_guest_gets_502() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let addr = env.add(service("crash", "crash")).await;
     for _ in 0..3 {
         let r = get(addr).await;
@@ -243,7 +191,7 @@ async fn crashing_guest_gets_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_leaves_during_boot_leaves_no_vm() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let mut s = service("gone", "spin");
     s.request_deadline = Duration::from_secs(30);
     let addr = env.add(s).await;
@@ -272,7 +220,7 @@ async fn client_that_leaves_during_boot_leaves_no_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let mut s = service("echo", "echo");
     s.mode = Mode::Tcp;
     s.guest_port = 5000;
@@ -351,7 +299,7 @@ async fn curl_h2c(addr: SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_h2c_gets_an_answer_from_a_fresh_vm() {
     require_kvm!();
-    let env = env().await;
+    let env = env("summoner").await;
     let addr = env.add(service("h2c", "http-hello")).await;
     // One URL per curl: curl 7.88 (Debian 12) fails to reuse a prior-knowledge connection
     // for a second URL ("Error in the HTTP2 framing layer", fixed in curl 8.0). Streams
