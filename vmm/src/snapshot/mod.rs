@@ -9,6 +9,7 @@
 //! Snapshots are for the host that took them: this KVM cannot set a VM's TSC frequency and
 //! has no nested state, so the header's CPUID and host fingerprints must match.
 
+mod format;
 mod memory;
 mod vcpu;
 
@@ -22,6 +23,8 @@ use devices::virtio::MmioSnapshot;
 use kvm_bindings::kvm_clock_data;
 use serde::{Deserialize, Serialize};
 
+use format::parse_state;
+pub use format::{check_state, parse_file};
 pub(crate) use memory::map_private;
 pub(crate) use vcpu::VcpuState;
 
@@ -333,44 +336,10 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
         }
         Err(e) => return Err(io_err(&path)(e)),
     };
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError::NotASnapshot(path));
-    }
-    let rest = &bytes[MAGIC.len()..];
-    let len_bytes: [u8; 4] = rest
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| SnapshotError::Truncated("the header length is missing".into()))?;
-    let header_len = u32::from_le_bytes(len_bytes);
-    if header_len > HEADER_MAX {
-        return Err(SnapshotError::Corrupted(format!(
-            "header length {header_len} is implausible"
-        )));
-    }
-    let header_bytes = rest
-        .get(4..4 + header_len as usize)
-        .ok_or_else(|| SnapshotError::Truncated("the header ends early".into()))?;
-    let header: Header = serde_json::from_slice(header_bytes)
-        .map_err(|e| SnapshotError::Corrupted(format!("header: {e}")))?;
-    if header.format_version != FORMAT_VERSION {
-        return Err(SnapshotError::Version {
-            found: header.format_version,
-            dust: header.dust_version,
-        });
-    }
-    let state_bytes = &rest[4 + header_len as usize..];
-    if (state_bytes.len() as u64) < header.state_len {
-        return Err(SnapshotError::Truncated(format!(
-            "the state has {} of {} bytes",
-            state_bytes.len(),
-            header.state_len
-        )));
-    }
-    if state_bytes.len() as u64 != header.state_len || fnv1a(state_bytes) != header.state_checksum {
-        return Err(SnapshotError::Corrupted(
-            "the state does not match its checksum".into(),
-        ));
-    }
+    let (header, state_bytes) = parse_file(&bytes).map_err(|e| match e {
+        SnapshotError::NotASnapshot(_) => SnapshotError::NotASnapshot(path.clone()),
+        e => e,
+    })?;
     let host = host_description();
     if header.host_fingerprint != fnv1a(host.as_bytes())
         || header.cpuid_fingerprint != cpuid_fingerprint()?
@@ -380,13 +349,7 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
             ours: host,
         });
     }
-    let state: State = serde_json::from_slice(state_bytes)
-        .map_err(|e| SnapshotError::Corrupted(format!("state: {e}")))?;
-    if state.config.memory_mib != header.memory_mib {
-        return Err(SnapshotError::Corrupted(
-            "header and state disagree on the memory size".into(),
-        ));
-    }
+    let state = parse_state(state_bytes, &header)?;
     let mem_path = dir.join(MEMORY_FILE);
     let memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
     let file_bytes = memory.metadata().map_err(io_err(&mem_path))?.len();
