@@ -82,7 +82,7 @@ fn a_new_guest_builds_outside_the_tree_and_serves_http() {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30));
-    let reply = addr.map(|a| http_get(a, "/from-a-test"));
+    let reply = addr.map(|a| http_get(a, "/from-a-test?q=1"));
     child.kill().unwrap();
     child.wait().unwrap();
     let reply = reply.expect("dust serve did not start").unwrap();

@@ -291,3 +291,15 @@ pub mod status {
     /// The VM was killed on request (signal, API).
     pub const KILLED: u8 = 245;
 }
+
+/// HTTP between the summoner and the guest runtime's server (`dust_guest::http`): the
+/// request limits the guest enforces, which the summoner's front door enforces first, so
+/// that a request the guest would refuse never costs a VM.
+pub mod http {
+    /// Largest request head (request line, header fields and the blank line), bytes.
+    pub const MAX_HEAD: usize = 16 * 1024;
+    /// Most header fields in a request.
+    pub const MAX_HEADERS: usize = 32;
+    /// Largest request body, bytes.
+    pub const MAX_BODY: usize = 1024 * 1024;
+}

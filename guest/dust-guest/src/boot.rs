@@ -80,7 +80,7 @@ static CMDLINE: Global<&'static str> = Global::new("");
 ///
 /// # Safety
 /// Once, before `main`; `zero_page` must point at a valid `boot_params`.
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 pub(crate) unsafe fn init_linux(zero_page: usize) {
     SOURCE.set(Source::ZeroPage(zero_page));
     // SAFETY: the caller vouches for the zero page, and the VMM for the command line.
@@ -95,7 +95,7 @@ pub(crate) unsafe fn init_linux(zero_page: usize) {
 ///
 /// # Safety
 /// Once, before `main`; `start_info` must point at a valid `hvm_start_info`.
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 pub(crate) unsafe fn init_pvh(start_info: usize) {
     // SAFETY: the caller vouches for the structure.
     if unsafe { read::<u32>(start_info + start_info::MAGIC) } != start_info::MAGIC_VALUE {
@@ -233,7 +233,7 @@ unsafe fn read<T: Copy>(addr: usize) -> T {
 ///
 /// # Safety
 /// `ptr` must be writable for `max` bytes, and never written by anyone else afterwards.
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 unsafe fn c_str(ptr: usize, max: usize) -> &'static str {
     if ptr == 0 {
         return "";

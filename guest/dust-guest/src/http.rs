@@ -17,12 +17,12 @@ mod serve;
 
 pub use serve::{Response, serve};
 
-/// Largest request head accepted.
-pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request head accepted (the summoner's front door refuses larger ones first).
+pub const MAX_HEAD: usize = dust_abi::http::MAX_HEAD;
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = dust_abi::http::MAX_BODY;
 /// Most headers in a request.
-const MAX_HEADERS: usize = 32;
+const MAX_HEADERS: usize = dust_abi::http::MAX_HEADERS;
 
 /// Why no request could be read.
 #[derive(Debug)]
@@ -74,8 +74,21 @@ impl Request {
         self.str(&self.method)
     }
 
-    /// The request target, e.g. `/index.html?x=1`.
+    /// The path of the request target, without its query: `/index.html` for
+    /// `/index.html?x=1`.
     pub fn path(&self) -> &str {
+        let target = self.target();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+
+    /// The query of the request target (after the `?`, not decoded), if it has one: `x=1`
+    /// for `/index.html?x=1`.
+    pub fn query(&self) -> Option<&str> {
+        self.target().split_once('?').map(|(_, query)| query)
+    }
+
+    /// The request target as the client sent it, e.g. `/index.html?x=1`.
+    pub fn target(&self) -> &str {
         self.str(&self.path)
     }
 
@@ -263,23 +276,80 @@ fn parse_head(bytes: Vec<u8>, head_len: usize) -> Result<Request, Error> {
     })
 }
 
-/// The reason phrase of the common status codes.
+/// The reason phrase of a registered status code (RFC 9110 and the other RFCs in the IANA
+/// registry); empty for any other code. Clients read the code, not the phrase, but an empty
+/// phrase where a standard one exists reads as a broken server.
 pub fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400..=431 => reason_4xx(status),
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => "",
+    }
+}
+
+fn reason_4xx(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
         _ => "",
     }
 }
@@ -340,7 +410,9 @@ mod tests {
         let n = raw.len();
         let r = parse_head(raw, n).unwrap();
         assert_eq!(r.method(), "POST");
-        assert_eq!(r.path(), "/x?y=1");
+        assert_eq!(r.path(), "/x");
+        assert_eq!(r.query(), Some("y=1"));
+        assert_eq!(r.target(), "/x?y=1");
         assert_eq!(r.minor_version(), 1);
         assert_eq!(r.header("content-length"), Some(&b"3"[..]));
         assert_eq!(r.header("HOST"), Some(&b"a"[..]));
@@ -377,6 +449,27 @@ mod tests {
             push_decimal(&mut out, n);
             assert_eq!(out, alloc::format!("{n}").into_bytes());
         }
+    }
+
+    #[test]
+    fn path_and_query_come_apart() {
+        let r = Request::from_head(b"GET /a/b HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((r.path(), r.query()), ("/a/b", None));
+        let r = Request::from_head(b"GET /a?b?c= HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((r.path(), r.query()), ("/a", Some("b?c=")));
+        let r = Request::from_head(b"GET /? HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((r.path(), r.query()), ("/", Some("")));
+    }
+
+    #[test]
+    fn every_standard_status_has_its_reason() {
+        assert_eq!(reason(507), "Insufficient Storage");
+        assert_eq!(reason(418), "I'm a teapot");
+        assert_eq!(reason(429), "Too Many Requests");
+        assert_eq!(reason(599), "");
+        let mut out = Vec::new();
+        push_head(&mut out, 507, &[], 0);
+        assert!(out.starts_with(b"HTTP/1.1 507 Insufficient Storage\r\n"));
     }
 
     #[test]

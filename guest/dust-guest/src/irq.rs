@@ -93,7 +93,7 @@ pub(crate) fn enable_line(line: u32) {
         return;
     }
     LINES.set(LINES.get() | 1 << line);
-    #[cfg(not(test))]
+    #[cfg(target_os = "none")]
     if WAIT.get() == Wait::Interrupt {
         route(line);
     }
@@ -114,7 +114,7 @@ pub fn halt() {
                 Wait::Halt => hlt(),
                 // No `hlt` this once: an edge that came before the pins were routed is
                 // lost, so the caller must poll again before the first real wait.
-                #[cfg(not(test))]
+                #[cfg(target_os = "none")]
                 Wait::Interrupt => setup(),
                 _ => {}
             }
@@ -148,7 +148,7 @@ fn detect() -> Wait {
 }
 
 /// CPUID says there is a local APIC, and it answers at its MMIO address.
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 fn has_lapic() -> bool {
     const CPUID_1_EDX_APIC: u32 = 1 << 9;
     // The version register first: it alone tells dust's two modes apart, at the price of one
@@ -159,12 +159,12 @@ fn has_lapic() -> bool {
         && core::arch::x86_64::__cpuid(1).edx & CPUID_1_EDX_APIC != 0
 }
 
-#[cfg(test)]
+#[cfg(not(target_os = "none"))]
 fn has_lapic() -> bool {
     false
 }
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 mod chip {
     use super::*;
 
@@ -267,7 +267,7 @@ mod chip {
     }
 }
 
-#[cfg(not(test))]
+#[cfg(target_os = "none")]
 use chip::{route, setup};
 
 #[cfg(test)]

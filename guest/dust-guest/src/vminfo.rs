@@ -6,7 +6,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use dust_abi::vminfo::{ADDR, MAGIC, VmInfo};
+use dust_abi::vminfo::VmInfo;
 
 /// The page's size in quadwords.
 const WORDS: usize = size_of::<VmInfo>() / 8;
@@ -14,22 +14,23 @@ const _: () = assert!(size_of::<VmInfo>() == WORDS * 8 && align_of::<VmInfo>() =
 
 /// A copy of the page, if the VMM filled one (dust does; QEMU and Firecracker do not).
 pub fn page() -> Option<VmInfo> {
-    #[cfg(test)]
+    #[cfg(not(target_os = "none"))]
     {
         None
     }
-    #[cfg(not(test))]
+    #[cfg(target_os = "none")]
     {
         // SAFETY: the page lies in identity-mapped guest RAM, below the zero page; the VMM
         // writes it before the vCPU runs and nothing in the guest writes it. A volatile read
         // keeps the compiler from caching a value across a snapshot restore. It reads
         // quadwords: a volatile read of the struct itself is one byte load and store per
         // byte of its arrays, a few hundred emulated instructions per call.
-        let words = unsafe { core::ptr::read_volatile(ADDR as *const [u64; WORDS]) };
+        let words =
+            unsafe { core::ptr::read_volatile(dust_abi::vminfo::ADDR as *const [u64; WORDS]) };
         // SAFETY: VmInfo is repr(C) of integers and byte arrays, 8-aligned, a whole number
         // of quadwords (asserted at WORDS): any bits are a valid value.
         let info: VmInfo = unsafe { core::mem::transmute(words) };
-        (info.magic == MAGIC).then_some(info)
+        (info.magic == dust_abi::vminfo::MAGIC).then_some(info)
     }
 }
 
@@ -59,17 +60,17 @@ static STATE: AtomicU64 = AtomicU64::new(0);
 /// a cryptographic generator: SplitMix64 over the host's 32 fresh bytes.
 pub fn random_bytes(buf: &mut [u8]) {
     // One vCPU and no preemption: plain loads and stores are enough.
-    if let Some(p) = page() {
-        if SEEDED_FOR.load(Ordering::Relaxed) != p.generation {
-            let mut seed = p.generation;
-            for chunk in p.random.chunks_exact(8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(chunk);
-                seed = mix(seed ^ u64::from_le_bytes(w));
-            }
-            STATE.store(seed, Ordering::Relaxed);
-            SEEDED_FOR.store(p.generation, Ordering::Relaxed);
+    if let Some(p) = page()
+        && SEEDED_FOR.load(Ordering::Relaxed) != p.generation
+    {
+        let mut seed = p.generation;
+        for chunk in p.random.chunks_exact(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            seed = mix(seed ^ u64::from_le_bytes(w));
         }
+        STATE.store(seed, Ordering::Relaxed);
+        SEEDED_FOR.store(p.generation, Ordering::Relaxed);
     }
     for chunk in buf.chunks_mut(8) {
         let s = STATE

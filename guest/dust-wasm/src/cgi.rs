@@ -21,8 +21,8 @@ pub const PROGRAM: &str = "handler.wasm";
 /// The environment and argv of `req` in VM `vm`, plus `extra` variables (from the command
 /// line; `dust run --wasm --env`).
 pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation {
-    let target = req.path();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (target, path) = (req.target(), req.path());
+    let query = req.query().unwrap_or("");
     let host = req
         .header("host")
         .and_then(|h| core::str::from_utf8(h).ok())
@@ -192,3 +192,6 @@ fn split_head(out: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests;

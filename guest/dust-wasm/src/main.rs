@@ -17,7 +17,7 @@
 
 extern crate alloc;
 
-mod cgi;
+use dust_wasm::cgi;
 mod wasi;
 
 use alloc::format;

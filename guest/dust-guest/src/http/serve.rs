@@ -36,8 +36,18 @@ impl Response {
             .body(body.into().into_bytes())
     }
 
-    /// Adds a header field.
+    /// Sets a header field: replaces any field of the same name (case-insensitive) set
+    /// before, e.g. the `Content-Type` of [`Response::text`]. For a field that may repeat
+    /// (`Set-Cookie`), use [`Response::append_header`].
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Adds a header field, keeping those of the same name set before.
+    pub fn append_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
@@ -107,5 +117,18 @@ mod tests {
         assert_eq!(r.body, b"hi");
         assert_eq!(r.headers.len(), 2);
         assert_eq!(r.headers[1], ("X-A".into(), "1".into()));
+    }
+
+    #[test]
+    fn a_later_header_replaces_one_of_the_same_name() {
+        let r = Response::text(200, "{}").header("content-type", "application/json");
+        assert_eq!(
+            r.headers,
+            [("content-type".into(), "application/json".into())]
+        );
+        let r = Response::new(200)
+            .append_header("Set-Cookie", "a=1")
+            .append_header("Set-Cookie", "b=2");
+        assert_eq!(r.headers.len(), 2);
     }
 }
