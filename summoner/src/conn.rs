@@ -273,6 +273,10 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
+                    if let Some(status) = refused_status(&*e) {
+                        // hyper answered it (400, 414, 431): the service never saw it.
+                        crate::http::refused_log(&svc, ("-", "-"), status, &e.to_string());
+                    }
                     tracing::debug!(service = %svc.config.name, "client connection: {e}");
                 }
                 return;
@@ -312,6 +316,22 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
             }
         }
     }
+}
+
+/// The status hyper answered a request it could not parse with (its automatic response to
+/// a parse error), if `e` is such an error.
+fn refused_status(e: &(dyn std::error::Error + 'static)) -> Option<http::StatusCode> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if !e.is_parse() || e.is_parse_version_h2() {
+        return None;
+    }
+    Some(
+        match (e.is_parse_too_large(), e.to_string().contains("URI")) {
+            (true, true) => http::StatusCode::URI_TOO_LONG,
+            (true, false) => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            (false, _) => http::StatusCode::BAD_REQUEST,
+        },
+    )
 }
 
 fn track(body: RespBody, guard: RequestGuard) -> RespBody {

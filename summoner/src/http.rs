@@ -163,6 +163,43 @@ fn access_log(
     );
 }
 
+/// The access-log line of a request the front door answered itself, without a VM: one
+/// over the guest's limits ([`head_too_large`]), or one hyper could not parse
+/// (`crate::conn`). `method` and `path` are `-` when the request line was unreadable.
+pub(crate) fn refused_log(
+    svc: &ServiceInner,
+    (method, path): (&str, &str),
+    status: StatusCode,
+    why: &str,
+) {
+    tracing::info!(
+        target: "dust::access",
+        service = %svc.config.name,
+        vm = "-",
+        %method,
+        path,
+        status = status.as_u16(),
+        outcome = %"refused",
+        why,
+        "request"
+    );
+}
+
+/// Whether the guest runtime would refuse `req`'s head as too large (431): over
+/// [`dust_abi::http::MAX_HEAD`] bytes as forwarded (request line, fields, blank line), or
+/// more than [`dust_abi::http::MAX_HEADERS`] fields. The front door answers those itself,
+/// so that they never cost a VM. `req` is in its HTTP/1.1 form ([`to_http1`]).
+fn head_too_large<B>(req: &Request<B>) -> bool {
+    let line = req.method().as_str().len() + 1 + req.uri().to_string().len() + 11;
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + fields + 2 > dust_abi::http::MAX_HEAD
+        || req.headers().len() > dust_abi::http::MAX_HEADERS
+}
+
 /// A request that got no answer from its VM: count it, answer it, log it.
 fn failed(
     svc: &ServiceInner,
@@ -192,6 +229,18 @@ pub async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let version = req.version();
+    let mut req = req;
+    to_http1(&mut req);
+    if head_too_large(&req) {
+        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        refused_log(
+            &svc,
+            (method.as_str(), &path),
+            status,
+            "head over the guest's limits",
+        );
+        return Ok(text(status, "request header block too large".into()));
+    }
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
     let mut outcome = OutcomeGuard::new(&svc);
@@ -262,9 +311,8 @@ pub async fn handle(
 async fn forward(
     vm: &mut ServingWorker,
     stream: tokio::net::UnixStream,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Incoming>, SummonError> {
-    to_http1(&mut req);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;
@@ -365,6 +413,23 @@ mod tests {
         to_http1(&mut req);
         assert_eq!(req.uri().to_string(), "/x");
         assert!(!req.headers().contains_key("host"));
+    }
+
+    #[test]
+    fn a_head_over_the_guests_limits_is_too_large() {
+        let with = |n: usize, value_len: usize| {
+            let mut b = Request::builder().uri("/");
+            for i in 0..n {
+                b = b.header(format!("x-h{i}"), "v".repeat(value_len));
+            }
+            b.body(()).unwrap()
+        };
+        assert!(!head_too_large(&with(dust_abi::http::MAX_HEADERS, 10)));
+        assert!(head_too_large(&with(dust_abi::http::MAX_HEADERS + 1, 1)));
+        // "GET / HTTP/1.1\r\n" is 16 bytes, "x-h0: " plus CRLF 8, the blank line 2.
+        let fits = dust_abi::http::MAX_HEAD - 16 - 8 - 2;
+        assert!(!head_too_large(&with(1, fits)));
+        assert!(head_too_large(&with(1, fits + 1)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+pub mod daemon;
 mod host;
 mod summoned;
 #[allow(unused_imports)] // not every test binary uses every helper
