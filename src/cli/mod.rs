@@ -16,6 +16,12 @@ fn colour(stderr_is_tty: bool, no_color: Option<std::ffi::OsString>) -> bool {
     stderr_is_tty && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// `--vcpus`: the range the VM config accepts (`vmm::config::MAX_VCPUS`), so that clap and
+/// the config check state the same one.
+fn vcpus_range() -> clap::builder::RangedI64ValueParser<u8> {
+    clap::value_parser!(u8).range(1..=i64::from(vmm::config::MAX_VCPUS))
+}
+
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
 /// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level
 /// filter keeps `dust run` start-up short.
@@ -42,5 +48,27 @@ mod tests {
         assert!(super::colour(true, Some("".into())));
         assert!(!super::colour(true, Some("1".into())));
         assert!(!super::colour(false, None));
+    }
+
+    #[test]
+    fn vcpus_out_of_range_names_the_range_the_config_checks() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: super::run::RunArgs,
+        }
+        for bad in ["0", "33", "300"] {
+            let e = Cli::try_parse_from(["dust", "--vcpus", bad, "image"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("1..=32"), "--vcpus {bad}: {e}");
+        }
+        let cli = Cli::try_parse_from(["dust", "--vcpus", "32", "image"]).unwrap();
+        assert_eq!(cli.run.vcpus, 32);
+        // The config check says the same range.
+        let msg = vmm::ConfigError::Vcpus(0).to_string();
+        assert!(msg.contains("between 1 and 32"), "{msg}");
     }
 }

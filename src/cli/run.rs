@@ -31,8 +31,8 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long = "mem", default_value_t = vmm::config::DEFAULT_MEMORY_MIB)]
     pub memory_mib: u32,
-    /// Number of vCPUs (more than one needs --irqchip).
-    #[arg(long, default_value_t = 1)]
+    /// Number of vCPUs, 1 to 32 (more than one needs --irqchip).
+    #[arg(long, default_value_t = 1, value_parser = super::vcpus_range())]
     pub vcpus: u8,
     /// Create the in-kernel irqchip (needed by Linux; unikernels poll without it).
     #[arg(long)]

@@ -48,8 +48,8 @@ pub struct ServiceFlags {
     /// Guest memory, MiB.
     #[arg(long = "mem", default_value_t = defaults::MEMORY_MIB)]
     pub memory_mib: u32,
-    /// vCPUs of each VM (more than one needs --irqchip).
-    #[arg(long, default_value_t = defaults::VCPUS)]
+    /// vCPUs of each VM, 1 to 32 (more than one needs --irqchip).
+    #[arg(long, default_value_t = defaults::VCPUS, value_parser = super::vcpus_range())]
     pub vcpus: u8,
     /// Create the in-kernel irqchip (needed by Linux; unikernels poll without it).
     #[arg(long)]
