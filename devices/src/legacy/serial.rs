@@ -69,10 +69,19 @@ pub struct SerialSnapshot {
     pub in_buffer: Vec<u8>,
 }
 
-/// A snapshot the UART model refused (a receive FIFO over its size).
+/// A snapshot the UART model refused.
 #[derive(Debug, thiserror::Error)]
-#[error("serial state refused: {0}")]
-pub struct SerialRestoreError(String);
+pub enum SerialRestoreError {
+    /// The saved receive FIFO holds more than the UART's FIFO.
+    #[error("serial state refused: {0} bytes do not fit the receive FIFO")]
+    FifoOverflow(usize),
+    /// Raising the restored interrupt failed.
+    #[error("serial state refused: raising its interrupt failed: {0}")]
+    Interrupt(#[source] io::Error),
+    /// Writing out pending output failed.
+    #[error("serial state refused: writing its output failed: {0}")]
+    Output(#[source] io::Error),
+}
 
 impl Serial {
     /// The registers as they are now.
@@ -118,7 +127,13 @@ impl Serial {
             vm_superio::serial::NoEvents,
             sink.into_writer(),
         )
-        .map_err(|e| SerialRestoreError(format!("{e:?}")))?;
+        .map_err(|e| match e {
+            vm_superio::serial::Error::FullFifo => {
+                SerialRestoreError::FifoOverflow(snap.in_buffer.len())
+            }
+            vm_superio::serial::Error::Trigger(e) => SerialRestoreError::Interrupt(e),
+            vm_superio::serial::Error::IOError(e) => SerialRestoreError::Output(e),
+        })?;
         Ok(Self { uart })
     }
 }
@@ -189,5 +204,20 @@ mod tests {
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn a_receive_fifo_over_the_uarts_is_refused() {
+        let (s, _) = capture::serial();
+        let mut snap = s.snapshot();
+        snap.in_buffer = vec![b'x'; 65];
+        let irq: Arc<dyn Interrupt> = Arc::new(crate::EventFdInterrupt::new().unwrap());
+        let e = Serial::restored(irq.clone(), SerialSink::Discard, &snap).err();
+        assert!(
+            matches!(e, Some(SerialRestoreError::FifoOverflow(65))),
+            "{e:?}"
+        );
+        snap.in_buffer = vec![b'x'; 64];
+        assert!(Serial::restored(irq, SerialSink::Discard, &snap).is_ok());
     }
 }

@@ -133,9 +133,41 @@ pub enum VirtioError {
         /// Number of eventfds.
         events: usize,
     },
-    /// The transport or device could not be saved or restored.
-    #[error("snapshot: {0}")]
-    Snapshot(String),
+    /// The device cannot be saved now.
+    #[error("snapshot refused: {0}")]
+    SnapshotBlocked(SnapshotBlocker),
+    /// The transport was active but its device handed over no queues to save.
+    #[error("snapshot refused: the transport is active but its device has no queues")]
+    NoDeviceQueues,
+    /// The saved state is of another device.
+    #[error("snapshot is of device type {saved_type} with {saved_queues} queues, this is type {device_type} with {queues}")]
+    SnapshotMismatch {
+        /// Device type in the snapshot.
+        saved_type: u32,
+        /// Queues in the snapshot.
+        saved_queues: usize,
+        /// This device's type.
+        device_type: u32,
+        /// This device's queues.
+        queues: usize,
+    },
+    /// A saved queue is not one virtio-queue accepts (size, alignment, addresses).
+    #[error("snapshot queue refused: {0}")]
+    SavedQueue(#[source] virtio_queue::Error),
+    /// The device refused the saved queues on activation.
+    #[error("activating the restored device: {0}")]
+    Restore(#[source] ActivateError),
+}
+
+/// Why a device's state cannot be saved now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotBlocker {
+    /// The device stopped on a guest error.
+    #[error("the device has failed")]
+    Failed,
+    /// Streams are open; their host sockets cannot be saved.
+    #[error("the device has {0} open connection(s)")]
+    OpenConnections(usize),
 }
 
 /// The device side of an interrupt line, shared by the transport (which shows and clears
@@ -237,5 +269,5 @@ pub trait VirtioDevice: Send {
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>>;
 
     /// Why the device's state cannot be saved now (e.g. open connections), if it cannot.
-    fn snapshot_blocker(&self) -> Option<String>;
+    fn snapshot_blocker(&self) -> Option<SnapshotBlocker>;
 }

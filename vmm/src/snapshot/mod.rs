@@ -104,9 +104,15 @@ pub enum SnapshotError {
     /// A KVM call failed.
     #[error(transparent)]
     Kvm(#[from] KvmError),
-    /// A device could not be saved or restored.
-    #[error("device state: {0}")]
-    Device(String),
+    /// The template stopped at ready without its vCPU state captured.
+    #[error("the template's vCPU state was not captured at ready")]
+    NotCaptured,
+    /// The vsock transport or device could not be saved or restored.
+    #[error("vsock device state: {0}")]
+    Vsock(#[source] devices::virtio::VirtioError),
+    /// The header or the state could not be written as JSON.
+    #[error("cannot encode the snapshot: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// The snapshot header: what must match before anything is restored.
@@ -228,9 +234,7 @@ pub fn take(config: &VmConfig, dir: &Path) -> Result<SnapshotInfo, SnapshotError
         return Err(SnapshotError::NotReady(report.exit));
     }
     let (Some(vcpu), Some(res)) = (state.take_capture(), res) else {
-        return Err(SnapshotError::Device(
-            "the vCPU state was not captured".into(),
-        ));
+        return Err(SnapshotError::NotCaptured);
     };
     let memory_bytes = save(config, vcpu, res, dir)?;
     Ok(SnapshotInfo {
@@ -261,7 +265,7 @@ fn save(
             t.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .snapshot()
-                .map_err(|e| SnapshotError::Device(e.to_string()))?,
+                .map_err(SnapshotError::Vsock)?,
         ),
         None => None,
     };
@@ -277,8 +281,7 @@ fn save(
         vsock,
         clock,
     };
-    let state_bytes =
-        serde_json::to_vec(&state).map_err(|e| SnapshotError::Device(e.to_string()))?;
+    let state_bytes = serde_json::to_vec(&state).map_err(SnapshotError::Encode)?;
     let host = host_description();
     let header = Header {
         format_version: FORMAT_VERSION,
@@ -291,8 +294,7 @@ fn save(
         state_checksum: fnv1a(&state_bytes),
         generation,
     };
-    let header_bytes =
-        serde_json::to_vec(&header).map_err(|e| SnapshotError::Device(e.to_string()))?;
+    let header_bytes = serde_json::to_vec(&header).map_err(SnapshotError::Encode)?;
 
     let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
     let file = File::create(&mem_tmp).map_err(io_err(&mem_tmp))?;

@@ -71,7 +71,7 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
         t.lock()
             .unwrap_or_else(|p| p.into_inner())
             .restore(snap)
-            .map_err(|e| SnapshotError::Device(e.to_string()))?;
+            .map_err(SnapshotError::Vsock)?;
     }
     timings.devices_us = since(t);
 

@@ -52,7 +52,7 @@ impl QueueSnapshot {
             avail_ring: self.avail_ring,
             used_ring: self.used_ring,
         })
-        .map_err(|e| VirtioError::Snapshot(format!("queue: {e}")))
+        .map_err(VirtioError::SavedQueue)
     }
 }
 
@@ -76,12 +76,10 @@ impl MmioTransport {
     pub fn snapshot(&self) -> Result<MmioSnapshot, VirtioError> {
         let dev = lock(&self.device);
         if let Some(why) = dev.snapshot_blocker() {
-            return Err(VirtioError::Snapshot(why));
+            return Err(VirtioError::SnapshotBlocked(why));
         }
         let device_queues = if self.activated {
-            let qs = dev.queue_states().ok_or_else(|| {
-                VirtioError::Snapshot("transport active but device has no queues".into())
-            })?;
+            let qs = dev.queue_states().ok_or(VirtioError::NoDeviceQueues)?;
             Some(qs.into_iter().map(QueueSnapshot::from).collect())
         } else {
             None
@@ -102,13 +100,12 @@ impl MmioTransport {
     /// Put a freshly built transport (and its device) in the state `snap` describes.
     pub fn restore(&mut self, snap: &MmioSnapshot) -> Result<(), VirtioError> {
         if snap.device_type != self.device_type || snap.queues.len() != self.queues.len() {
-            return Err(VirtioError::Snapshot(format!(
-                "snapshot is of device type {} with {} queues, this is type {} with {}",
-                snap.device_type,
-                snap.queues.len(),
-                self.device_type,
-                self.queues.len()
-            )));
+            return Err(VirtioError::SnapshotMismatch {
+                saved_type: snap.device_type,
+                saved_queues: snap.queues.len(),
+                device_type: self.device_type,
+                queues: self.queues.len(),
+            });
         }
         self.queues = snap
             .queues
@@ -129,7 +126,7 @@ impl MmioTransport {
             let mut dev = lock(&self.device);
             dev.ack_features(self.driver_features);
             dev.activate(self.mem.clone(), queues, self.interrupt.clone())
-                .map_err(|e| VirtioError::Snapshot(format!("activating the device: {e}")))?;
+                .map_err(VirtioError::Restore)?;
             drop(dev);
             self.activated = true;
         }

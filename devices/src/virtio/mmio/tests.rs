@@ -72,7 +72,7 @@ impl VirtioDevice for FakeDevice {
         None
     }
 
-    fn snapshot_blocker(&self) -> Option<String> {
+    fn snapshot_blocker(&self) -> Option<crate::virtio::SnapshotBlocker> {
         None
     }
 
@@ -259,4 +259,36 @@ fn reset_returns_everything_to_the_initial_state() {
     // And the device can be brought up again.
     drv.setup(&mut t);
     assert!(dev.lock().unwrap().activated.is_some());
+}
+
+#[test]
+fn a_snapshot_of_another_device_or_with_bad_queues_is_refused_by_kind() {
+    let drv = FakeDriver::new(1 << 20, 2, 16);
+    let (t, _, _) = transport(&drv);
+    // Before DRIVER_OK: the fake device keeps no queues of its own to save.
+    let snap = t.snapshot().unwrap();
+    let mut json = serde_json::to_value(&snap).unwrap();
+    json["device_type"] = 19.into();
+    let other: MmioSnapshot = serde_json::from_value(json).unwrap();
+    let (mut fresh, _, _) = transport(&drv);
+    assert!(matches!(
+        fresh.restore(&other),
+        Err(VirtioError::SnapshotMismatch {
+            saved_type: 19,
+            device_type: 42,
+            ..
+        })
+    ));
+    // A queue size that is not a power of two is virtio-queue's to refuse.
+    let mut json = serde_json::to_value(&snap).unwrap();
+    json["queues"][0]["size"] = 3.into();
+    let bad: MmioSnapshot = serde_json::from_value(json).unwrap();
+    let (mut fresh, _, _) = transport(&drv);
+    assert!(matches!(
+        fresh.restore(&bad),
+        Err(VirtioError::SavedQueue(_))
+    ));
+    // The good one restores.
+    let (mut fresh, _, _) = transport(&drv);
+    fresh.restore(&snap).unwrap();
 }

@@ -18,7 +18,8 @@ use super::packet::{HEADER_SIZE, MAX_PKT_DATA};
 use super::unix::VsockMuxer;
 use super::{VsockError, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{
-    ActivateError, ErrorHandler, GuestMem, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    ActivateError, ErrorHandler, GuestMem, SnapshotBlocker, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 
 /// virtio device ID of vsock.
@@ -294,13 +295,13 @@ impl VirtioDevice for Vsock {
             .map(|a| a.queues.iter().map(Queue::state).collect())
     }
 
-    fn snapshot_blocker(&self) -> Option<String> {
+    fn snapshot_blocker(&self) -> Option<SnapshotBlocker> {
         if self.failed {
-            return Some("the vsock device has failed".into());
+            return Some(SnapshotBlocker::Failed);
         }
         match self.muxer.connection_count() {
             0 => None,
-            n => Some(format!("the vsock device has {n} open connection(s)")),
+            n => Some(SnapshotBlocker::OpenConnections(n)),
         }
     }
 
