@@ -2,8 +2,7 @@
 //! the systemd unit keeps the settings KVM and the daemon depend on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/common/host.rs"]
-mod host;
+use test_support as host;
 
 use std::collections::BTreeMap;
 

@@ -6,8 +6,7 @@
 
 #[path = "../../summoner/tests/fake/mod.rs"]
 mod fake;
-#[path = "../../tests/common/host.rs"]
-mod host;
+use test_support as host;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

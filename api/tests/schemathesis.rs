@@ -11,8 +11,7 @@
 //! generated configs name images that do not exist (422).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/common/host.rs"]
-mod host;
+use test_support as host;
 
 use std::path::PathBuf;
 use std::process::Command;

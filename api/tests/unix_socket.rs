@@ -3,8 +3,7 @@
 //! summoner behind it (services with `pool_size = 0`, so no VM is ever started).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../tests/common/host.rs"]
-mod host;
+use test_support as host;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod fake;
-#[path = "../../tests/common/host.rs"]
-mod host;
+use test_support as host;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

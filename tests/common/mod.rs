@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub mod daemon;
-mod host;
 mod summoned;
-#[allow(unused_imports)] // not every test binary uses every helper
-pub use host::*;
 #[allow(unused_imports)] // only the in-process summoner tests use these
 pub use summoned::{env, get, Env, ONE_AT_A_TIME};
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use test_support::*;
 
 /// True when /dev/kvm can be used. Without it the test says so loudly and passes, except
 /// under CI (`CI=true`), where a missing /dev/kvm fails the run.

@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 
 use crate::fake::Fake;
 
-#[path = "../../../tests/common/host.rs"]
-mod host;
 use crate::router::{Router, Settings};
+use test_support as host;
 
 struct Answer {
     status: StatusCode,
