@@ -571,3 +571,6 @@ impl RxBuffer {
         self.head = 0;
     }
 }
+
+#[cfg(test)]
+mod tests;
