@@ -13,8 +13,9 @@ use devices::{BusDevice, EventFdInterrupt};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress};
 
-/// Guest RAM of the rig.
-pub const MEM_SIZE: usize = 0x4_0000;
+/// Guest RAM of the rig: 4 MiB, so that the queues of a real template (around 2.4 MiB in a
+/// dust unikernel) lie inside it.
+pub const MEM_SIZE: usize = 0x40_0000;
 /// Where the queues' rings live: queue q at `RINGS + q * 0x3000` (descriptors, then the
 /// avail ring one page up, the used ring two pages up).
 pub const RINGS: u64 = 0x1000;
