@@ -43,8 +43,9 @@ impl Default for Settings {
 pub struct Router<C> {
     pub(crate) control: Arc<C>,
     pub(crate) settings: Settings,
-    /// Serializes changes (PUT, DELETE of services) so a replacement is never interleaved.
-    pub(crate) changes: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes changes (PUT, DELETE) of each service so a replacement is never
+    /// interleaved; changes of different services run side by side.
+    pub(crate) changes: crate::services::ChangeLocks,
 }
 
 /// A JSON response.
@@ -94,7 +95,7 @@ impl<C: Control> Router<C> {
         Self {
             control,
             settings,
-            changes: Arc::new(tokio::sync::Mutex::new(())),
+            changes: crate::services::ChangeLocks::default(),
         }
     }
 

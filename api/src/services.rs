@@ -14,6 +14,7 @@
 //! wait for the answer, never the change, so a replacement always finishes or rolls back.
 //! Every change is logged.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,13 +74,17 @@ impl<C: Control> Router<C> {
         config: ServiceConfig,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        self.control
-            .check_service(&config)
-            .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
+        // Checking reads and parses the image or module: off the async threads.
+        let (control, checked) = (self.control.clone(), config.clone());
+        join(tokio::task::spawn_blocking(move || {
+            control.check_service(&checked)
+        }))
+        .await?
+        .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
         let change = Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
+            lock: self.changes.of(&config.name),
         };
         join(tokio::spawn(change.put(config, create_only))).await?
     }
@@ -89,7 +94,7 @@ impl<C: Control> Router<C> {
         let change = Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
+            lock: self.changes.of(name),
         };
         join(tokio::spawn(change.delete(name.to_string()))).await?
     }
@@ -101,6 +106,22 @@ async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HttpError> {
         tracing::error!("a service change failed: {e}");
         HttpError::new(ErrorCode::Internal, "the service change failed".to_string())
     })
+}
+
+/// One lock per service name: a slow creation (a template boot, a compile) of one service
+/// never holds up a change of another.
+#[derive(Default, Clone)]
+pub(crate) struct ChangeLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl ChangeLocks {
+    /// The lock of service `name`.
+    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the locks nobody holds or waits for, so the map stays as small as the
+        // changes in flight.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(name.to_string()).or_default().clone()
+    }
 }
 
 /// What a change needs, owned, so that it can outlive the request that asked for it.

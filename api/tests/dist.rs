@@ -24,7 +24,7 @@ fn example_config_parses() {
     assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
     // Everything but the image (not installed here) validates.
     let mut s = s.clone();
-    s.image = host::tiny_elf();
+    s.workload = summoner::config::Workload::Image(host::tiny_elf());
     s.validate().unwrap();
 }
 

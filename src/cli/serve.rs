@@ -10,24 +10,22 @@ use clap::Args;
 use dust_abi::status;
 use summoner::{FileConfig, Mode, Summoner};
 
-use super::service::ServiceFlags;
+use summoner::config::Workload;
+
+use super::service::{ServiceFlags, WasmFlags};
 
 /// Flags of `dust serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML file with `[[service]]` tables (see dist/dust.toml).
-    #[arg(long, conflicts_with = "image")]
+    #[arg(long, conflicts_with_all = ["image", "wasm"])]
     pub config: Option<PathBuf>,
     /// Serve one service from this guest image instead of a config file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wasm")]
     pub image: Option<PathBuf>,
-    /// Serve one WebAssembly handler (wasm32-wasip1 module, WAGI) run by the built-in
-    /// dust-wasm guest, in snapshot mode (see docs/wasm.md).
-    #[arg(long, value_name = "FILE", conflicts_with = "config")]
-    pub wasm: Option<PathBuf>,
-    /// Fuel per request of the --wasm service (out of fuel: 504).
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
+    /// Serve one WebAssembly handler instead (not with --config or --image).
+    #[command(flatten)]
+    pub wasm: WasmFlags,
     /// Service name (with --image or --wasm).
     #[arg(long, default_value = "hello")]
     pub name: String,
@@ -51,7 +49,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_vms: Option<usize>,
     /// How long in-flight requests may finish after SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = summoner::config::service_duration::parse)]
     pub grace: Duration,
     /// Control API socket (default: the file's [api] socket, else /run/dust/api.sock as
     /// root, else $XDG_RUNTIME_DIR/dust/api.sock).
@@ -68,7 +66,7 @@ pub struct ServeArgs {
     pub health_listen: Option<SocketAddr>,
     /// After SIGTERM or POST /v1/drain, keep accepting this long while /healthz already
     /// answers 503, so balancers stop sending first (default 0, or the file's drain_delay).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = summoner::config::service_duration::parse)]
     pub drain_delay: Option<Duration>,
 }
 
@@ -98,17 +96,15 @@ impl ServeArgs {
             }
             return Ok(file);
         }
-        let image = match (&self.image, &self.wasm) {
-            (Some(i), _) => i.clone(),
-            (None, Some(_)) => PathBuf::new(), // the built-in dust-wasm guest
-            (None, None) => find_guest("http-hello").ok_or(
+        let workload = match (&self.image, &self.wasm.wasm) {
+            (Some(i), _) => Workload::Image(i.clone()),
+            (None, Some(m)) => self.wasm.workload(m.clone()),
+            (None, None) => Workload::Image(find_guest("http-hello").ok_or(
                 "the built-in hello service needs the http-hello guest: run scripts/build-guests \
                  (or set DUST_GUEST_DIR)",
-            )?,
+            )?),
         };
-        let mut s = self.service.config(&self.name, self.listen, image);
-        s.wasm = self.wasm.clone();
-        s.fuel = self.fuel;
+        let s = self.service.config(&self.name, self.listen, workload);
         Ok(FileConfig {
             services: vec![s],
             ..FileConfig::default()

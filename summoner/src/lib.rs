@@ -219,7 +219,7 @@ impl Summoner {
         }
         self.check(&config).map_err(StartError::from)?;
         self.create_serial_file(&config)?;
-        let template = match config.snapshot_mode() {
+        let template = match config.snapshot {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)
                     .await

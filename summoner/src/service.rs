@@ -80,7 +80,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Validate, bind and start accepting (needs a tokio runtime).
+    /// Bind and start accepting (needs a tokio runtime). `config` has been checked
+    /// ([`crate::Summoner::check`]).
     pub fn start(
         config: ServiceConfig,
         spawner: Spawner,
@@ -89,7 +90,6 @@ impl Service {
         template: Option<Arc<crate::template::Template>>,
         budget: Budget,
     ) -> Result<Self, StartError> {
-        config.validate()?;
         let bind_err = |source| StartError::Bind {
             name: config.name.clone(),
             addr: config.listen,
