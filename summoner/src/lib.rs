@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod cgroup;
+pub mod component;
 pub mod config;
 pub mod conn;
 pub mod exit;

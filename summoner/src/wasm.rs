@@ -27,12 +27,9 @@ pub enum WasmError {
     /// No `\0asm` magic.
     #[error("not a WebAssembly module (it does not start with the \\0asm magic)")]
     NotWasm,
-    /// A component (the component model, wasip2).
-    #[error(
-        "a WebAssembly component (wasip2); dust runs core modules for wasm32-wasip1: build \
-         for wasm32-wasip1, not wasm32-wasip2"
-    )]
-    Component,
+    /// A component (the component model, wasip2): checked by [`crate::component`].
+    #[error("{0}")]
+    Component(#[from] crate::component::ComponentError),
     /// An unknown binary version.
     #[error("unsupported WebAssembly binary version {0:#x} (dust runs version 1 core modules)")]
     Version(u32),
@@ -101,7 +98,12 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
         return Err(WasmError::NotWasm);
     }
     if Parser::is_component(bytes) {
-        return Err(WasmError::Component);
+        let plan = crate::component::check(bytes)?;
+        return Err(crate::component::ComponentError::NotYet {
+            imports: plan.imports.len(),
+            modules: plan.modules.len(),
+        }
+        .into());
     }
     if !Parser::is_core_wasm(bytes) {
         let mut v = [0u8; 4];
@@ -281,7 +283,15 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_core_module() {
         assert_eq!(check(b"\x7fELF\x02\x01\x01\0", 32), Err(WasmError::NotWasm));
-        assert_eq!(check(b"\0asm\x0d\0\x01\0", 32), Err(WasmError::Component));
+        assert!(
+            matches!(
+                check(b"\0asm\x0d\0\x01\0", 32),
+                Err(WasmError::Component(
+                    crate::component::ComponentError::WrongWorld { .. }
+                ))
+            ),
+            "an empty component is checked as a component"
+        );
         assert_eq!(check(b"\0asm\x02\0\0\0", 32), Err(WasmError::Version(2)));
         let m = module(WASI_MODULE, "fd_write");
         assert!(matches!(

@@ -1,0 +1,81 @@
+//! WebAssembly components (WASI 0.2) that target the `wasi:http/proxy` world: the
+//! handlers `wasmtime serve` and Spin run (see docs/wasm.md).
+//!
+//! A component is checked here, on the host, when its service is created: wasmparser's
+//! component validation; an export of `wasi:http/incoming-handler` with its `handle`
+//! function (else it is for another world); and every import among what dust provides
+//! (the proxy world's interfaces and the `wasi:cli` ones Rust std pulls in), with every
+//! missing name listed. Then it becomes a [`Plan`]: core modules, the core instances in
+//! the order to create them, and each core import either another instance's export or a
+//! host function with its canonical options.
+
+mod names;
+mod plan;
+mod shim;
+#[cfg(test)]
+mod tests;
+
+use wasmparser::{Validator, WasmFeatures};
+
+pub use names::{FUNCTIONS, HANDLER, INTERFACES, RESOURCES};
+pub use plan::{CoreInstance, CoreRef, HostFunc, HostKind, Item, Options, Plan};
+
+/// Why a component cannot be served.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ComponentError {
+    /// wasmparser refused it.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// It nests components that do more than give an export its type (dust runs the
+    /// components `cargo build` and wit-component make).
+    #[error(
+        "a component that nests components doing more than re-exporting functions; dust \
+         runs flat components such as wit-component makes"
+    )]
+    Nested,
+    /// It does not export `wasi:http/incoming-handler`.
+    #[error(
+        "a component for another world: it exports {}, not {HANDLER}@0.2.x with `handle`; \
+         dust serves wasi:http/proxy components",
+        if .exports.is_empty() { "nothing".to_string() } else { .exports.join(", ") }
+    )]
+    WrongWorld {
+        /// What it exports instead.
+        exports: Vec<String>,
+    },
+    /// Imports or canonical ABI features dust does not provide.
+    #[error(
+        "imports {} that dust does not provide (supported: the wasi:http/proxy world of \
+         WASI 0.2 and wasi:cli environment, exit, stdio and terminal)",
+        .0.join(", ")
+    )]
+    Unsupported(Vec<String>),
+    /// It is fine, but this dust has no guest that runs components yet.
+    #[error(
+        "a wasi:http/proxy component ({imports} imports, {modules} core modules): this dust \
+         checks components but does not run them yet; build a WAGI handler for wasm32-wasip1"
+    )]
+    NotYet {
+        /// Top-level imports.
+        imports: usize,
+        /// Core modules.
+        modules: usize,
+    },
+}
+
+/// The features the component's core modules may use (those the guest's wasmi runs) and
+/// the component model without its async and other proposals.
+fn features() -> WasmFeatures {
+    WasmFeatures::WASM2.difference(WasmFeatures::SIMD)
+        | WasmFeatures::TAIL_CALL
+        | WasmFeatures::EXTENDED_CONST
+        | WasmFeatures::COMPONENT_MODEL
+}
+
+/// Validates `bytes` as a wasi:http/proxy component and returns its plan.
+pub fn check(bytes: &[u8]) -> Result<Plan, ComponentError> {
+    Validator::new_with_features(features())
+        .validate_all(bytes)
+        .map_err(|e| ComponentError::Invalid(e.to_string()))?;
+    plan::plan(bytes)
+}
