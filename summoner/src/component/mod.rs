@@ -5,20 +5,19 @@
 //! component validation; an export of `wasi:http/incoming-handler` with its `handle`
 //! function (else it is for another world); and every import among what dust provides
 //! (the proxy world's interfaces and the `wasi:cli` ones Rust std pulls in), with every
-//! missing name listed. Then it becomes a [`Plan`]: core modules, the core instances in
-//! the order to create them, and each core import either another instance's export or a
-//! host function with its canonical options.
+//! missing name listed. Then it becomes a [`Plan`] (crate `dust-component-plan`, which the
+//! component guest reads too): core modules, the core instances in the order to create
+//! them, and each core import either another instance's export or a host function with
+//! its canonical options.
 
-mod names;
-mod plan;
-mod shim;
 #[cfg(test)]
 mod tests;
 
 use wasmparser::{Validator, WasmFeatures};
 
-pub use names::{FUNCTIONS, HANDLER, INTERFACES, RESOURCES};
-pub use plan::{CoreInstance, CoreRef, HostFunc, HostKind, Item, Options, Plan};
+pub use dust_component_plan::names::{FUNCTIONS, HANDLER, INTERFACES, RESOURCES};
+use dust_component_plan::PlanError;
+pub use dust_component_plan::{CoreInstance, CoreRef, HostFunc, HostKind, Item, Options, Plan};
 
 /// Why a component cannot be served.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -77,5 +76,16 @@ pub fn check(bytes: &[u8]) -> Result<Plan, ComponentError> {
     Validator::new_with_features(features())
         .validate_all(bytes)
         .map_err(|e| ComponentError::Invalid(e.to_string()))?;
-    plan::plan(bytes)
+    dust_component_plan::plan(bytes).map_err(ComponentError::from)
+}
+
+impl From<PlanError> for ComponentError {
+    fn from(e: PlanError) -> Self {
+        match e {
+            PlanError::Invalid(why) => Self::Invalid(why),
+            PlanError::Nested => Self::Nested,
+            PlanError::WrongWorld(exports) => Self::WrongWorld { exports },
+            PlanError::Unsupported(names) => Self::Unsupported(names),
+        }
+    }
 }

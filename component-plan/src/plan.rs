@@ -3,15 +3,19 @@
 //! function (a `canon lower` of an imported WASI function, or a resource built-in) with
 //! its canonical options. The guest replays it; nothing in it needs the component model.
 
-use std::ops::Range;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
 
 use wasmparser::{
     CanonicalFunction, CanonicalOption, ComponentAlias, ComponentExternalKind, ComponentInstance,
     ComponentTypeRef, ExternalKind, Instance, Parser, Payload,
 };
 
-use super::shim::Shim;
-use super::ComponentError;
+use crate::shim::Shim;
+use crate::PlanError as ComponentError;
 
 /// A core export of an earlier core instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +151,7 @@ struct Spaces {
     unsupported: Vec<String>,
 }
 
-fn invalid(e: impl std::fmt::Display) -> ComponentError {
+fn invalid(e: impl core::fmt::Display) -> ComponentError {
     ComponentError::Invalid(e.to_string())
 }
 
@@ -180,7 +184,7 @@ pub fn plan(bytes: &[u8]) -> Result<Plan, ComponentError> {
         match (open.as_slice(), &payload) {
             ([], _) => s.section(payload)?,
             ([Open::Component], Payload::End(_)) => {
-                s.components.push(std::mem::take(&mut shim).exports());
+                s.components.push(core::mem::take(&mut shim).exports());
             }
             ([Open::Component], _) => shim.section(payload).map_err(invalid)?,
             _ => {}
@@ -518,15 +522,14 @@ impl Spaces {
 
     /// The exported handler, or the error naming what the component exports instead.
     fn handler(&self) -> Result<(String, CoreRef, Options), ComponentError> {
-        let wrong = || ComponentError::WrongWorld {
-            exports: self.exports.iter().map(|e| e.0.clone()).collect(),
-        };
+        let wrong =
+            || ComponentError::WrongWorld(self.exports.iter().map(|e| e.0.clone()).collect());
         let (name, _, index) = self
             .exports
             .iter()
             .find(|(n, k, _)| {
                 *k == ComponentExternalKind::Instance
-                    && super::names::unversioned(n) == Some(super::names::HANDLER)
+                    && crate::names::unversioned(n) == Some(crate::names::HANDLER)
             })
             .ok_or_else(wrong)?;
         let CompInstance::Exports(items) = get(&self.cinstances, *index, "instance")? else {
@@ -534,7 +537,7 @@ impl Spaces {
         };
         let (_, _, f) = items
             .iter()
-            .find(|(n, k, _)| n == super::names::HANDLE && *k == ComponentExternalKind::Func)
+            .find(|(n, k, _)| n == crate::names::HANDLE && *k == ComponentExternalKind::Func)
             .ok_or_else(wrong)?;
         match get(&self.cfuncs, *f, "function")? {
             Func::Lifted(r, o) => Ok((name.clone(), r, o)),
@@ -545,7 +548,7 @@ impl Spaces {
     /// Every name dust does not provide: interfaces outside the allowed set, then the
     /// functions and resources the guest does not implement.
     fn missing(&self) -> Vec<String> {
-        use super::names::{provides, unversioned, FUNCTIONS, INTERFACES, RESOURCES};
+        use crate::names::{provides, unversioned, FUNCTIONS, INTERFACES, RESOURCES};
         let mut missing: Vec<String> = self
             .imports
             .iter()
@@ -571,7 +574,7 @@ impl Spaces {
             }
         }
         missing.extend(self.unsupported.iter().cloned());
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = alloc::collections::BTreeSet::new();
         missing.retain(|m| seen.insert(m.clone()));
         missing
     }

@@ -1,6 +1,9 @@
 //! The nested components wit-component makes to give an export its type: they import
 //! functions (and types) and export them again under the interface's names.
 
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use wasmparser::{ComponentExternalKind, ComponentTypeRef, Payload};
 
 /// A nested component as wit-component makes them to give an export its type: it only
