@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod abi;
+#[cfg(feature = "wasmi")]
+pub mod engine;
 mod fields;
 pub mod http;
 pub mod table;
