@@ -153,7 +153,7 @@ fn run_one(
     })?;
     let image = match image {
         Some(i) => i.to_path_buf(),
-        None => wasm::find_guest().ok_or(WasmRunError::NoGuest)?,
+        None => wasm::find_guest_for(module).ok_or(WasmRunError::NoGuest)?,
     };
     let (req, words) = request(args)?;
     let id = format!("run-{}", std::process::id());

@@ -99,11 +99,12 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     }
     if Parser::is_component(bytes) {
         let plan = crate::component::check(bytes)?;
-        return Err(crate::component::ComponentError::NotYet {
-            imports: plan.imports.len(),
-            modules: plan.modules.len(),
-        }
-        .into());
+        return Ok(ModuleInfo {
+            bytes: bytes.len(),
+            imports: plan.imports,
+            initial_pages: 0,
+            maximum_pages: None,
+        });
     }
     if !Parser::is_core_wasm(bytes) {
         let mut v = [0u8; 4];
@@ -198,11 +199,25 @@ pub fn find_guest() -> Option<PathBuf> {
     if let Some(p) = FOUND.get() {
         return Some(p.clone());
     }
-    let found = search_guest()?;
+    let found = search_guest(GUEST)?;
     Some(FOUND.get_or_init(|| found).clone())
 }
 
-fn search_guest() -> Option<PathBuf> {
+/// The built-in guest for the module at `path`: `dust-component` for a component (see
+/// [`crate::component`]), else `dust-wasm`.
+pub fn find_guest_for(path: &Path) -> Option<PathBuf> {
+    if !crate::component::is_component_file(path) {
+        return find_guest();
+    }
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Some(p.clone());
+    }
+    let found = search_guest(crate::component::GUEST)?;
+    Some(FOUND.get_or_init(|| found).clone())
+}
+
+fn search_guest(name: &str) -> Option<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("DUST_GUEST_DIR") {
         dirs.push(PathBuf::from(d));
@@ -218,9 +233,7 @@ fn search_guest() -> Option<PathBuf> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/target/x86_64-unknown-none/release"),
     );
     dirs.push(PathBuf::from("/usr/lib/dust/guests"));
-    dirs.into_iter()
-        .map(|d| d.join(GUEST))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// The command-line words that configure the guest: the fuel, and a warm-up run when the

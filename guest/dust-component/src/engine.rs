@@ -22,7 +22,7 @@ pub struct Ctx {
     /// `None` while a host function runs (it holds the state then).
     pub host: Option<Box<Host>>,
     /// Memory and table limits.
-    pub limits: Option<wasmi::StoreLimits>,
+    pub limits: wasmi::StoreLimits,
 }
 
 /// Why a component could not be prepared or answered.

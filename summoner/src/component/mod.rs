@@ -49,17 +49,19 @@ pub enum ComponentError {
         .0.join(", ")
     )]
     Unsupported(Vec<String>),
-    /// It is fine, but this dust has no guest that runs components yet.
-    #[error(
-        "a wasi:http/proxy component ({imports} imports, {modules} core modules): this dust \
-         checks components but does not run them yet; build a WAGI handler for wasm32-wasip1"
-    )]
-    NotYet {
-        /// Top-level imports.
-        imports: usize,
-        /// Core modules.
-        modules: usize,
-    },
+}
+
+/// The name of the built-in guest image that runs components.
+pub const GUEST: &str = "dust-component";
+
+/// Whether the file at `path` is a component (by its binary's layer and version); `false`
+/// when it cannot be read (the module check says why).
+pub fn is_component_file(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| wasmparser::Parser::is_component(&head))
 }
 
 /// The features the component's core modules may use (those the guest's wasmi runs) and

@@ -195,7 +195,7 @@ impl ServiceConfig {
     pub fn image_path(&self) -> PathBuf {
         match &self.workload {
             Workload::Image(i) => i.clone(),
-            Workload::Wasm(_) => crate::wasm::find_guest().unwrap_or_default(),
+            Workload::Wasm(w) => crate::wasm::find_guest_for(&w.module).unwrap_or_default(),
         }
     }
 
