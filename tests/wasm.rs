@@ -233,7 +233,7 @@ async fn bad_modules_are_refused_at_creation_and_the_daemon_keeps_serving() {
         (
             "component",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            &["component", "wasip2"],
+            &["component for another world", "wasi:http/incoming-handler"],
         ),
         (
             "truncated",

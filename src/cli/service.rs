@@ -37,8 +37,9 @@ pub fn resolve_existing(flag: &str, path: &Path) -> Result<PathBuf, String> {
 /// `dust run`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct WasmFlags {
-    /// A WebAssembly handler (wasm32-wasip1 module, the WAGI convention) run by a dust guest
-    /// on each request (docs/wasm.md); its service defaults to snapshot mode.
+    /// A WebAssembly handler (a wasm32-wasip1 WAGI module, or a wasi:http/proxy component)
+    /// run by a dust guest on each request (docs/wasm.md); its service defaults to snapshot
+    /// mode.
     #[arg(long, value_name = "FILE")]
     pub wasm: Option<PathBuf>,
     /// What runs the handler: aot (compiled ahead of time into its own guest) or
