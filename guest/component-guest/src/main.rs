@@ -112,6 +112,13 @@ impl Runner {
         dust_guest::vminfo::random_bytes(&mut seed);
         let now = dust_guest::vminfo::unix_time_ns();
         let (result, output) = ready.serve(request(req), u64::from_le_bytes(seed), now);
+        if dust_guest::arg_value(key::VERBOSE) == Some("1") {
+            let left = ready.store.get_fuel().unwrap_or(0);
+            log(&format!(
+                "fuel used: {} of {fuel}",
+                fuel.saturating_sub(left)
+            ));
+        }
         for line in output.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             log(core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
         }

@@ -112,7 +112,7 @@ impl Component {
 impl Instantiated {
     /// Runs `handle` for `request`; `seed` and `wall_ns` are this VM's entropy and time.
     pub fn serve(
-        mut self,
+        &mut self,
         request: Request,
         seed: u64,
         wall_ns: u64,

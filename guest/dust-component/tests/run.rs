@@ -20,7 +20,7 @@ fn serve(wasm: &[u8], method: &str, path: &str, body: &[u8], seed: u64) -> Resul
     let plan = dust_component_plan::plan(wasm).unwrap_or_else(|e| panic!("plan: {e:?}"));
     let engine = Engine::new(&Config::default());
     let component = Component::new(&engine, wasm, plan)?;
-    let ready = component.instantiate(Store::new(&engine, Ctx::default()))?;
+    let mut ready = component.instantiate(Store::new(&engine, Ctx::default()))?;
     let request = Request {
         method: method.into(),
         path_with_query: path.into(),
