@@ -16,6 +16,9 @@ use wasmi::{
 use crate::abi::{self, Trap, Val};
 use crate::http::{Host, NoResponse, Request, Response};
 
+/// Most core parameters of a lowered function: 16 flat values and a return pointer.
+const MAX_FLAT_PARAMS: usize = 17;
+
 /// What a store holds: the host state of the request being served.
 #[derive(Default)]
 pub struct Ctx {
@@ -215,14 +218,16 @@ fn host_func(
     let (interface, name, kind) = (h.interface.clone(), h.name.clone(), h.kind);
     let func =
         move |mut caller: Caller<'_, Ctx>, params: &[wasmi::Val], results: &mut [wasmi::Val]| {
-            let args: Vec<Val> = params
-                .iter()
-                .map(|p| match p {
+            // No heap allocation per call: the guest's allocator is slow to search.
+            let mut flat = [Val::I32(0); MAX_FLAT_PARAMS];
+            for (slot, p) in flat.iter_mut().zip(params) {
+                *slot = match p {
                     wasmi::Val::I64(v) => Val::I64(*v),
                     wasmi::Val::I32(v) => Val::I32(*v),
                     _ => Val::I32(0),
-                })
-                .collect();
+                };
+            }
+            let args = &flat[..params.len().min(MAX_FLAT_PARAMS)];
             let mut host = caller
                 .data_mut()
                 .host
@@ -235,9 +240,9 @@ fn host_func(
                     realloc,
                 };
                 match kind {
-                    HostKind::Lower => host.call(&interface, &name, &args, &mut mem),
+                    HostKind::Lower => host.call(&interface, &name, args, &mut mem),
                     HostKind::ResourceDrop => {
-                        let handle = abi::i32_arg(&args, 0);
+                        let handle = abi::i32_arg(args, 0);
                         handle
                             .and_then(|h| host.drop_handle(&name, h))
                             .map(|()| None)
