@@ -34,6 +34,12 @@ pub trait Control: Send + Sync + 'static {
         config.validate()
     }
 
+    /// The daemon's state directory, where API changes are made durable; none by default
+    /// (changes then last until the daemon stops).
+    fn state(&self) -> Option<&std::sync::Arc<summoner::state::State>> {
+        None
+    }
+
     /// Every service, ordered by name.
     fn services(&self) -> Vec<ServiceStatus>;
 

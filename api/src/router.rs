@@ -27,6 +27,9 @@ pub struct Settings {
     pub replace_grace: Duration,
     /// Longest a client may take to send a request body.
     pub body_timeout: Duration,
+    /// Largest artifact upload (`POST /v1/artifacts`); every other body is limited to
+    /// [`body::MAX_BODY_BYTES`].
+    pub max_upload: usize,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             drain_grace: Duration::from_secs(10),
             replace_grace: Duration::from_secs(2),
             body_timeout: body::BODY_TIMEOUT,
+            max_upload: body::MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -157,12 +161,16 @@ impl<C: Control> Router<C> {
             Endpoint::ListServices => json(
                 StatusCode::OK,
                 &models::ServiceList {
-                    services: c.services().into_iter().map(Into::into).collect(),
+                    services: c
+                        .services()
+                        .into_iter()
+                        .map(|s| crate::persist::shown(c, s))
+                        .collect(),
                 },
             ),
             Endpoint::GetService => {
                 let s = c.service(param).ok_or_else(|| service_not_found(param))?;
-                json(StatusCode::OK, &models::Service::from(s))
+                json(StatusCode::OK, &crate::persist::shown(c, s))
             }
             Endpoint::PutService => {
                 body::require_json(req.headers())?;
@@ -178,6 +186,13 @@ impl<C: Control> Router<C> {
                 let name = body::name_in(&bytes)?;
                 let config = body::service_config(&name, &bytes)?;
                 self.put_service(config, true).await?
+            }
+            Endpoint::RollbackService => self.rollback_service(param).await?,
+            Endpoint::UploadArtifact => self.upload_artifact(req).await?,
+            Endpoint::ListArtifacts => self.list_artifacts()?,
+            Endpoint::DeleteArtifact => {
+                self.delete_artifact(param).await?;
+                no_content()
             }
             Endpoint::DeleteService => {
                 self.delete_service(param).await?;

@@ -63,6 +63,10 @@ impl Control for Summoner {
         self.remove(name, grace)
     }
 
+    fn state(&self) -> Option<&std::sync::Arc<summoner::state::State>> {
+        Summoner::state(self)
+    }
+
     fn vms(&self) -> Vec<VmInfo> {
         Summoner::vms(self)
     }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod drain;
 pub mod guest;
+pub mod restore;
 pub mod run;
 pub mod serve;
 pub mod service;

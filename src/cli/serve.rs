@@ -70,6 +70,15 @@ pub struct ServeArgs {
     /// answers 503, so balancers stop sending first (default 0, or the file's drain_delay).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_delay: Option<Duration>,
+    /// Where services created through the control API and uploaded artifacts are kept
+    /// across restarts (default: the file's state_dir, else /var/lib/dust as root, else
+    /// $XDG_STATE_HOME/dust or ~/.local/state/dust); see docs/deploy.md.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Largest artifact upload through the control API, MiB (default: the file's [api]
+    /// max_upload_mib, else 64).
+    #[arg(long)]
+    pub api_max_upload_mib: Option<usize>,
 }
 
 /// Where the built-in demo's guest image is looked for: $DUST_GUEST_DIR, the checkout this
@@ -155,6 +164,18 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let services = file.services;
+    let state_dir = super::restore::dir(args.state_dir.as_ref(), file.state_dir.as_ref());
+    let state = match super::restore::open(&state_dir, args.config.as_deref(), &services) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dust: {e}");
+            return ExitCode::from(status::VMM_ERROR);
+        }
+    };
+    let max_upload = args
+        .api_max_upload_mib
+        .or(file.api.max_upload_mib)
+        .map_or(api::body::MAX_UPLOAD_BYTES, |m| m.saturating_mul(1 << 20));
     let health_listen = args.health_listen.or(file.health_listen);
     let drain_delay = args.drain_delay.unwrap_or(file.drain_delay);
     let jail = file.jail;
@@ -193,7 +214,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                     Some(n) => s.with_max_vms(n),
                     None => s,
                 }
-                .with_log_dir(log_dir),
+                .with_log_dir(log_dir)
+                .with_state(state.clone()),
             ),
             Err(e) => {
                 eprintln!("dust: run dir {}: {e}", run_dir.display());
@@ -221,7 +243,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         }
-        let api = match bind_api(api, args.grace) {
+        super::restore::restore(&summoner, &state).await;
+        let api = match bind_api(api, args.grace, max_upload) {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("dust: control API: {e}");
@@ -315,9 +338,10 @@ fn api_token(token_file: Option<&Path>) -> Result<String, String> {
     Ok(token.to_string())
 }
 
-fn bind_api(place: ApiPlace, grace: Duration) -> Result<api::ApiServer, String> {
+fn bind_api(place: ApiPlace, grace: Duration, max_upload: usize) -> Result<api::ApiServer, String> {
     let settings = api::Settings {
         drain_grace: grace,
+        max_upload,
         ..Default::default()
     };
     api::ApiServer::bind(&place.socket, place.tcp)

@@ -731,6 +731,10 @@ pub struct FileConfig {
     /// (default: as many default-sized VMs as the host's memory holds).
     #[serde(default)]
     pub max_vms: Option<usize>,
+    /// Where the services created through the control API and uploaded artifacts are kept
+    /// (default: /var/lib/dust as root, else $XDG_STATE_HOME/dust); `--state-dir`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// The control API (`[api]`); `dust serve` flags override each key.
     #[serde(default)]
     pub api: ApiFileConfig,
@@ -754,6 +758,9 @@ pub struct ApiFileConfig {
     /// not be readable by every user). `$DUST_API_TOKEN`, if set, wins over it.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Largest artifact upload, MiB (default 64); `--api-max-upload-mib`.
+    #[serde(default)]
+    pub max_upload_mib: Option<usize>,
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod service;
+pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
@@ -76,6 +77,7 @@ pub struct Summoner {
     drain: health::Drain,
     budget: limits::Budget,
     nofile: u64,
+    state: Option<Arc<state::State>>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -139,6 +141,7 @@ impl Summoner {
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
+            state: None,
         })
     }
 
@@ -155,6 +158,17 @@ impl Summoner {
     pub fn with_log_dir(mut self, log_dir: PathBuf) -> Self {
         self.spawner.log_dir = log_dir;
         self
+    }
+
+    /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
+    pub fn with_state(mut self, state: Arc<state::State>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The state directory, if this daemon keeps one.
+    pub fn state(&self) -> Option<&Arc<state::State>> {
+        self.state.as_ref()
     }
 
     /// Where services' serial files go.
