@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod deploy;
 pub mod drain;
 pub mod guest;
 pub mod restore;

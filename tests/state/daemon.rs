@@ -21,6 +21,11 @@ pub struct Daemon {
 /// Start `dust serve` over `dir` (a `base` http-hello service from flags, `extra` flags)
 /// and wait until its API answers; `Err` with its log if it exits first.
 pub fn start(dir: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    start_with(dir, extra, None)
+}
+
+/// [`start`] with `$DUST_API_TOKEN` set to `token`.
+pub fn start_with(dir: &Path, extra: &[&str], token: Option<&str>) -> Result<Daemon, String> {
     let api = dir.join("api.sock");
     let mut child = dust()
         .args([
@@ -40,6 +45,7 @@ pub fn start(dir: &Path, extra: &[&str]) -> Result<Daemon, String> {
         .arg(dir.join("state"))
         .args(extra)
         .env_remove("DUST_API_TOKEN")
+        .envs(token.map(|t| ("DUST_API_TOKEN", t)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -85,7 +91,8 @@ impl Daemon {
             body.len()
         )
         .unwrap();
-        s.write_all(body).unwrap();
+        // The daemon may answer (413) and close before the body is all sent.
+        let _ = s.write_all(body);
         read_reply(&mut s).unwrap()
     }
 

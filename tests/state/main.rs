@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod daemon;
+mod remote;
 
 use std::path::PathBuf;
 
