@@ -61,6 +61,12 @@ pub trait Control: Send + Sync + 'static {
     /// requests finish within `grace`, kill the rest. False if there was no such service.
     fn remove_service(&self, name: &str, grace: Duration) -> impl Future<Output = bool> + Send;
 
+    /// Drop the metric series of a service that was removed (not replaced); by default
+    /// nothing.
+    fn forget_metrics(&self, name: &str) {
+        let _ = name;
+    }
+
     /// Live VMs.
     fn vms(&self) -> Vec<VmInfo>;
 

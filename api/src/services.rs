@@ -144,6 +144,7 @@ impl<C: Control> Change<C> {
         {
             return Err(crate::router::service_not_found(&name));
         }
+        self.control.forget_metrics(&name);
         crate::persist::forget(&*self.control, &name)?;
         tracing::info!(service = %name, "service removed (control API)");
         Ok(())

@@ -67,6 +67,10 @@ impl Control for Summoner {
         Summoner::state(self)
     }
 
+    fn forget_metrics(&self, name: &str) {
+        Summoner::forget_metrics(self, name)
+    }
+
     fn vms(&self) -> Vec<VmInfo> {
         Summoner::vms(self)
     }

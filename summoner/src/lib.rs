@@ -274,6 +274,14 @@ impl Summoner {
         }
     }
 
+    /// Drop the metric series of a removed service (not after a replacement, whose
+    /// counters go on under the same name).
+    pub fn forget_metrics(&self, name: &str) {
+        if !self.services().contains_key(name) {
+            self.metrics.forget(name);
+        }
+    }
+
     /// Configs and bound addresses of all services.
     pub fn list(&self) -> Vec<(ServiceConfig, SocketAddr)> {
         self.services()

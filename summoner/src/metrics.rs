@@ -33,6 +33,18 @@ pub enum Outcome {
     client_gone,
 }
 
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::ok,
+        Outcome::shed,
+        Outcome::crash,
+        Outcome::timeout,
+        Outcome::error,
+        Outcome::client_gone,
+    ];
+}
+
 /// A phase of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -49,6 +61,18 @@ pub enum Phase {
     respond,
     /// Time the vCPU spent in KVM_RUN.
     guest,
+}
+
+impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 6] = [
+        Phase::queue,
+        Phase::spawn,
+        Phase::boot,
+        Phase::connect,
+        Phase::respond,
+        Phase::guest,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -241,6 +265,34 @@ impl Metrics {
         self.start
             .get_or_create(&mode("boot"))
             .set(i64::from(!snapshot));
+    }
+
+    /// Drop every series of service `name` (it was removed): /metrics then no longer
+    /// shows it.
+    pub fn forget(&self, name: &str) {
+        let service = || name.to_string();
+        for outcome in Outcome::ALL {
+            self.requests.remove(&RequestLabels {
+                service: service(),
+                outcome,
+            });
+        }
+        for phase in Phase::ALL {
+            self.phases.remove(&PhaseLabels {
+                service: service(),
+                phase,
+            });
+        }
+        let label = ServiceLabel { service: service() };
+        self.durations.remove(&label);
+        self.running.remove(&label);
+        self.idle.remove(&label);
+        for start in ["boot", "snapshot"] {
+            self.start.remove(&StartLabels {
+                service: service(),
+                start: start.to_string(),
+            });
+        }
     }
 
     /// The handle a service records into.

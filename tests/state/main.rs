@@ -81,8 +81,17 @@ fn api_services_survive_sigterm_and_kill_9() {
     let d = start(dir.path(), &[]).unwrap();
     assert_eq!(d.names(), ["base", "img", "w"]);
     both_answer(&d);
-    // A removal is durable too.
+    // A removal is durable too, and the service leaves /metrics.
+    let metrics = |d: &Daemon| {
+        String::from_utf8_lossy(&d.call("GET", "/metrics", "text/plain", b"").body).into_owned()
+    };
+    assert!(metrics(&d).contains("service=\"img\""));
     assert_eq!(d.json("DELETE", "/v1/services/img", "").0, 204);
+    let text = metrics(&d);
+    assert!(
+        !text.contains("service=\"img\"") && text.contains("service=\"w\""),
+        "{text}"
+    );
     d.kill9();
     let d = start(dir.path(), &[]).unwrap();
     assert_eq!(d.names(), ["base", "w"]);
