@@ -80,6 +80,20 @@ pub fn start_with(dir: &Path, extra: &[&str], token: Option<&str>) -> Result<Dae
     Ok(Daemon { child, api, log })
 }
 
+/// One request on the API socket at `api`; the status, or `None` if the daemon went away
+/// before it answered.
+pub fn call_at(api: &Path, method: &str, path: &str, ctype: &str, body: &[u8]) -> Option<u16> {
+    let mut s = UnixStream::connect(api).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: dust\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    let _ = s.write_all(body);
+    read_reply(&mut s).ok().map(|r| r.status)
+}
+
 impl Daemon {
     /// One request on the API socket.
     pub fn call(&self, method: &str, path: &str, ctype: &str, body: &[u8]) -> HttpReply {

@@ -6,6 +6,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod crash;
 mod daemon;
 mod remote;
 
