@@ -23,6 +23,7 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+mod refuse;
 pub mod registry;
 pub mod service;
 pub mod summon;
@@ -223,9 +224,9 @@ impl Summoner {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)
                     .await
-                    .map_err(|e| StartError::Template {
+                    .map_err(|source| StartError::Template {
                         name: config.name.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?,
             )),
             false => None,
