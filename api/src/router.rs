@@ -45,7 +45,7 @@ pub struct Router<C> {
     pub(crate) settings: Settings,
     /// Serializes changes (PUT, DELETE) of each service so a replacement is never
     /// interleaved; changes of different services run side by side.
-    pub(crate) changes: crate::services::ChangeLocks,
+    pub(crate) changes: ChangeLocks,
 }
 
 /// A JSON response.
@@ -95,7 +95,7 @@ impl<C: Control> Router<C> {
         Self {
             control,
             settings,
-            changes: crate::services::ChangeLocks::default(),
+            changes: ChangeLocks::default(),
         }
     }
 
@@ -231,6 +231,24 @@ impl<C: Control> Router<C> {
                 resp
             }
         })
+    }
+}
+
+/// One lock per service name: a slow creation (a template boot, a compile) of one service
+/// never holds up a change of another.
+#[derive(Default, Clone)]
+pub(crate) struct ChangeLocks(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+);
+
+impl ChangeLocks {
+    /// The lock of service `name`.
+    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the locks nobody holds or waits for, so the map stays as small as the
+        // changes in flight.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(name.to_string()).or_default().clone()
     }
 }
 

@@ -14,7 +14,6 @@
 //! wait for the answer, never the change, so a replacement always finishes or rolls back.
 //! Every change is logged.
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,22 +105,6 @@ async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HttpError> {
         tracing::error!("a service change failed: {e}");
         HttpError::new(ErrorCode::Internal, "the service change failed".to_string())
     })
-}
-
-/// One lock per service name: a slow creation (a template boot, a compile) of one service
-/// never holds up a change of another.
-#[derive(Default, Clone)]
-pub(crate) struct ChangeLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
-
-impl ChangeLocks {
-    /// The lock of service `name`.
-    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Drop the locks nobody holds or waits for, so the map stays as small as the
-        // changes in flight.
-        map.retain(|_, l| Arc::strong_count(l) > 1);
-        map.entry(name.to_string()).or_default().clone()
-    }
 }
 
 /// What a change needs, owned, so that it can outlive the request that asked for it.
