@@ -108,7 +108,7 @@ impl<C: Control> Router<C> {
             )
         })?;
         // No service change may start using it meanwhile.
-        let _change = self.changes.lock().await;
+        let _change = self.artifacts_lock.write().await;
         if let Some(names) = self.artifact_users()?.get(&d.to_string()) {
             return Err(HttpError::new(
                 ErrorCode::ArtifactInUse,

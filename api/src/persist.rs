@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use summoner::config::ServiceConfigError;
-use summoner::state::{ArtifactError, Artifacts, Record, State};
+use summoner::config::{ServiceConfigError, Workload};
+use summoner::state::{artifacts, ArtifactError, Artifacts, Record, State};
 use summoner::ServiceConfig;
 
 use crate::control::{Control, ServiceStatus};
@@ -74,19 +74,12 @@ fn echo(path: &Path) -> String {
 /// The text of `text` with the files `run` resolved to shown as the references `declared`
 /// gave (the daemon's state directory is no client's business).
 pub(crate) fn scrub(text: &str, declared: &ServiceConfig, run: &ServiceConfig) -> String {
-    let mut out = text.to_string();
-    let pairs = [
-        (run.wasm.as_deref(), declared.wasm.as_deref()),
-        (Some(run.image.as_path()), Some(declared.image.as_path())),
-    ];
-    for (ran, given) in pairs {
-        if let (Some(ran), Some(given)) = (ran, given) {
-            if ran != given && !ran.as_os_str().is_empty() {
-                out = out.replace(&ran.display().to_string(), &given.display().to_string());
-            }
-        }
+    let ran = artifacts::file(&run.workload);
+    let given = artifacts::file(&declared.workload);
+    if ran == given || ran.as_os_str().is_empty() {
+        return text.to_string();
     }
-    out
+    text.replace(&ran.display().to_string(), &given.display().to_string())
 }
 
 /// 422 for a config that does not hold up. For a file given by its host path the client
@@ -98,23 +91,22 @@ pub(crate) fn invalid_config(
     run: &ServiceConfig,
 ) -> HttpError {
     tracing::warn!(service = %declared.name, "config refused (control API): {e}");
-    let by_path = |p: &Path| !p.as_os_str().is_empty() && !is_ref(p);
-    let message = match e {
-        ServiceConfigError::Image { name, .. } if by_path(&declared.image) => format!(
+    let given = artifacts::file(&declared.workload);
+    let by_path = !given.as_os_str().is_empty() && !is_ref(given);
+    let message = match (e, &declared.workload) {
+        (ServiceConfigError::Image { name, .. }, Workload::Image(_)) if by_path => format!(
             "service {name}: image {}: cannot be used as a guest image (missing, unreadable \
              or not bootable; the daemon's log says which). Upload it with POST \
              /v1/artifacts to learn why",
-            echo(&declared.image)
+            echo(given)
         ),
-        ServiceConfigError::Wasm { name, .. } if declared.wasm.as_deref().is_some_and(by_path) => {
-            format!(
-                "service {name}: wasm module {}: cannot be used (missing, unreadable or not a \
-                 valid module; the daemon's log says which). Upload it with POST \
-                 /v1/artifacts to learn why",
-                echo(declared.wasm.as_deref().unwrap_or(Path::new("")))
-            )
-        }
-        e => scrub(&e.to_string(), declared, run),
+        (ServiceConfigError::Wasm { name, .. }, Workload::Wasm(_)) if by_path => format!(
+            "service {name}: wasm module {}: cannot be used (missing, unreadable or not a \
+             valid module; the daemon's log says which). Upload it with POST \
+             /v1/artifacts to learn why",
+            echo(given)
+        ),
+        (e, _) => scrub(&e.to_string(), declared, run),
     };
     HttpError::new(ErrorCode::InvalidConfig, message)
 }

@@ -77,11 +77,18 @@ impl<C: Control> Router<C> {
         config: ServiceConfig,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        let run = crate::persist::resolve(&*self.control, &config)?;
-        self.control
-            .check_service(&run)
-            .map_err(|e| crate::persist::invalid_config(&e, &config, &run))?;
-        let change = self.change();
+        // Resolving hashes an artifact, checking reads and parses the image or module:
+        // off the async threads.
+        let (control, given) = (self.control.clone(), config.clone());
+        let run = join(tokio::task::spawn_blocking(move || {
+            let run = crate::persist::resolve(&*control, &given)?;
+            control
+                .check_service(&run)
+                .map_err(|e| crate::persist::invalid_config(&e, &given, &run))?;
+            Ok::<_, HttpError>(run)
+        }))
+        .await??;
+        let change = self.change(&config.name);
         join(tokio::spawn(
             change.put(Defined { config, run }, create_only),
         ))
@@ -93,21 +100,22 @@ impl<C: Control> Router<C> {
         &self,
         name: &str,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        let change = self.change();
+        let change = self.change(name);
         join(tokio::spawn(change.rollback(name.to_string()))).await?
     }
 
-    pub(crate) fn change(&self) -> Change<C> {
+    pub(crate) fn change(&self, name: &str) -> Change<C> {
         Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
+            lock: self.changes.of(name),
+            artifacts: self.artifacts_lock.clone(),
         }
     }
 
     /// Drain and remove a service, in a task of its own like every change.
     pub(crate) async fn delete_service(&self, name: &str) -> Result<(), HttpError> {
-        join(tokio::spawn(self.change().delete(name.to_string()))).await?
+        join(tokio::spawn(self.change(name).delete(name.to_string()))).await?
     }
 }
 
@@ -131,6 +139,9 @@ pub(crate) struct Change<C> {
     control: Arc<C>,
     settings: Settings,
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held shared while a change may start using an artifact; a DELETE of an artifact
+    /// holds it alone.
+    artifacts: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl<C: Control> Change<C> {
@@ -156,6 +167,7 @@ impl<C: Control> Change<C> {
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
         let _change = self.lock.lock().await;
+        let _artifacts = self.artifacts.read().await;
         let name = def.config.name.clone();
         let c = &*self.control;
         let (status, address) = match c.service(&name) {
@@ -219,6 +231,7 @@ impl<C: Control> Change<C> {
 
     async fn rollback(self, name: String) -> Result<Response<Full<Bytes>>, HttpError> {
         let _change = self.lock.lock().await;
+        let _artifacts = self.artifacts.read().await;
         let c = &*self.control;
         let Some(old) = c.service(&name) else {
             return Err(crate::router::service_not_found(&name));

@@ -14,10 +14,11 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 
+use summoner::config::Workload;
 use summoner::ServiceConfig;
 use vmm::SerialConfig;
 
-use super::service::ServiceFlags;
+use super::service::{ServiceFlags, WasmFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -72,18 +73,14 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image (not needed with --wasm): a local file, uploaded to the daemon first,
-    /// or `sha256:<hex>` naming one uploaded before.
-    #[arg(long, required_unless_present = "wasm")]
+    /// Guest image (or --wasm): a local file, uploaded to the daemon first, or
+    /// `sha256:<hex>` naming one uploaded before.
+    #[arg(long, required_unless_present = "wasm", conflicts_with = "wasm")]
     pub image: Option<PathBuf>,
-    /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
-    /// (see docs/wasm.md); snapshot mode. A local file, uploaded to the daemon first, or
+    /// Or a WebAssembly handler: a local file, uploaded to the daemon first, or
     /// `sha256:<hex>`.
-    #[arg(long, value_name = "FILE")]
-    pub wasm: Option<PathBuf>,
-    /// Fuel per request of a --wasm service (out of fuel: 504).
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
+    #[command(flatten)]
+    pub wasm: WasmFlags,
     /// Listen address (port 0: a free one, printed).
     #[arg(long)]
     pub listen: SocketAddr,
@@ -94,18 +91,16 @@ pub struct AddArgs {
 
 impl AddArgs {
     /// The config to send, its files named by the digests [`super::deploy::upload`]
-    /// answered.
+    /// answered: the daemon may run on another machine.
     async fn config(self, conn: &Conn) -> Result<ServiceConfig, CliError> {
-        let image = match &self.image {
-            Some(i) => super::deploy::upload(conn, "--image", i).await?,
-            None => PathBuf::new(),
+        let workload = match (&self.image, &self.wasm.wasm) {
+            (_, Some(w)) => self
+                .wasm
+                .workload(super::deploy::upload(conn, "--wasm", w).await?),
+            (Some(i), None) => Workload::Image(super::deploy::upload(conn, "--image", i).await?),
+            (None, None) => return Err(CliError::argument("give --image or --wasm".into())),
         };
-        let mut cfg = self.service.config(&self.name, self.listen, image);
-        cfg.wasm = match &self.wasm {
-            Some(w) => Some(super::deploy::upload(conn, "--wasm", w).await?),
-            None => None,
-        };
-        cfg.fuel = self.fuel;
+        let cfg = self.service.config(&self.name, self.listen, workload);
         // A serial file is not resolved here: the daemon takes only names inside its own
         // log directory and resolves them there.
         Ok(cfg)
@@ -295,7 +290,7 @@ fn service_details(s: &Service) -> String {
         ("listen", c.listen.to_string()),
         ("address", s.address.to_string()),
         ("mode", c.mode.to_string()),
-        ("image", c.image.display().to_string()),
+        ("runs", runs(c)),
         ("cmdline", format!("{:?}", c.cmdline)),
         ("memory_mib", c.memory_mib.to_string()),
         (
@@ -308,12 +303,16 @@ fn service_details(s: &Service) -> String {
         ("vcpus", c.vcpus.to_string()),
         ("irqchip", c.irqchip.to_string()),
         ("guest_port", c.guest_port.to_string()),
-        ("snapshot", c.snapshot_mode().to_string()),
+        ("snapshot", c.snapshot.to_string()),
         (
-            "wasm",
-            or_default(c.wasm.as_ref().map(|w| w.display().to_string()), "-"),
+            "fuel",
+            or_default(
+                c.wasm_workload()
+                    .and_then(|w| w.fuel)
+                    .map(|f| f.to_string()),
+                "-",
+            ),
         ),
-        ("fuel", or_default(c.fuel.map(|f| f.to_string()), "-")),
         ("serial", serial),
         ("max_concurrent", c.max_concurrent.to_string()),
         ("queue_depth", c.queue_depth.to_string()),
@@ -338,6 +337,14 @@ fn service_details(s: &Service) -> String {
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
+/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`.
+fn runs(c: &ServiceConfig) -> String {
+    match &c.workload {
+        Workload::Image(i) => i.display().to_string(),
+        Workload::Wasm(w) => format!("wasm:{} ({})", w.module.display(), w.engine),
+    }
+}
+
 fn vm_table(vms: &[Vm]) -> String {
     let mut out = format!(
         "{:<32} {:<16} {:<9} {:>9} {:>8}\n",
@@ -355,10 +362,10 @@ fn vm_table(vms: &[Vm]) -> String {
 fn service_table(services: &[Service]) -> String {
     let mut out = format!(
         "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
-        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
+        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "RUNS"
     );
     for s in services {
-        let start = if s.config.snapshot_mode() {
+        let start = if s.config.snapshot {
             "snapshot"
         } else {
             "boot"
@@ -372,7 +379,7 @@ fn service_table(services: &[Service]) -> String {
             s.stats.running,
             s.stats.idle,
             s.stats.waiting,
-            s.config.image.display()
+            runs(&s.config)
         );
     }
     out

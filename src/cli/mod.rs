@@ -3,7 +3,6 @@
 pub mod bench;
 pub mod client;
 pub mod deploy;
-pub mod drain;
 pub mod guest;
 pub mod restore;
 pub mod run;

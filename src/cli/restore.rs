@@ -1,7 +1,7 @@
 //! `dust serve` start-up: open the state directory and bring back the services the
 //! control API had created, next to the config file's (docs/deploy.md).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use summoner::state::State;
@@ -59,11 +59,4 @@ pub async fn restore(summoner: &Summoner, state: &State) {
             Err(e) => eprintln!("dust: service {name} (state file): not started: {e}"),
         }
     }
-}
-
-/// The state directory: the flag, else the file's `state_dir`, else the default.
-pub fn dir(flag: Option<&PathBuf>, file: Option<&PathBuf>) -> PathBuf {
-    flag.or(file)
-        .cloned()
-        .unwrap_or_else(summoner::state::default_state_dir)
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
-use crate::config::ServiceConfig;
+use crate::config::{ServiceConfig, Workload};
 
 /// The scheme of an artifact reference.
 pub const SCHEME: &str = "sha256:";
@@ -182,45 +182,28 @@ impl Artifacts {
         }
     }
 
-    /// The digests `config` names in `wasm` and `image`.
+    /// The digest `config` names in `wasm` or `image`, if it names one.
     pub fn references(config: &ServiceConfig) -> Vec<String> {
-        let mut refs = Vec::new();
-        for p in [config.wasm.as_deref(), Some(config.image.as_path())]
-            .into_iter()
-            .flatten()
-        {
-            let s = p.to_string_lossy();
-            if s.starts_with(SCHEME) {
-                refs.push(s.into_owned());
-            }
+        let s = file(&config.workload).to_string_lossy();
+        match s.starts_with(SCHEME) {
+            true => vec![s.into_owned()],
+            false => Vec::new(),
         }
-        refs
     }
 
-    /// `config` with each `sha256:<hex>` in `wasm` and `image` replaced by the stored file,
+    /// `config` with a `sha256:<hex>` in `wasm` or `image` replaced by the stored file,
     /// verified. The one place where a reference becomes a path, before validation.
     pub fn resolve(&self, config: &ServiceConfig) -> Result<ServiceConfig, ArtifactError> {
         let mut out = config.clone();
-        let resolve = |p: &Path| -> Result<Option<PathBuf>, ArtifactError> {
-            let s = p.to_string_lossy();
-            if !s.starts_with(SCHEME) {
-                return Ok(None);
-            }
+        let s = file(&config.workload).to_string_lossy();
+        if s.starts_with(SCHEME) {
             let d = Digest::parse(&s).ok_or_else(|| ArtifactError::BadDigest(s.into_owned()))?;
-            self.verify(&d).map(Some)
-        };
-        if let Some(w) = &config.wasm {
-            if let Some(p) = resolve(w)? {
-                out.wasm = Some(p);
-            }
-        }
-        if let Some(p) = resolve(&config.image)? {
-            out.image = p;
+            *file_mut(&mut out.workload) = self.verify(&d)?;
         }
         Ok(out)
     }
 
-    /// `config` with paths into this store shown as the `sha256:<hex>` they were given as
+    /// `config` with a path into this store shown as the `sha256:<hex>` it was given as
     /// (so that clients see references, never the daemon's paths).
     pub fn unresolve(&self, config: &ServiceConfig) -> ServiceConfig {
         let mut out = config.clone();
@@ -229,13 +212,25 @@ impl Artifacts {
             let d = Digest::parse(&format!("{SCHEME}{}", name.strip_prefix("sha256-")?))?;
             Some(PathBuf::from(d.to_string()))
         };
-        if let Some(p) = config.wasm.as_deref().and_then(back) {
-            out.wasm = Some(p);
-        }
-        if let Some(p) = back(&config.image) {
-            out.image = p;
+        if let Some(p) = back(file(&config.workload)) {
+            *file_mut(&mut out.workload) = p;
         }
         out
+    }
+}
+
+/// The one file a workload names: its image or its module.
+pub fn file(w: &Workload) -> &Path {
+    match w {
+        Workload::Image(p) => p,
+        Workload::Wasm(w) => &w.module,
+    }
+}
+
+fn file_mut(w: &mut Workload) -> &mut PathBuf {
+    match w {
+        Workload::Image(p) => p,
+        Workload::Wasm(w) => &mut w.module,
     }
 }
 
