@@ -36,10 +36,12 @@ pub fn open(
     Ok(Arc::new(state))
 }
 
-/// Start every service the state file holds. One that cannot start (its artifact gone or
-/// corrupt, its port taken) is logged and skipped: the daemon and the other services
-/// still start, and its record stays until it is replaced or removed.
-pub async fn restore(summoner: &Summoner, state: &State) {
+/// Start every service the state file holds, side by side (each snapshot service boots
+/// its template VM first). One that cannot start (its artifact gone or corrupt, its port
+/// taken) is logged and skipped: the daemon and the other services still start, and its
+/// record stays until it is replaced or removed.
+pub async fn restore(summoner: &Arc<Summoner>, state: &State) {
+    let mut starts = tokio::task::JoinSet::new();
     for r in state.services.records() {
         let name = r.current.name.clone();
         let run = match state.artifacts.resolve(&r.current) {
@@ -50,13 +52,17 @@ pub async fn restore(summoner: &Summoner, state: &State) {
             }
         };
         eprintln!("dust: restoring {name} from the state file");
-        let scheme = match run.mode {
-            summoner::Mode::Http => "http://",
-            summoner::Mode::Tcp => "tcp ",
-        };
-        match summoner.add(run).await {
-            Ok(addr) => eprintln!("dust: serving {name} on {scheme}{addr}"),
-            Err(e) => eprintln!("dust: service {name} (state file): not started: {e}"),
-        }
+        let summoner = summoner.clone();
+        starts.spawn(async move {
+            let scheme = match run.mode {
+                summoner::Mode::Http => "http://",
+                summoner::Mode::Tcp => "tcp ",
+            };
+            match summoner.add(run).await {
+                Ok(addr) => eprintln!("dust: serving {name} on {scheme}{addr}"),
+                Err(e) => eprintln!("dust: service {name} (state file): not started: {e}"),
+            }
+        });
     }
+    while starts.join_next().await.is_some() {}
 }

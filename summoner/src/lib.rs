@@ -268,7 +268,9 @@ impl Summoner {
         let svc = self.services().remove(name);
         match svc {
             Some(svc) => {
+                let metrics = svc.inner().metrics.clone();
                 svc.stop(grace).await;
+                metrics.retire();
                 true
             }
             None => false,

@@ -2,7 +2,7 @@
 //! summoner, plus `process_*` metrics and `dust_build_info`; the control API renders them as
 //! Prometheus text 0.0.4 or, when the scraper asks for it, OpenMetrics 1.0.0 ([`Format`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod forget;
 mod process;
 
 /// How a request ended, from the summoner's side.
@@ -33,18 +34,6 @@ pub enum Outcome {
     client_gone,
 }
 
-impl Outcome {
-    /// Every outcome.
-    pub const ALL: [Outcome; 6] = [
-        Outcome::ok,
-        Outcome::shed,
-        Outcome::crash,
-        Outcome::timeout,
-        Outcome::error,
-        Outcome::client_gone,
-    ];
-}
-
 /// A phase of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -61,18 +50,6 @@ pub enum Phase {
     respond,
     /// Time the vCPU spent in KVM_RUN.
     guest,
-}
-
-impl Phase {
-    /// Every phase.
-    pub const ALL: [Phase; 6] = [
-        Phase::queue,
-        Phase::spawn,
-        Phase::boot,
-        Phase::connect,
-        Phase::respond,
-        Phase::guest,
-    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -267,34 +244,6 @@ impl Metrics {
             .set(i64::from(!snapshot));
     }
 
-    /// Drop every series of service `name` (it was removed): /metrics then no longer
-    /// shows it.
-    pub fn forget(&self, name: &str) {
-        let service = || name.to_string();
-        for outcome in Outcome::ALL {
-            self.requests.remove(&RequestLabels {
-                service: service(),
-                outcome,
-            });
-        }
-        for phase in Phase::ALL {
-            self.phases.remove(&PhaseLabels {
-                service: service(),
-                phase,
-            });
-        }
-        let label = ServiceLabel { service: service() };
-        self.durations.remove(&label);
-        self.running.remove(&label);
-        self.idle.remove(&label);
-        for start in ["boot", "snapshot"] {
-            self.start.remove(&StartLabels {
-                service: service(),
-                start: start.to_string(),
-            });
-        }
-    }
-
     /// The handle a service records into.
     pub fn service(self: &Arc<Self>, name: &str) -> Arc<ServiceMetrics> {
         Arc::new(ServiceMetrics {
@@ -302,6 +251,7 @@ impl Metrics {
             name: name.to_string(),
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 }
@@ -312,11 +262,22 @@ pub struct ServiceMetrics {
     name: String,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Its service stopped: nothing more goes into the families (a late pool update
+    /// would bring a removed service's series back, or overwrite its replacement's).
+    retired: AtomicBool,
 }
 
 impl ServiceMetrics {
+    /// Its service stopped: record nothing more.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
     /// Count a finished request.
     pub fn request(&self, outcome: Outcome) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .requests
             .get_or_create(&RequestLabels {
@@ -328,6 +289,9 @@ impl ServiceMetrics {
 
     /// Record one phase's duration.
     pub fn phase(&self, phase: Phase, d: Duration) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .phases
             .get_or_create(&PhaseLabels {
@@ -352,7 +316,7 @@ impl ServiceMetrics {
     pub fn vm_started(&self) {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
     /// A VM's process was reaped.
@@ -361,17 +325,23 @@ impl ServiceMetrics {
             .running
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
-    fn gauge_running(&self) -> impl std::ops::Deref<Target = Gauge> + '_ {
-        self.all.running.get_or_create(&ServiceLabel {
-            service: self.name.clone(),
-        })
+    fn set_running(&self, now: usize) {
+        if !self.retired.load(Ordering::SeqCst) {
+            let label = ServiceLabel {
+                service: self.name.clone(),
+            };
+            self.all.running.get_or_create(&label).set(now as i64);
+        }
     }
 
     /// Set the idle-pool gauge.
     pub fn set_idle(&self, n: usize) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .idle
             .get_or_create(&ServiceLabel {
