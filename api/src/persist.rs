@@ -183,3 +183,47 @@ pub(crate) fn shown<C: Control>(c: &C, mut s: ServiceStatus) -> models::Service 
     }
     s.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image_error(path: &str) -> ServiceConfigError {
+        ServiceConfigError::Image {
+            name: "a".into(),
+            path: path.into(),
+            why: "No such file or directory (os error 2)".into(),
+        }
+    }
+
+    #[test]
+    fn a_host_path_is_echoed_without_why_and_an_artifact_with_it() {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let by_path = ServiceConfig::new("a", listen, "/etc/shadow");
+        let e = invalid_config(&image_error("/etc/shadow"), &by_path, &by_path);
+        assert_eq!(e.code(), ErrorCode::InvalidConfig);
+        assert!(e.message.contains("\"/etc/shadow\""), "{}", e.message);
+        assert!(!e.message.contains("No such file"), "{}", e.message);
+
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let declared = ServiceConfig::new("a", listen, digest.as_str());
+        let run = ServiceConfig::new("a", listen, "/var/lib/dust/artifacts/sha256-00");
+        let e = invalid_config(
+            &image_error("/var/lib/dust/artifacts/sha256-00"),
+            &declared,
+            &run,
+        );
+        assert!(e.message.contains(&digest), "{}", e.message);
+        assert!(e.message.contains("No such file"), "{}", e.message);
+        assert!(!e.message.contains("/var/lib/dust"), "{}", e.message);
+    }
+
+    #[test]
+    fn long_paths_are_cut() {
+        let url = format!("data:application/wasm;base64,{}", "A".repeat(50_000));
+        let c = ServiceConfig::new("a", "127.0.0.1:0".parse().unwrap(), url.as_str());
+        let e = invalid_config(&image_error(&url), &c, &c);
+        assert!(e.message.len() < 500, "{} bytes", e.message.len());
+        assert!(e.message.contains("(50029 bytes)"), "{}", e.message);
+    }
+}
