@@ -16,7 +16,7 @@ fn dist(name: &str) -> String {
 
 #[test]
 fn example_config_parses() {
-    let file: FileConfig = toml::from_str(&dist("dust.toml")).unwrap();
+    let file = FileConfig::parse(&dist("dust.toml")).unwrap();
     assert_eq!(file.services.len(), 1);
     let s = &file.services[0];
     assert_eq!(s.name, "hello");

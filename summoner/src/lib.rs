@@ -24,8 +24,10 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+mod refuse;
 pub mod registry;
 pub mod service;
+pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
@@ -77,6 +79,7 @@ pub struct Summoner {
     drain: health::Drain,
     budget: limits::Budget,
     nofile: u64,
+    state: Option<Arc<state::State>>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -140,6 +143,7 @@ impl Summoner {
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
+            state: None,
         })
     }
 
@@ -156,6 +160,17 @@ impl Summoner {
     pub fn with_log_dir(mut self, log_dir: PathBuf) -> Self {
         self.spawner.log_dir = log_dir;
         self
+    }
+
+    /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
+    pub fn with_state(mut self, state: Arc<state::State>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The state directory, if this daemon keeps one.
+    pub fn state(&self) -> Option<&Arc<state::State>> {
+        self.state.as_ref()
     }
 
     /// Where services' serial files go.
@@ -224,9 +239,9 @@ impl Summoner {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)
                     .await
-                    .map_err(|e| StartError::Template {
+                    .map_err(|source| StartError::Template {
                         name: config.name.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?,
             )),
             false => None,
@@ -254,10 +269,20 @@ impl Summoner {
         let svc = self.services().remove(name);
         match svc {
             Some(svc) => {
+                let metrics = svc.inner().metrics.clone();
                 svc.stop(grace).await;
+                metrics.retire();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Drop the metric series of a removed service (not after a replacement, whose
+    /// counters go on under the same name).
+    pub fn forget_metrics(&self, name: &str) {
+        if !self.services().contains_key(name) {
+            self.metrics.forget(name);
         }
     }
 

@@ -8,11 +8,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vmm::SerialConfig;
 
+mod daemon;
 mod error;
 mod parse;
 mod validate;
 mod workload;
 
+pub use daemon::{ApiConfig, DaemonConfig};
 pub use error::ServiceConfigError;
 pub use parse::{listen_addr, service_duration, DURATION_PATTERN};
 pub use validate::{serial_in, DURATIONS};
@@ -264,55 +266,40 @@ pub fn vsock_path(run_dir: &Path, vm_id: &str) -> PathBuf {
     run_dir.join(format!("{vm_id}.vsock"))
 }
 
-/// A config file: `[[service]]` tables.
+/// A config file: the daemon's settings at the top level, `[jail]`, `[api]` and
+/// `[[service]]` tables.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Where per-VM sockets go (default: /run/dust as root, else $XDG_RUNTIME_DIR/dust).
-    #[serde(default)]
-    pub run_dir: Option<PathBuf>,
-    /// Where services' serial files go (default: /var/log/dust as root, else
-    /// $XDG_STATE_HOME/dust/log or ~/.local/state/dust/log).
-    #[serde(default)]
-    pub log_dir: Option<PathBuf>,
-    /// Where `/healthz`, `/readyz` and `/livez` are served for load balancers (default:
-    /// nowhere).
-    #[serde(default)]
-    pub health_listen: Option<SocketAddr>,
-    /// After SIGTERM or `POST /v1/drain`, how long services keep accepting while health
-    /// already says 503, so that balancers stop sending first (default: 0).
-    #[serde(default, with = "service_duration")]
-    pub drain_delay: Duration,
+    /// The daemon's top-level settings; `dust serve` has a flag of the same name for each.
+    #[serde(flatten)]
+    pub daemon: DaemonConfig,
     /// How workers are jailed (docs/security.md); on by default.
     #[serde(default)]
     pub jail: crate::jail::JailConfig,
-    /// Most worker processes (idle shells and running VMs of all services) at once
-    /// (default: as many default-sized VMs as the host's memory holds).
-    #[serde(default)]
-    pub max_vms: Option<usize>,
     /// The control API (`[api]`); `dust serve` flags override each key.
     #[serde(default)]
-    pub api: ApiFileConfig,
+    pub api: ApiConfig,
     /// The services.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Keys nobody reads: refused by [`FileConfig::parse`] (serde cannot deny unknown fields
+    /// next to a flattened struct).
+    #[serde(flatten, skip_serializing)]
+    unknown: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
-/// `[api]` of a config file: where the control API listens.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiFileConfig {
-    /// The Unix socket (default: /run/dust/api.sock as root, else
-    /// $XDG_RUNTIME_DIR/dust/api.sock); `--api-socket`.
-    #[serde(default)]
-    pub socket: Option<PathBuf>,
-    /// Also serve the API on TCP here, every request with a bearer token; `--api-tcp`.
-    #[serde(default)]
-    pub tcp: Option<SocketAddr>,
-    /// The file holding that token (read at start, surrounding whitespace trimmed; it must
-    /// not be readable by every user). `$DUST_API_TOKEN`, if set, wins over it.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
+impl FileConfig {
+    /// A config file's text, every key known.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        match file.unknown.keys().next() {
+            None => Ok(file),
+            Some(k) => Err(format!(
+                "unknown key `{k}` (expected one of {}, [jail], [api] or [[service]])",
+                DaemonConfig::KEYS.join(", ")
+            )),
+        }
+    }
 }
 
 #[cfg(test)]

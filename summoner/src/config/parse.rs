@@ -56,6 +56,27 @@ pub mod service_duration {
         let s = String::deserialize(d)?;
         parse(&s).map_err(serde::de::Error::custom)
     }
+
+    /// The same for an optional duration (absent or `null`: `None`).
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(s) => super::parse(&s).map(Some).map_err(serde::de::Error::custom),
+                None => Ok(None),
+            }
+        }
+    }
 }
 
 /// The grammar of [`service_duration`] as an ECMA-262 regular expression, as

@@ -25,11 +25,18 @@ guest_port = 5000
     assert_eq!(c.services[0].max_concurrent, 4);
     assert_eq!(c.services[1].mode, Mode::Tcp);
     assert_eq!((c.services[0].vcpus, c.services[0].irqchip), (1, false));
-    assert_eq!((c.health_listen, c.drain_delay), (None, Duration::ZERO));
-    let c: FileConfig =
-        toml::from_str("health_listen = \"127.0.0.1:9090\"\ndrain_delay = \"3s\"\n").unwrap();
-    assert_eq!(c.health_listen, "127.0.0.1:9090".parse().ok());
-    assert_eq!(c.drain_delay, Duration::from_secs(3));
+    assert_eq!((c.daemon.health_listen, c.daemon.drain_delay), (None, None));
+    let c =
+        FileConfig::parse("health_listen = \"127.0.0.1:9090\"\ndrain_delay = \"3s\"\n").unwrap();
+    assert_eq!(c.daemon.health_listen, "127.0.0.1:9090".parse().ok());
+    assert_eq!(c.daemon.drain_delay, Some(Duration::from_secs(3)));
+    let e = FileConfig::parse("run_dri = \"/x\"\n").unwrap_err();
+    assert!(
+        e.contains("unknown key `run_dri`") && e.contains("run_dir"),
+        "{e}"
+    );
+    let e = FileConfig::parse("drain_delay = \"1.5s\"\n").unwrap_err();
+    assert!(e.contains("1.5s"), "{e}");
     let e = toml::from_str::<FileConfig>(
         "[[service]]\nname='a'\nlisten='1.2.3.4:1'\nimage='x'\nport=3",
     )
