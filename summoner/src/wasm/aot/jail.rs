@@ -1,0 +1,151 @@
+//! Running one compiler tool (wasm2c, clang, ld.lld) on untrusted input: a child process
+//! in its own process group, with CPU, address-space, file-size and process limits, no
+//! new privileges, and, when dust runs as root, no network (a new network namespace) and
+//! an unprivileged uid/gid. It works in a private directory and is killed (the whole
+//! group) at its deadline.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Limits of one compile (every tool of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// CPU seconds per tool (RLIMIT_CPU).
+    pub cpu_secs: u64,
+    /// Address space per tool, bytes (RLIMIT_AS).
+    pub memory_bytes: u64,
+    /// Largest file a tool may write, bytes (RLIMIT_FSIZE).
+    pub file_bytes: u64,
+    /// Wall time for the whole compile.
+    pub wall: Duration,
+    /// The uid/gid tools run as when dust runs as root.
+    pub uid: u32,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        Self {
+            cpu_secs: 120,
+            memory_bytes: 2 << 30,
+            file_bytes: 256 << 20,
+            wall: Duration::from_secs(180),
+            uid: 65534,
+        }
+    }
+}
+
+/// How a tool run ended, when it did not succeed.
+#[derive(Debug)]
+pub enum RunError {
+    /// It could not be started.
+    Spawn(std::io::Error),
+    /// It ran past the deadline and was killed.
+    TimedOut,
+    /// It exited with a failure; the end of its stderr.
+    Failed(String, String),
+}
+
+/// Most bytes of a tool's stderr kept for an error message.
+const STDERR_TAIL: usize = 2000;
+
+/// Runs `tool args` in `dir` under `limits` until `deadline`.
+pub fn run(
+    tool: &Path,
+    args: &[&str],
+    dir: &Path,
+    limits: &CompileLimits,
+    deadline: Instant,
+) -> Result<(), RunError> {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let limits = limits.clone();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (setpgid, prctl, setrlimit, unshare, setgroups, setgid,
+    // setuid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || confine(&limits));
+    }
+    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut out);
+        }
+        out
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => break None,
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    // The tool's whole group: a driver may have started helpers.
+    // SAFETY: plain syscall; the group is the child's own (setpgid in `confine`).
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let _ = child.wait();
+    let err = reader.join().unwrap_or_default();
+    match status {
+        Some(s) if s.success() => Ok(()),
+        Some(s) => {
+            let text = String::from_utf8_lossy(&err);
+            let start = text.len().saturating_sub(STDERR_TAIL);
+            let start = (start..text.len())
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(text.len());
+            Err(RunError::Failed(
+                s.to_string(),
+                text[start..].trim().to_string(),
+            ))
+        }
+        None => Err(RunError::TimedOut),
+    }
+}
+
+/// The child's confinement, between fork and exec.
+fn confine(limits: &CompileLimits) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: each call takes plain values or a pointer to a local rlimit.
+    unsafe {
+        check(libc::setpgid(0, 0))?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        let set = |res, value: u64| {
+            let lim = libc::rlimit {
+                rlim_cur: value,
+                rlim_max: value,
+            };
+            libc::setrlimit(res, &lim)
+        };
+        check(set(libc::RLIMIT_CPU, limits.cpu_secs))?;
+        check(set(libc::RLIMIT_AS, limits.memory_bytes))?;
+        check(set(libc::RLIMIT_FSIZE, limits.file_bytes))?;
+        check(set(libc::RLIMIT_CORE, 0))?;
+        if libc::geteuid() == 0 {
+            // No network, and not root. The private directory is the tool's (chowned).
+            check(libc::unshare(libc::CLONE_NEWNET))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(limits.uid))?;
+            check(libc::setuid(limits.uid))?;
+        }
+    }
+    Ok(())
+}
