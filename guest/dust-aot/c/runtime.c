@@ -8,7 +8,8 @@
  * - Traps: `wasm_rt_trap` long-jumps (`__builtin_longjmp`, no libc) back to the protected
  *   call (`dust_aot_call`) that entered wasm code; Rust never unwinds through C.
  * - Memory: bounds checks are explicit (WASM_RT_MEMCHECK_SIGNAL_HANDLER=0); linear memory
- *   and tables come from the Rust heap, within the limit the Rust side sets.
+ *   (reserved whole, see wasm_rt_allocate_memory) and tables come from the Rust heap,
+ *   within the limit the Rust side sets.
  * - Stack: wasm code runs on a stack of its own (STACK_SIZE), deep enough for
  *   WASM_RT_MAX_CALL_STACK_DEPTH frames; the depth counter is reset after every trap.
  *
@@ -25,7 +26,7 @@ extern void dust_aot_dealloc(void *ptr, uint64_t size);
 extern uint64_t dust_aot_memory_limit(void);
 extern _Noreturn void dust_aot_fatal(uint32_t code);
 
-enum { WASM_PAGE = 65536, STACK_SIZE = 1 << 20, MAX_TYPES = 4096, TYPE_BYTES = 1 << 16 };
+enum { WASM_PAGE = 65536, STACK_SIZE = 2 << 20, MAX_TYPES = 4096, TYPE_BYTES = 1 << 16 };
 
 /* What `dust_aot_call` returns besides a trap code (wasm_rt_trap_t, 1..). */
 enum { DUST_AOT_RETURNED = 0, DUST_AOT_EXITED = 0x100 };
@@ -101,36 +102,40 @@ uint32_t wasm_rt_register_func_type(uint32_t params, uint32_t results, ...) {
 
 static uint64_t memory_in_use;
 
+/* Linear memory is reserved whole when it is allocated: up to its declared maximum, within
+ * the limit, with `max_pages` lowered to what was reserved (the generated code never reads
+ * it). Fresh heap is zero, so the reservation costs nothing, and `memory.grow` only moves
+ * `size`: no copy, no clearing (the bytes past `size` were never reachable). */
 void wasm_rt_allocate_memory(wasm_rt_memory_t *mem, uint32_t initial, uint32_t max) {
-  uint64_t bytes = (uint64_t)initial * WASM_PAGE;
-  if (bytes > dust_aot_memory_limit() - memory_in_use) wasm_rt_trap(WASM_RT_TRAP_OOB);
-  mem->data = bytes ? dust_aot_alloc_zeroed(bytes) : 0;
-  if (bytes && !mem->data) wasm_rt_trap(WASM_RT_TRAP_OOB);
-  memory_in_use += bytes;
+  uint64_t room = (dust_aot_memory_limit() - memory_in_use) / WASM_PAGE;
+  uint64_t pages = max < room ? max : room;
+  if (pages > 65535) pages = 65535;
+  if (initial > pages) wasm_rt_trap(WASM_RT_TRAP_OOB);
+  uint8_t *data = 0;
+  while (pages && !(data = dust_aot_alloc_zeroed(pages * WASM_PAGE))) {
+    if (pages == initial) wasm_rt_trap(WASM_RT_TRAP_OOB);
+    pages = pages / 2 > initial ? pages / 2 : initial;
+  }
+  memory_in_use += pages * WASM_PAGE;
+  mem->data = data;
   mem->pages = initial;
-  mem->max_pages = max;
-  mem->size = (uint32_t)bytes;
+  mem->max_pages = (uint32_t)pages;
+  mem->size = (uint32_t)((uint64_t)initial * WASM_PAGE);
 }
 
 uint32_t wasm_rt_grow_memory(wasm_rt_memory_t *mem, uint32_t delta) {
   uint32_t old = mem->pages;
   uint64_t pages = (uint64_t)old + delta;
-  if (delta == 0) return old;
-  if (pages > mem->max_pages || pages > 65535) return (uint32_t)-1;
-  uint64_t add = (uint64_t)delta * WASM_PAGE;
-  if (add > dust_aot_memory_limit() - memory_in_use) return (uint32_t)-1;
-  uint8_t *data = dust_aot_grow_block(mem->data, mem->size, pages * WASM_PAGE);
-  if (!data) return (uint32_t)-1;
-  memory_in_use += add;
-  mem->data = data;
+  if (pages > mem->max_pages) return (uint32_t)-1;
   mem->pages = (uint32_t)pages;
   mem->size = (uint32_t)(pages * WASM_PAGE);
   return old;
 }
 
 void wasm_rt_free_memory(wasm_rt_memory_t *mem) {
-  if (mem->data) dust_aot_dealloc(mem->data, mem->size);
-  memory_in_use -= mem->size;
+  uint64_t reserved = (uint64_t)mem->max_pages * WASM_PAGE;
+  if (mem->data) dust_aot_dealloc(mem->data, reserved);
+  memory_in_use -= reserved;
   mem->data = 0;
   mem->size = mem->pages = 0;
 }

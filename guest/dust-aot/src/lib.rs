@@ -30,7 +30,8 @@ dust_guest::entry!(main);
 
 /// vsock port.
 const PORT: u32 = 80;
-/// Guest memory kept for the runtime and the request beyond wasm memory (as `dust-wasm`).
+/// Heap kept for the runtime and the request (body, stdout, response) beyond wasm memory,
+/// which is reserved whole when the module is instantiated (`c/runtime.c`).
 const OVERHEAD: u64 = 8 << 20;
 
 /// Why the guest cannot serve.
@@ -116,16 +117,16 @@ impl core::fmt::Display for Reason {
     }
 }
 
-/// Bytes of wasm memory an instance may have: RAM less [`OVERHEAD`].
+unsafe extern "C" {
+    /// First page after the image (`.bss` included), from the linker script.
+    static __image_end: u8;
+}
+
+/// Bytes of wasm memory an instance may have: the heap less [`OVERHEAD`].
 fn memory_limit() -> u64 {
-    let ram: u64 = dust_guest::boot::ram()
-        .map(|r| {
-            r.end()
-                .min(dust_abi::layout::MMIO_HOLE_START)
-                .saturating_sub(r.addr)
-        })
-        .sum();
-    ram.saturating_sub(OVERHEAD)
+    let image_end = &raw const __image_end as u64;
+    dust_guest::boot::heap_span(image_end, dust_guest::boot::ram(), None)
+        .map_or(0, |span| span.size.saturating_sub(OVERHEAD))
 }
 
 fn main() -> Result<(), Error> {

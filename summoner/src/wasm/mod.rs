@@ -306,7 +306,11 @@ mod tests {
 
     /// A module importing `import_name` as `(i32, i32, i32, i32) -> i32` (fd_write's type).
     fn module(import_module: &str, import_name: &str) -> Vec<u8> {
-        module_with(import_module, import_name, &[4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f])
+        module_with(
+            import_module,
+            import_name,
+            &[4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f],
+        )
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub const CFLAGS: &[&str] = &[
     "-fno-exceptions",
     "-DWASM_RT_MEMCHECK_SIGNAL_HANDLER=0",
     "-DWASM_RT_USE_STACK_DEPTH_COUNT=1",
+    "-DWASM_RT_MAX_CALL_STACK_DEPTH=1000",
     "-DNDEBUG",
     "-w",
 ];
