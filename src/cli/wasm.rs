@@ -13,16 +13,17 @@ use std::time::Duration;
 
 use clap::Args;
 use dust_abi::status;
+use summoner::config::Engine;
 use summoner::wasm;
 use vmm::{SerialConfig, VmConfig, VsockConfig};
 
 /// The `--wasm` flags of `dust run`.
 #[derive(Args, Debug, Default)]
 pub struct WasmArgs {
-    /// Run one request through this wasm32-wasip1 handler (WAGI) in the built-in dust-wasm
-    /// guest and print the response. IMAGE, if given, replaces the built-in guest.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["restore", "snapshot_out", "initrd"])]
-    pub wasm: Option<PathBuf>,
+    /// Run one request through a handler and print the response (not with --restore,
+    /// --snapshot-out or --initrd). IMAGE, if given, replaces the built-in guest.
+    #[command(flatten)]
+    pub flags: super::service::WasmFlags,
     /// A CGI variable of the request, e.g. REQUEST_METHOD=POST, PATH_INFO=/x,
     /// QUERY_STRING=a+b, CONTENT_TYPE=..., HTTP_ACCEPT=... (a header); any other NAME=value
     /// is added to the handler's environment (no spaces). Repeatable. With --wasm.
@@ -31,24 +32,6 @@ pub struct WasmArgs {
     /// The request body (the handler's stdin); the method defaults to POST. With --wasm.
     #[arg(long, value_name = "FILE", requires = "wasm")]
     pub body: Option<PathBuf>,
-    /// Fuel for the request (default: the services' default; the interpreter only). With
-    /// --wasm.
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
-    /// How the module runs: compiled ahead of time (wasm2c + clang, cached) or
-    /// interpreted (wasmi, in the dust-wasm guest). With --wasm.
-    #[arg(long, value_enum, default_value_t = Engine::Aot)]
-    pub engine: Engine,
-}
-
-/// The wasm engines.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Engine {
-    /// Compiled ahead of time into a guest image of its own.
-    #[default]
-    Aot,
-    /// The wasmi interpreter in the built-in dust-wasm guest.
-    Interpreter,
 }
 
 /// Why the request could not be run.
@@ -182,7 +165,7 @@ fn run_one(
         path: module.display().to_string(),
         source,
     })?;
-    let compiled = image.is_none() && args.engine == Engine::Aot;
+    let compiled = image.is_none() && args.flags.engine.unwrap_or(Engine::Aot) == Engine::Aot;
     let image = match image {
         Some(i) => i.to_path_buf(),
         None if compiled => compile(module)?,
@@ -197,7 +180,7 @@ fn run_one(
         initrd: (!compiled).then(|| module.to_path_buf()),
         cmdline: format!(
             "{} verbose=1{words} vm={id}",
-            wasm::cmdline(args.fuel, false)
+            wasm::cmdline(args.flags.fuel, false)
         ),
         memory_mib,
         // The handler's stderr: the serial console, onto dust's stderr.

@@ -201,9 +201,12 @@ pub fn find_runtime() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The default cache directory: `/var/cache/dust/aot` for root, else
-/// `$XDG_CACHE_HOME/dust/aot` or `~/.cache/dust/aot`.
+/// The default cache directory: `$DUST_AOT_CACHE`, else `/var/cache/dust/aot` for root,
+/// else `$XDG_CACHE_HOME/dust/aot` or `~/.cache/dust/aot`.
 pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DUST_AOT_CACHE") {
+        return PathBuf::from(dir);
+    }
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } == 0 {
         return PathBuf::from("/var/cache/dust/aot");
