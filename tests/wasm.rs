@@ -82,7 +82,8 @@ fn checksum(body: &[u8]) -> u32 {
 /// The must-show list of one example handler behind a service.
 async fn exercise(name: &str, engine: Engine, addr: SocketAddr, log: &Path) {
     let r = get(addr, "/hi?a+b%21").await;
-    assert_eq!(r.status, 200, "{name}: {}", text(&r));
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(r.status, 200, "{name}: {}\nlog:\n{logged}", text(&r));
     let body = text(&r);
     assert!(
         body.contains("method=GET path=/hi query=a+b%21 args=a,b!"),
@@ -184,7 +185,8 @@ async fn example_handlers_serve_wagi_requests_in_fresh_vms() {
     for engine in [Engine::Aot, Engine::Interpreter] {
         for name in ["hello-c", "hello-rust"] {
             let log = tmp.path().join(format!("{name}-{engine}.log"));
-            let service = format!("{name}-{engine}");
+            // Short: the jailed worker's vsock path holds the VM id twice (SUN_LEN).
+            let service = format!("{}-{}", &name[6..], &engine.to_string()[..1]);
             let mut c =
                 ServiceConfig::wasm(&service, "127.0.0.1:0".parse().unwrap(), handler(name));
             let Workload::Wasm(w) = &mut c.workload else {

@@ -32,7 +32,7 @@ dust_guest::entry!(main);
 const PORT: u32 = 80;
 /// Heap kept for the runtime and the request (body, stdout, response) beyond wasm memory,
 /// which is reserved whole when the module is instantiated (`c/runtime.c`).
-const OVERHEAD: u64 = 8 << 20;
+const OVERHEAD: u64 = dust_abi::wasm::OVERHEAD_MIB << 20;
 
 /// Why the guest cannot serve.
 enum Error {
@@ -141,7 +141,7 @@ fn main() -> Result<(), Error> {
         ffi::Ended::Trap(why) => return Err(Error::Init(why)),
     }
     let extra: Vec<(&str, &str)> = dust_guest::params()
-        .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v)))
+        .filter_map(|(k, v)| Some((k.strip_prefix(dust_abi::wasm::cmdline::ENV_PREFIX)?, v)))
         .collect();
     // As in the interpreter, a module that cannot be instantiated fails the VM.
     let mut prepared = Some(instantiate().map_err(Error::Init)?);

@@ -11,7 +11,7 @@
 use alloc::vec::Vec;
 
 /// The module every import comes from.
-pub const MODULE: &str = "wasi_snapshot_preview1";
+pub const MODULE: &str = dust_abi::wasm::WASI_MODULE;
 
 /// Most bytes a handler may write to stdout.
 pub const MAX_STDOUT: usize = 1024 * 1024;

@@ -188,6 +188,8 @@ fn summoner_for(s: &Settings) -> Result<Arc<Summoner>, Stop> {
     for m in summoner.jail_missing() {
         eprintln!("dust: worker jail: cannot apply {m}");
     }
+    // Compiled wasm images (engine aot) survive restarts in the cache directory.
+    let summoner = summoner.with_aot_cache(summoner::wasm::aot::default_cache_dir());
     Ok(Arc::new(summoner.with_log_dir(s.log_dir.clone())))
 }
 
