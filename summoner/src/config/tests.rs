@@ -346,7 +346,7 @@ fn the_wire_form_round_trips() {
     c.request_deadline = Duration::from_millis(1500);
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(json["wasm"], "/h.wasm");
-    assert_eq!(json["engine"], "interpreter");
+    assert_eq!(json["engine"], "aot");
     assert_eq!(json["snapshot"], true);
     assert!(json.get("image").is_none(), "{json}");
     assert_eq!(json["request_deadline"], "1s 500ms");
