@@ -149,3 +149,73 @@ fn confine(limits: &CompileLimits) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> CompileLimits {
+        CompileLimits {
+            wall: Duration::from_secs(30),
+            ..CompileLimits::default()
+        }
+    }
+
+    #[test]
+    fn a_tool_past_its_deadline_is_killed_with_its_group() {
+        let dir = std::env::temp_dir();
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(300);
+        let r = run(
+            Path::new("/bin/sh"),
+            &["-c", "sleep 30 & sleep 30"],
+            &dir,
+            &limits(),
+            deadline,
+        );
+        assert!(matches!(r, Err(RunError::TimedOut)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_failing_tool_reports_its_status_and_stderr() {
+        let dir = std::env::temp_dir();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = run(
+            Path::new("/bin/sh"),
+            &["-c", "echo bad input >&2; exit 3"],
+            &dir,
+            &limits(),
+            deadline,
+        );
+        match r {
+            Err(RunError::Failed(status, stderr)) => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(stderr, "bad input");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(run(Path::new("/bin/true"), &[], &dir, &limits(), deadline).is_ok());
+    }
+
+    #[test]
+    fn tools_run_without_network_and_unprivileged_when_dust_is_root() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = std::env::temp_dir();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Only a loopback interface (down) in a new network namespace; uid 65534.
+        let script = "test \"$(id -u)\" = 65534 && \
+                      test \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')\" = lo";
+        let r = run(
+            Path::new("/bin/sh"),
+            &["-c", script],
+            &dir,
+            &limits(),
+            deadline,
+        );
+        assert!(r.is_ok(), "{r:?}");
+    }
+}

@@ -434,3 +434,40 @@ impl Drop for PrivateDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_is_named_with_its_package_and_the_alternative() {
+        let missing = Tool {
+            names: &["no-such-wasm2c"],
+            package: "wabt",
+        };
+        let e = find_tool(&missing).unwrap_err().to_string();
+        assert!(
+            e.contains("`no-such-wasm2c` (Debian package `wabt`)"),
+            "{e}"
+        );
+        assert!(e.contains("engine = \"interpreter\""), "{e}");
+    }
+
+    #[test]
+    fn only_a_static_x86_64_executable_inside_itself_passes_as_an_image() {
+        let base = dust_abi::layout::UNIKERNEL_BASE;
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[16] = 2;
+        elf[18] = 62;
+        elf[24..32].copy_from_slice(&(base + 8).to_le_bytes());
+        assert_eq!(check_image(&elf), Ok(()));
+        let mut far = elf.clone();
+        far[24..32].copy_from_slice(&(base + 4096).to_le_bytes());
+        assert!(check_image(&far).is_err());
+        let mut arm = elf.clone();
+        arm[18] = 183;
+        assert!(check_image(&arm).is_err());
+        assert!(check_image(b"#!/bin/sh").is_err());
+    }
+}
