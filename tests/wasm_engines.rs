@@ -251,3 +251,51 @@ async fn compiler_failures_are_clear_and_the_cache_is_reused() {
     assert_ne!(std::fs::read(img).unwrap(), b"\x7fELF not really");
     s.shutdown(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn the_daemon_log_says_when_a_second_service_reuses_the_compiled_image() {
+    require_kvm!();
+    let tmp = TempDir::new("wasm-aot-log");
+    let module = handler("hello-c");
+    let mut toml = format!(
+        "run_dir = \"{0}/run\"\nlog_dir = \"{0}/log\"\n[api]\nsocket = \"{0}/api.sock\"\n",
+        tmp.path().display()
+    );
+    for name in ["one", "two"] {
+        toml.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\nwasm = \"{}\"\n",
+            module.display()
+        ));
+    }
+    let conf = tmp.file("dust.toml", toml.as_bytes());
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let mut daemon = dust()
+        .env("DUST_LOG", "info")
+        .env("DUST_AOT_CACHE", tmp.path().join("cache"))
+        .args(["serve", "--config", conf.to_str().unwrap()])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let text = loop {
+        let text = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap();
+        if text.contains("serving two") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("dust serve ended ({status}):\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // SAFETY: a plain signal to the daemon this test started.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert!(text.contains("serving two"), "{text}");
+    assert_eq!(text.matches("aot: compiled").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("aot: reusing the cached image").count(),
+        1,
+        "{text}"
+    );
+}
