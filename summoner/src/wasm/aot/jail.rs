@@ -1,14 +1,18 @@
 //! Running one compiler tool (wasm2c, clang, ld.lld) on untrusted input: a child process
-//! in its own process group, with CPU, address-space, file-size and process limits, no
-//! new privileges, and, when dust runs as root, no network (a new network namespace) and
-//! an unprivileged uid/gid. It works in a private directory and is killed (the whole
-//! group) at its deadline.
+//! in its own process group, with CPU, address-space and file-size limits, no new
+//! privileges, when dust runs as root no network (a new network namespace) and an
+//! unprivileged uid/gid, and last a seccomp filter that refuses (EPERM) what a compiler
+//! never needs: sockets, namespaces, mounts, ptrace, kernel keys, modules, BPF. It works in
+//! a private directory and is killed (the whole group) at its deadline.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 /// Limits of one compile (every tool of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +73,15 @@ pub fn run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let limits = limits.clone();
+    let filter = filter().map_err(RunError::Spawn)?;
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (setpgid, prctl, setrlimit, unshare, setgroups, setgid,
-    // setuid), allocating nothing.
+    // setuid, seccomp with a program built before the fork), allocating nothing.
     unsafe {
-        cmd.pre_exec(move || confine(&limits));
+        cmd.pre_exec(move || {
+            confine(&limits)?;
+            seccompiler::apply_filter(filter).map_err(|_| std::io::Error::last_os_error())
+        });
     }
     let mut child = cmd.spawn().map_err(RunError::Spawn)?;
     let mut stderr = child.stderr.take();
@@ -112,6 +120,62 @@ pub fn run(
         }
         None => Err(RunError::TimedOut),
     }
+}
+
+/// System calls the tools may not make (EPERM): a compiler reads and writes files.
+const DENIED: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_setuid,
+    libc::SYS_setgid,
+    libc::SYS_setresuid,
+    libc::SYS_setresgid,
+];
+
+/// The tools' seccomp program, built once (before any fork).
+fn filter() -> Result<&'static BpfProgram, std::io::Error> {
+    static PROGRAM: OnceLock<BpfProgram> = OnceLock::new();
+    if let Some(p) = PROGRAM.get() {
+        return Ok(p);
+    }
+    let rules = DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let errno = SeccompAction::Errno(libc::EPERM as u32);
+    let program = SeccompFilter::new(rules, SeccompAction::Allow, errno, TargetArch::x86_64)
+        .and_then(BpfProgram::try_from)
+        .map_err(std::io::Error::other)?;
+    Ok(PROGRAM.get_or_init(|| program))
 }
 
 /// The child's confinement, between fork and exec.
@@ -196,6 +260,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(run(Path::new("/bin/true"), &[], &dir, &limits(), deadline).is_ok());
+    }
+
+    #[test]
+    fn tools_may_not_open_sockets() {
+        let dir = std::env::temp_dir();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let py = "import socket; socket.socket(socket.AF_UNIX)";
+        let r = run(
+            Path::new("/usr/bin/python3"),
+            &["-c", py],
+            &dir,
+            &limits(),
+            deadline,
+        );
+        match r {
+            Err(RunError::Failed(_, stderr)) => {
+                assert!(stderr.contains("Operation not permitted"), "{stderr}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
