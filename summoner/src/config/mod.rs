@@ -211,7 +211,8 @@ impl ServiceConfig {
         } else {
             format!("{} vm={vm_id}", self.cmdline.trim())
         };
-        if let Some(w) = self.wasm_workload() {
+        // Fuel and the template's warm-up run are the interpreter's.
+        if let Some(w) = self.wasm_workload().filter(|w| w.engine == Engine::Interpreter) {
             cmdline = format!("{} {cmdline}", crate::wasm::cmdline(w.fuel, self.snapshot));
         }
         vmm::VmConfig {
