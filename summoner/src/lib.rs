@@ -79,6 +79,7 @@ pub struct Summoner {
     budget: limits::Budget,
     nofile: u64,
     state: Option<Arc<state::State>>,
+    templates: Option<template::TemplateCache>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -143,6 +144,7 @@ impl Summoner {
             registry: Arc::default(),
             drain: health::Drain::default(),
             state: None,
+            templates: None,
         })
     }
 
@@ -165,6 +167,17 @@ impl Summoner {
     pub fn with_state(mut self, state: Arc<state::State>) -> Self {
         self.state = Some(state);
         self
+    }
+
+    /// Keep snapshot templates in `cache` across restarts (docs/snapshots.md).
+    pub fn with_template_cache(mut self, cache: template::TemplateCache) -> Self {
+        self.templates = Some(cache);
+        self
+    }
+
+    /// Remove the cached templates no service of this daemon uses; how many went.
+    pub fn prune_templates(&self) -> usize {
+        self.templates.as_ref().map_or(0, |c| c.prune())
     }
 
     /// The state directory, if this daemon keeps one.
@@ -236,7 +249,7 @@ impl Summoner {
         self.create_serial_file(&config)?;
         let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config)
+                template::Template::take(&self.spawner, &config, self.templates.as_ref())
                     .await
                     .map_err(|source| StartError::Template {
                         name: config.name.clone(),
