@@ -26,6 +26,7 @@ pub mod pool;
 mod refuse;
 pub mod registry;
 pub mod service;
+pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
@@ -80,6 +81,8 @@ pub struct Summoner {
     nofile: u64,
     /// Where compiled wasm images are cached.
     aot_cache: PathBuf,
+    state: Option<Arc<state::State>>,
+    templates: Option<template::TemplateCache>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -144,6 +147,8 @@ impl Summoner {
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
+            state: None,
+            templates: None,
         })
     }
 
@@ -200,6 +205,28 @@ impl Summoner {
         .map_err(|source| StartError::Compile { name, source })?;
         w.compiled = Some(built.path);
         Ok(config)
+    }
+
+    /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
+    pub fn with_state(mut self, state: Arc<state::State>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Keep snapshot templates in `cache` across restarts (docs/snapshots.md).
+    pub fn with_template_cache(mut self, cache: template::TemplateCache) -> Self {
+        self.templates = Some(cache);
+        self
+    }
+
+    /// Remove the cached templates no service of this daemon uses; how many went.
+    pub fn prune_templates(&self) -> usize {
+        self.templates.as_ref().map_or(0, |c| c.prune())
+    }
+
+    /// The state directory, if this daemon keeps one.
+    pub fn state(&self) -> Option<&Arc<state::State>> {
+        self.state.as_ref()
     }
 
     /// Where services' serial files go.
@@ -268,7 +295,7 @@ impl Summoner {
         self.create_serial_file(&config)?;
         let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config)
+                template::Template::take(&self.spawner, &config, self.templates.as_ref())
                     .await
                     .map_err(|source| StartError::Template {
                         name: config.name.clone(),
@@ -300,10 +327,20 @@ impl Summoner {
         let svc = self.services().remove(name);
         match svc {
             Some(svc) => {
+                let metrics = svc.inner().metrics.clone();
                 svc.stop(grace).await;
+                metrics.retire();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Drop the metric series of a removed service (not after a replacement, whose
+    /// counters go on under the same name).
+    pub fn forget_metrics(&self, name: &str) {
+        if !self.services().contains_key(name) {
+            self.metrics.forget(name);
         }
     }
 

@@ -212,7 +212,10 @@ impl ServiceConfig {
             format!("{} vm={vm_id}", self.cmdline.trim())
         };
         // Fuel and the template's warm-up run are the interpreter's.
-        if let Some(w) = self.wasm_workload().filter(|w| w.engine == Engine::Interpreter) {
+        if let Some(w) = self
+            .wasm_workload()
+            .filter(|w| w.engine == Engine::Interpreter)
+        {
             cmdline = format!("{} {cmdline}", crate::wasm::cmdline(w.fuel, self.snapshot));
         }
         vmm::VmConfig {

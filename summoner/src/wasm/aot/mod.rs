@@ -201,21 +201,14 @@ pub fn find_runtime() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The default cache directory: `$DUST_AOT_CACHE`, else `/var/cache/dust/aot` for root,
-/// else `$XDG_CACHE_HOME/dust/aot` or `~/.cache/dust/aot`.
+/// Where compiled images are cached when no daemon names the place (`dust run --wasm`):
+/// `$DUST_AOT_CACHE`, else `cache/aot` in the default state directory, where `dust serve`
+/// keeps them too ([`crate::state::default_state_dir`]).
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("DUST_AOT_CACHE") {
-        return PathBuf::from(dir);
+    match std::env::var_os("DUST_AOT_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::state::default_state_dir().join("cache/aot"),
     }
-    // SAFETY: getuid has no preconditions.
-    if unsafe { libc::getuid() } == 0 {
-        return PathBuf::from("/var/cache/dust/aot");
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("dust/aot")
 }
 
 /// The linker script of every image.
