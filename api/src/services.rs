@@ -37,7 +37,7 @@ fn add_error(e: AddError, def: &Defined) -> HttpError {
         AddError::Start(StartError::Config(e)) => {
             crate::persist::invalid_config(&e, &def.config, &def.run)
         }
-        AddError::Start(StartError::Template { .. }) => {
+        AddError::Start(StartError::Template { .. } | StartError::Compile { .. }) => {
             HttpError::new(ErrorCode::InvalidConfig, message)
         }
         AddError::Start(StartError::Bind { source, .. }) => bind_error(source.kind(), message),

@@ -52,6 +52,7 @@ impl WasmFlags {
             module,
             engine: self.engine.unwrap_or_default(),
             fuel: self.fuel,
+            compiled: None,
         })
     }
 }

@@ -1,5 +1,7 @@
-//! `dust run --wasm FILE`: run one request through a WebAssembly handler in a fresh
-//! `dust-wasm` VM and print the HTTP response, for developing handlers (docs/wasm.md).
+//! `dust run --wasm FILE`: run one request through a WebAssembly handler in a fresh VM and
+//! print the HTTP response, for developing handlers (docs/wasm.md). The module runs
+//! compiled ahead of time (the default; the image is cached) or in the `dust-wasm`
+//! interpreter guest (`--engine interpreter`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 use dust_abi::status;
+use summoner::config::Engine;
 use summoner::wasm;
 use vmm::{SerialConfig, VmConfig, VsockConfig};
 
@@ -53,9 +56,20 @@ pub enum WasmRunError {
         "the built-in dust-wasm guest is missing: run scripts/build-guests (or set DUST_GUEST_DIR)"
     )]
     NoGuest,
+    /// The module could not be compiled.
+    #[error("{path}: {source}")]
+    Compile {
+        /// Module path.
+        path: String,
+        /// Why.
+        source: wasm::aot::AotError,
+    },
     /// The VM.
     #[error("{0}")]
     Vm(String),
+    /// The VM ran past its timeout.
+    #[error("timed out: the handler did not answer in time (VM killed)")]
+    Timeout,
     /// Talking to the guest.
     #[error("the guest did not answer: {0}")]
     Io(#[from] std::io::Error),
@@ -151,8 +165,12 @@ fn run_one(
         path: module.display().to_string(),
         source,
     })?;
+    let compiled = image.is_none()
+        && args.flags.engine.unwrap_or(Engine::Aot) == Engine::Aot
+        && !summoner::component::is_component_file(module);
     let image = match image {
         Some(i) => i.to_path_buf(),
+        None if compiled => compile(module)?,
         None => wasm::find_guest_for(module).ok_or(WasmRunError::NoGuest)?,
     };
     let (req, words) = request(args)?;
@@ -160,7 +178,8 @@ fn run_one(
     let uds = vmm::runtime_dir().join(format!("{id}.vsock"));
     std::fs::create_dir_all(vmm::runtime_dir())?;
     let config = VmConfig {
-        initrd: Some(module.to_path_buf()),
+        // The interpreter gets the module as its initrd; a compiled image holds it.
+        initrd: (!compiled).then(|| module.to_path_buf()),
         cmdline: format!(
             "{} verbose=1{words} vm={id}",
             wasm::cmdline(args.flags.fuel, false)
@@ -197,6 +216,10 @@ fn run_one(
     };
     let report = handle.wait();
     ended.store(true, Ordering::Relaxed);
+    if report.exit == vmm::VmExit::Timeout {
+        let _ = client.join();
+        return Err(WasmRunError::Timeout);
+    }
     match client.join() {
         Ok(Some(r)) => Ok(r?),
         _ => Err(WasmRunError::Vm(format!(
@@ -204,6 +227,29 @@ fn run_one(
             report.exit
         ))),
     }
+}
+
+/// The module's compiled image (from the cache, or compiled now, saying so on stderr).
+fn compile(module: &Path) -> Result<PathBuf, WasmRunError> {
+    let err = |source| WasmRunError::Compile {
+        path: module.display().to_string(),
+        source,
+    };
+    let bytes = std::fs::read(module).map_err(|e| WasmRunError::Module {
+        path: module.display().to_string(),
+        source: wasm::WasmError::Read(e.to_string()),
+    })?;
+    let opts = wasm::aot::AotOptions::new(wasm::aot::default_cache_dir());
+    let image = wasm::aot::build_image(&bytes, &opts).map_err(err)?;
+    if !image.cached {
+        eprintln!(
+            "dust: compiled {} ({} KB of C; {})",
+            module.display(),
+            image.c_bytes / 1000,
+            wasm::aot::describe(&image.phases)
+        );
+    }
+    Ok(image.path)
 }
 
 /// `dust run --wasm`: prints the response (status line, headers, body) on stdout; exits
@@ -221,6 +267,10 @@ pub fn run(
             let _ = out.write_all(&resp);
             let _ = out.flush();
             ExitCode::SUCCESS
+        }
+        Err(e @ WasmRunError::Timeout) => {
+            eprintln!("dust: {e}");
+            ExitCode::from(status::TIMEOUT)
         }
         Err(e) => {
             eprintln!("dust: {e}");

@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use config::{default_log_dir, FileConfig, Mode, ServiceConfig};
+use config::Workload;
 pub use service::{Service, StartError};
 
 /// Why a service could not be added.
@@ -79,7 +80,10 @@ pub struct Summoner {
     drain: health::Drain,
     budget: limits::Budget,
     nofile: u64,
+    /// Where compiled wasm images are cached.
+    aot_cache: PathBuf,
     state: Option<Arc<state::State>>,
+    templates: Option<template::TemplateCache>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -134,16 +138,18 @@ impl Summoner {
                     .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
                 exe,
                 args,
-                run_dir,
+                run_dir: run_dir.clone(),
                 log_dir: default_log_dir(),
                 slots: limits::VmSlots::new(max_vms),
             },
             nofile,
+            aot_cache: run_dir.parent().unwrap_or(&run_dir).join("aot-cache"),
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
             state: None,
+            templates: None,
         })
     }
 
@@ -162,10 +168,61 @@ impl Summoner {
         self
     }
 
+    /// Cache compiled wasm images (engine `aot`) in `dir` (default: `aot-cache` beside the
+    /// run dir), made when first needed. Call before adding services.
+    pub fn with_aot_cache(mut self, dir: PathBuf) -> Self {
+        self.aot_cache = dir;
+        self
+    }
+
+    /// Compiles a WebAssembly service's module when its engine is `aot` (or takes the image
+    /// from the cache), on a blocking thread: other services' changes do not wait for it.
+    async fn compile(&self, mut config: ServiceConfig) -> Result<ServiceConfig, StartError> {
+        let Workload::Wasm(w) = &mut config.workload else {
+            return Ok(config);
+        };
+        if !w.compiles() || w.compiled.is_some() {
+            return Ok(config);
+        }
+        let name = config.name.clone();
+        let module = std::fs::read(&w.module).map_err(|e| {
+            StartError::Config(config::ServiceConfigError::Wasm {
+                name: name.clone(),
+                path: w.module.display().to_string(),
+                source: wasm::WasmError::Read(e.to_string()),
+            })
+        })?;
+        let opts = wasm::aot::AotOptions::new(self.aot_cache.clone());
+        let span = tracing::info_span!("service", name = %name);
+        let built = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| wasm::aot::build_image(&module, &opts))
+        })
+        .await
+        .map_err(|e| wasm::aot::AotError::Io {
+            what: "the compile thread".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+        .and_then(|r| r)
+        .map_err(|source| StartError::Compile { name, source })?;
+        w.compiled = Some(built.path);
+        Ok(config)
+    }
+
     /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
     pub fn with_state(mut self, state: Arc<state::State>) -> Self {
         self.state = Some(state);
         self
+    }
+
+    /// Keep snapshot templates in `cache` across restarts (docs/snapshots.md).
+    pub fn with_template_cache(mut self, cache: template::TemplateCache) -> Self {
+        self.templates = Some(cache);
+        self
+    }
+
+    /// Remove the cached templates no service of this daemon uses; how many went.
+    pub fn prune_templates(&self) -> usize {
+        self.templates.as_ref().map_or(0, |c| c.prune())
     }
 
     /// The state directory, if this daemon keeps one.
@@ -234,10 +291,12 @@ impl Summoner {
             return Err(AddError::Duplicate(config.name));
         }
         self.check(&config).map_err(StartError::from)?;
+        let config = self.compile(config).await?;
+        self.check(&config).map_err(StartError::from)?;
         self.create_serial_file(&config)?;
         let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config)
+                template::Template::take(&self.spawner, &config, self.templates.as_ref())
                     .await
                     .map_err(|source| StartError::Template {
                         name: config.name.clone(),

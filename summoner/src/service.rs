@@ -48,6 +48,15 @@ pub enum StartError {
     /// Invalid config.
     #[error(transparent)]
     Config(#[from] ServiceConfigError),
+    /// Engine `aot`: the module could not be compiled.
+    #[error("service {name}: compiling the module: {source}")]
+    Compile {
+        /// Service.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: crate::wasm::aot::AotError,
+    },
     /// Snapshot mode: the template VM did not reach ready (or could not be saved).
     #[error("service {name}: the snapshot template failed: {source}")]
     Template {

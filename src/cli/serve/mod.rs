@@ -87,6 +87,7 @@ struct Settings {
     log_dir: PathBuf,
     run_dir: PathBuf,
     state: Arc<summoner::state::State>,
+    state_dir: PathBuf,
 }
 
 impl ServeArgs {
@@ -146,6 +147,7 @@ impl ServeArgs {
             log_dir,
             run_dir,
             state,
+            state_dir,
         })
     }
 }
@@ -195,10 +197,25 @@ fn summoner_for(s: &Settings) -> Result<Arc<Summoner>, Stop> {
     for m in summoner.jail_missing() {
         eprintln!("dust: worker jail: cannot apply {m}");
     }
+    // Compiled wasm images (engine aot) and snapshot templates survive restarts in the
+    // state dir's cache.
+    let aot = match std::env::var_os("DUST_AOT_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => s.state_dir.join("cache/aot"),
+    };
+    let summoner = summoner.with_aot_cache(aot);
+    let templates = summoner::template::TemplateCache::open(s.state_dir.join("cache/templates"))
+        .map_err(|e| {
+            Stop(format!(
+                "state dir {}: template cache: {e}",
+                s.state_dir.display()
+            ))
+        })?;
     Ok(Arc::new(
         summoner
             .with_log_dir(s.log_dir.clone())
-            .with_state(s.state.clone()),
+            .with_state(s.state.clone())
+            .with_template_cache(templates),
     ))
 }
 
@@ -215,6 +232,10 @@ async fn run(summoner: &Arc<Summoner>, s: Settings, grace: Duration) -> Result<(
         eprintln!("dust: serving {name} on {scheme}{addr}");
     }
     super::restore::restore(summoner, &s.state).await;
+    let pruned = summoner.prune_templates();
+    if pruned > 0 {
+        tracing::info!("removed {pruned} cached snapshot templates no service uses");
+    }
     let api = api::bind_api(s.api, grace).map_err(|e| Stop(format!("control API: {e}")))?;
     eprintln!("dust: control API on {}", api.unix_path().display());
     if let Some(addr) = api.tcp_addr() {

@@ -55,14 +55,6 @@ pub enum ServiceConfigError {
         #[source]
         source: crate::wasm::WasmError,
     },
-    /// An engine this build cannot run yet.
-    #[error("service {name}: the {engine} engine is not available in this build; use engine = \"interpreter\"")]
-    EngineUnavailable {
-        /// Service.
-        name: String,
-        /// The engine asked for.
-        engine: super::Engine,
-    },
     /// A vsock port out of range.
     #[error("service {name}: guest_port {0} must be between 1 and 65535", .port)]
     GuestPort {

@@ -177,6 +177,7 @@ impl ServiceConfig {
                 module: module.into(),
                 engine: Engine::default(),
                 fuel: None,
+                compiled: None,
             }),
             snapshot: true,
             ..Self::new(name, listen, PathBuf::new())
@@ -191,12 +192,17 @@ impl ServiceConfig {
         }
     }
 
-    /// The guest image each VM boots: the service's image, or for a WebAssembly service the
-    /// built-in guest that runs it (located once per process, see
+    /// The guest image each VM boots: the service's image, for a compiled WebAssembly
+    /// service the module's own image (empty until the summoner has compiled it), else the
+    /// built-in guest that interprets it (located once per process, see
     /// [`crate::wasm::find_guest`]; empty when it is missing, which validation names).
     pub fn image_path(&self) -> PathBuf {
         match &self.workload {
             Workload::Image(i) => i.clone(),
+            Workload::Wasm(WasmWorkload {
+                compiled: Some(image),
+                ..
+            }) => image.clone(),
             Workload::Wasm(w) => crate::wasm::find_guest_for(&w.module).unwrap_or_default(),
         }
     }
@@ -208,7 +214,8 @@ impl ServiceConfig {
         } else {
             format!("{} vm={vm_id}", self.cmdline.trim())
         };
-        if let Some(w) = self.wasm_workload() {
+        // Fuel and the template's warm-up run are the interpreter's.
+        if let Some(w) = self.wasm_workload().filter(|w| w.compiled.is_none()) {
             cmdline = format!("{} {cmdline}", crate::wasm::cmdline(w.fuel, self.snapshot));
         }
         vmm::VmConfig {
@@ -223,8 +230,12 @@ impl ServiceConfig {
                 uds: vsock_path(run_dir, vm_id),
             }),
             id: vm_id.to_string(),
-            // A wasm service's module is the dust-wasm guest's initrd.
-            initrd: self.wasm_workload().map(|w| w.module.clone()),
+            // An interpreted module is the dust-wasm guest's initrd (a compiled one is in
+            // its image).
+            initrd: self
+                .wasm_workload()
+                .filter(|w| w.compiled.is_none())
+                .map(|w| w.module.clone()),
             ..vmm::VmConfig::new(self.image_path())
         }
     }

@@ -290,6 +290,7 @@ fn counts_past_max_count_and_zero_fuel_are_refused() {
         module: "/nonexistent.wasm".into(),
         engine: Engine::Interpreter,
         fuel: Some(0),
+        compiled: None,
     });
     assert!(matches!(
         c.validate(),
@@ -307,18 +308,22 @@ fn a_service_runs_an_image_or_a_module_never_both() {
         (c.workload.clone(), c.snapshot),
         (Workload::Image("/x".into()), false)
     );
-    let c = parse("wasm = '/h.wasm'\nfuel = 5").unwrap();
+    let c = parse("wasm = '/h.wasm'\nfuel = 5\nengine = 'interpreter'").unwrap();
     let want = WasmWorkload {
         module: "/h.wasm".into(),
         engine: Engine::Interpreter,
         fuel: Some(5),
+        compiled: None,
     };
     assert_eq!(
         (c.workload.clone(), c.snapshot),
         (Workload::Wasm(want), true)
     );
-    let c = parse("wasm = '/h.wasm'\nengine = 'aot'\nsnapshot = false").unwrap();
-    assert!(matches!(&c.workload, Workload::Wasm(w) if w.engine == Engine::Aot));
+    let c = parse("wasm = '/h.wasm'\nsnapshot = false").unwrap();
+    assert!(
+        matches!(&c.workload, Workload::Wasm(w) if w.engine == Engine::Aot),
+        "aot is the default"
+    );
     assert!(!c.snapshot);
     for (extra, says) in [
         ("image = '/x'\nwasm = '/h.wasm'", "not both"),
@@ -341,7 +346,7 @@ fn the_wire_form_round_trips() {
     c.request_deadline = Duration::from_millis(1500);
     let json = serde_json::to_value(&c).unwrap();
     assert_eq!(json["wasm"], "/h.wasm");
-    assert_eq!(json["engine"], "interpreter");
+    assert_eq!(json["engine"], "aot");
     assert_eq!(json["snapshot"], true);
     assert!(json.get("image").is_none(), "{json}");
     assert_eq!(json["request_deadline"], "1s 500ms");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use vmm::SerialConfig;
 
-use super::{Engine, ServiceConfig, ServiceConfigError, Workload, MAX_COUNT};
+use super::{ServiceConfig, ServiceConfigError, Workload, MAX_COUNT};
 
 /// The range of every duration of a service.
 pub const DURATIONS: std::ops::RangeInclusive<Duration> =
@@ -122,6 +122,10 @@ impl ServiceConfig {
     /// The image as the worker's loader will see it, so that an image that can never boot
     /// is refused now instead of failing every request.
     fn check_image(&self) -> Result<(), ServiceConfigError> {
+        if matches!(&self.workload, Workload::Wasm(w) if w.compiles() && w.compiled.is_none()) {
+            // Compiled (and the image checked) when the service is added.
+            return Ok(());
+        }
         let image = self.image_path();
         let why = match std::fs::metadata(&image) {
             Ok(m) if m.is_file() => vmm::check_image(&image, self.memory_mib)
@@ -153,12 +157,6 @@ impl ServiceConfig {
             return Ok(());
         };
         let name = self.name.clone();
-        if w.engine == Engine::Aot {
-            return Err(ServiceConfigError::EngineUnavailable {
-                name,
-                engine: w.engine,
-            });
-        }
         crate::wasm::check_file(&w.module, self.memory_mib).map_err(|source| {
             ServiceConfigError::Wasm {
                 name,

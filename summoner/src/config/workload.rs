@@ -32,16 +32,27 @@ pub struct WasmWorkload {
     pub engine: Engine,
     /// Fuel per request (interpreter only; default [`dust_abi::wasm::DEFAULT_FUEL`]).
     pub fuel: Option<u64>,
+    /// The module's guest image, once the summoner has compiled it (engine `aot`; see
+    /// [`crate::wasm::aot`]). Never part of the wire form.
+    pub compiled: Option<PathBuf>,
+}
+
+impl WasmWorkload {
+    /// Whether the AOT engine compiles this handler: engine `aot` and a core module
+    /// (components run on the interpreter for now; docs/wasm.md). Reads the module's header.
+    pub fn compiles(&self) -> bool {
+        self.engine == Engine::Aot && !crate::component::is_component_file(&self.module)
+    }
 }
 
 /// What executes a WebAssembly handler.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// Compiled ahead of time into a guest image of its own.
+    /// Compiled ahead of time into a guest image of its own (the default).
+    #[default]
     Aot,
     /// The wasmi interpreter inside the built-in `dust-wasm` guest; counts fuel.
-    #[default]
     Interpreter,
 }
 
@@ -187,6 +198,7 @@ impl ServiceSpec {
                 module,
                 engine: self.engine.unwrap_or_default(),
                 fuel: self.fuel,
+                compiled: None,
             })),
             (image, None) => {
                 if self.fuel.is_some() {

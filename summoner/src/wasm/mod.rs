@@ -1,11 +1,16 @@
-//! WebAssembly services: a `wasm32-wasip1` module run per request by the built-in
-//! `dust-wasm` guest, which gets the module as its VM's initrd (see docs/wasm.md).
+//! WebAssembly services: a `wasm32-wasip1` module run per request, either compiled ahead
+//! of time into a guest image of its own ([`aot`], the default engine) or interpreted by
+//! the built-in `dust-wasm` guest, which gets the module as its VM's initrd (see
+//! docs/wasm.md).
 //!
 //! A module is checked here, on the host, when its service is created: the `\0asm` magic,
 //! the version (a component is refused as such), wasmparser validation with the features
 //! the guest's wasmi runs, every import (only the WASI preview 1 functions the guest
 //! implements), a `_start` export, and memory that fits the VM. A bad module is an error
 //! at creation, never a service that fails every request.
+
+pub mod aot;
+mod signatures;
 
 use std::path::{Path, PathBuf};
 
@@ -122,21 +127,30 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     };
     let mut unsupported = Vec::new();
     let mut start = false;
+    let mut types: Vec<wasmparser::FuncType> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| WasmError::Invalid(e.to_string()))? {
+            Payload::TypeSection(reader) => {
+                for group in reader.into_iter_err_on_gc_types() {
+                    let ty = group.map_err(|e| WasmError::Invalid(e.to_string()))?;
+                    types.push(ty);
+                }
+            }
             Payload::ImportSection(reader) => {
                 for import in reader {
                     let import = import.map_err(|e| WasmError::Invalid(e.to_string()))?;
                     let name = format!("{}::{}", import.module, import.name);
-                    let ok = import.module == WASI_MODULE
-                        && IMPORTS.contains(&import.name)
-                        && matches!(import.ty, TypeRef::Func(_));
-                    if ok {
-                        info.imports.push(name);
-                    } else if matches!(import.ty, TypeRef::Func(_)) {
-                        unsupported.push(name);
-                    } else {
-                        unsupported.push(format!("{name} (not a function)"));
+                    let provided = import.module == WASI_MODULE && IMPORTS.contains(&import.name);
+                    match import.ty {
+                        TypeRef::Func(t) if provided => {
+                            let ty = types.get(t as usize);
+                            match signatures::mismatch(import.name, ty) {
+                                None => info.imports.push(name),
+                                Some(why) => unsupported.push(format!("{name} ({why})")),
+                            }
+                        }
+                        TypeRef::Func(_) => unsupported.push(name),
+                        _ => unsupported.push(format!("{name} (not a function)")),
                     }
                 }
             }
@@ -190,10 +204,8 @@ pub fn usable_bytes(memory_mib: u32, module_len: usize) -> u64 {
         .saturating_sub(OVERHEAD_MIB << 20)
 }
 
-/// Where the built-in `dust-wasm` guest is: `$DUST_GUEST_DIR`, next to the running
-/// executable (or its `../lib/dust/guests`), the guest build tree of this checkout, then
-/// `/usr/lib/dust/guests`.
-/// Found once per process: services ask on every spawn.
+/// Where the built-in `dust-wasm` guest is (see [`guest_dirs`]). Found once per process:
+/// services ask on every spawn.
 pub fn find_guest() -> Option<PathBuf> {
     static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     if let Some(p) = FOUND.get() {
@@ -218,6 +230,16 @@ pub fn find_guest_for(path: &Path) -> Option<PathBuf> {
 }
 
 fn search_guest(name: &str) -> Option<PathBuf> {
+    guest_dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Where built-in guests are looked for, in order: `$DUST_GUEST_DIR`, next to the running
+/// executable (or its `../lib/dust/guests`), the guest build tree of this checkout, then
+/// `/usr/lib/dust/guests`.
+pub fn guest_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("DUST_GUEST_DIR") {
         dirs.push(PathBuf::from(d));
@@ -233,7 +255,7 @@ fn search_guest(name: &str) -> Option<PathBuf> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/target/x86_64-unknown-none/release"),
     );
     dirs.push(PathBuf::from("/usr/lib/dust/guests"));
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+    dirs
 }
 
 /// The command-line words that configure the guest: the fuel, and a warm-up run when the
@@ -251,11 +273,13 @@ pub fn cmdline(fuel: Option<u64>, snapshot: bool) -> String {
 mod tests {
     use super::*;
 
-    /// A module with one import and an exported `_start`, in the binary format.
-    fn module(import_module: &str, import_name: &str) -> Vec<u8> {
+    /// A module with one import of type `ty` (encoded) and an exported `_start`.
+    fn module_with(import_module: &str, import_name: &str, ty: &[u8]) -> Vec<u8> {
         let mut m = b"\0asm\x01\0\0\0".to_vec();
-        // type section: one type () -> ()
-        m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0]);
+        // type section: type 0 = `ty`, type 1 = () -> ()
+        m.extend_from_slice(&[1, 5 + ty.len() as u8, 2, 0x60]);
+        m.extend_from_slice(ty);
+        m.extend_from_slice(&[0x60, 0, 0]);
         // import section: one function of type 0
         let mut imp = vec![1, import_module.len() as u8];
         imp.extend_from_slice(import_module.as_bytes());
@@ -265,8 +289,8 @@ mod tests {
         m.push(2);
         m.push(imp.len() as u8);
         m.extend_from_slice(&imp);
-        // function section: one function of type 0
-        m.extend_from_slice(&[3, 2, 1, 0]);
+        // function section: one function of type 1
+        m.extend_from_slice(&[3, 2, 1, 1]);
         // export section: "_start" = function 1
         m.extend_from_slice(&[7, 10, 1, 6]);
         m.extend_from_slice(b"_start");
@@ -274,6 +298,25 @@ mod tests {
         // code section: one empty body
         m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
         m
+    }
+
+    /// A module importing `import_name` as `(i32, i32, i32, i32) -> i32` (fd_write's type).
+    fn module(import_module: &str, import_name: &str) -> Vec<u8> {
+        module_with(
+            import_module,
+            import_name,
+            &[4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f],
+        )
+    }
+
+    #[test]
+    fn refuses_a_wasi_import_with_another_signature() {
+        let e = check(&module_with(WASI_MODULE, "fd_write", &[0, 0]), 32).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("fd_write (signature () -> ()"), "{text}");
+        assert!(text.contains("(i32, i32, i32, i32) -> (i32)"), "{text}");
+        let ok = check(&module_with(WASI_MODULE, "proc_exit", &[1, 0x7f, 0]), 32);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
