@@ -26,5 +26,7 @@ pub fn worker() -> ExitCode {
             return ExitCode::from(VMM_ERROR);
         }
     }
+    // After the jail's uid change, which clears the parent-death signal.
+    vmm::jail::die_with_daemon();
     ExitCode::from(vmm::worker::serve())
 }

@@ -23,7 +23,9 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod process;
 pub mod registry;
+pub mod rundir;
 pub mod service;
 pub mod summon;
 pub mod tcp;
@@ -70,6 +72,8 @@ pub struct ServiceStats {
 /// All services of one dust daemon.
 pub struct Summoner {
     spawner: worker::Spawner,
+    /// The run dir's lock ([`rundir`]), held for the daemon's life.
+    _run_lock: Option<std::fs::File>,
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
@@ -120,6 +124,19 @@ impl Summoner {
             .mode(0o700)
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let run_lock = rundir::claim(&run_dir)?;
+        match &run_lock {
+            Some(_) => {
+                let n = rundir::sweep(&run_dir);
+                if n > 0 {
+                    tracing::info!("removed {n} leftovers of a dead daemon from the run dir");
+                }
+            }
+            None => tracing::warn!(
+                "another daemon holds {}: not sweeping it",
+                run_dir.join(rundir::LOCK).display()
+            ),
+        }
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
@@ -135,6 +152,7 @@ impl Summoner {
                 slots: limits::VmSlots::new(max_vms),
             },
             nofile,
+            _run_lock: run_lock,
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
