@@ -351,5 +351,10 @@ impl Summoner {
         if let Some(j) = &self.spawner.jail {
             j.finish();
         }
+        // Nothing of ours is left in the run dir: the lock goes too (still held until the
+        // daemon exits; a daemon starting meanwhile makes a new one).
+        if self._run_lock.is_some() {
+            let _ = std::fs::remove_file(self.spawner.run_dir.join(rundir::LOCK));
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Starting and reaping worker processes (docs/security.md, "Every process is reaped").
 //!
 //! A jailed worker is started straight into its new mount/pid/net/ipc/uts namespaces
-//! (`clone3` with the namespace flags), so it is pid 1 of its own pid namespace *and* a
+//! (`clone` with the namespace flags), so it is pid 1 of its own pid namespace *and* a
 //! direct child of the daemon: there is no monitor process in between whose death could
 //! orphan the VM. Killing it (through its pidfd, so never a recycled pid) ends everything
 //! in its pid namespace, and the daemon waits for it: every process dust starts, dust reaps,
@@ -94,13 +94,12 @@ struct Prepared {
     envp: Vec<CString>,
     null: OwnedFd,
     stderr: OwnedFd,
-    report: OwnedFd,
     control: RawFd,
     daemon: RawFd,
 }
 
 impl Prepared {
-    fn new(s: &Spawn<'_>, stderr: OwnedFd, report: OwnedFd) -> io::Result<Self> {
+    fn new(s: &Spawn<'_>, stderr: OwnedFd) -> io::Result<Self> {
         let exe = cstring(s.exe.as_os_str())?;
         let mut argv = vec![exe.clone()];
         for a in s.args {
@@ -132,14 +131,13 @@ impl Prepared {
             envp,
             null: null.into(),
             stderr,
-            report,
             control: s.control,
             daemon: daemon_pidfd()?,
         })
     }
 
-    /// In the child, between clone and exec: fds 0-4, the parent-death signal, exec. Only
-    /// returns on failure, with the errno to report.
+    /// In the child, between clone and exec: fds 0-4, signal handlers, the parent-death
+    /// signal, exec. Only returns on failure, with the errno to report.
     fn exec(&self, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
         use vmm::jail::DAEMON_FD;
         use vmm::worker::protocol::CONTROL_FD;
@@ -164,10 +162,20 @@ impl Prepared {
             {
                 return *libc::__errno_location();
             }
+            // Our handlers are the parent's code in the parent's memory: back to the default
+            // before any signal is let in. Ignored signals stay ignored, except SIGPIPE.
+            for sig in 1..=libc::SIGRTMAX() {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction != libc::SIG_DFL
+                    && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE)
+                {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             // The daemon may have died before the line above: its pidfd says so.
             let mut pfd = libc::pollfd {
@@ -191,63 +199,106 @@ fn pointers(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
+/// What the child reads (and writes back: the errno of a failed exec) in the memory it
+/// shares with its parent until it execs.
+struct ChildArgs<'a> {
+    p: &'a Prepared,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    errno: i32,
+}
+
+/// The child's first function (on its own stack, in the parent's memory, the parent thread
+/// suspended): exec, or record why not and end.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `Child::spawn` passed, alive until the child has
+    // exec'd or exited (CLONE_VFORK suspends the parent until then).
+    let a = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
+    a.errno = a.p.exec(a.argv, a.envp);
+    127
+}
+
+/// The child's stack: only `child_main` and the calls it makes run on it.
+const STACK: usize = 64 << 10;
+
+/// Block every signal in the calling thread until dropped: the child shares our memory
+/// until it execs, so none of our handlers may run in it (it resets them before it
+/// unblocks).
+struct Blocked(libc::sigset_t);
+
+impl Blocked {
+    fn all() -> Self {
+        // SAFETY: sigset_t is plain data filled by sigfillset/pthread_sigmask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            Blocked(old)
+        }
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `all`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 impl Child {
-    /// Start `s`; returns the child and the read end of its stderr.
+    /// Start `s`; returns the child and the read end of its stderr. Like `posix_spawn`,
+    /// the child shares this process's memory until it execs (CLONE_VM | CLONE_VFORK), so
+    /// starting it costs the same whatever the daemon's size (no page tables copied).
     pub fn spawn(s: &Spawn<'_>) -> io::Result<(Self, OwnedFd)> {
         let (err_r, err_w) = pipe()?;
-        let (rep_r, rep_w) = pipe()?;
-        let p = Prepared::new(s, err_w, rep_w)?;
+        let p = Prepared::new(s, err_w)?;
         let (argv, envp) = (pointers(&p.argv), pointers(&p.envp));
-        let mut flags = libc::CLONE_PIDFD as u64;
+        let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
         if s.namespaces {
-            flags |= (libc::CLONE_NEWNS
+            flags |= libc::CLONE_NEWNS
                 | libc::CLONE_NEWPID
                 | libc::CLONE_NEWNET
                 | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS) as u64;
+                | libc::CLONE_NEWUTS;
         }
-        let mut pidfd: RawFd = -1;
-        // SAFETY: clone_args is plain data; zero is "unset" for every field we leave.
-        let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-        args.flags = flags;
-        args.pidfd = std::ptr::addr_of_mut!(pidfd) as u64;
-        args.exit_signal = libc::SIGCHLD as u64;
-        // SAFETY: clone3 without CLONE_VM: the child is a copy of this process (like fork)
-        // that only runs `Prepared::exec` (async-signal-safe calls) and then execs or exits.
+        let mut stack = vec![0u8; STACK];
+        let mut args = ChildArgs {
+            p: &p,
+            argv: &argv,
+            envp: &envp,
+            errno: 0,
+        };
+        let mut pidfd: libc::c_int = -1;
+        let blocked = Blocked::all();
+        // SAFETY: the child runs `child_main` on `stack` (its top, 16-byte aligned) with
+        // `args`, both alive until it has exec'd or exited, which CLONE_VFORK waits for;
+        // the kernel writes the pidfd into `pidfd` (CLONE_PIDFD through the ptid argument).
         let rc = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                std::ptr::addr_of_mut!(args),
-                std::mem::size_of::<libc::clone_args>(),
+            let top = stack.as_mut_ptr().add(STACK);
+            let top = top.sub(top as usize % 16);
+            libc::clone(
+                child_main,
+                top.cast(),
+                flags,
+                std::ptr::addr_of_mut!(args).cast(),
+                std::ptr::addr_of_mut!(pidfd),
             )
         };
-        if rc == 0 {
-            let errno = p.exec(&argv, &envp);
-            // SAFETY: report the errno on the CLOEXEC pipe and end the child.
-            unsafe {
-                libc::write(
-                    p.report.as_raw_fd(),
-                    std::ptr::addr_of!(errno).cast(),
-                    std::mem::size_of::<i32>(),
-                );
-                libc::_exit(127)
-            }
-        }
-        let pid: u32 = os_err(rc)?;
+        drop(blocked);
+        let pid: u32 = os_err(rc.into())?;
         // SAFETY: the kernel wrote a fresh pidfd that we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let errno = args.errno;
         drop(p);
         let mut child = Child {
             pid,
             pidfd,
             reaped: false,
         };
-        // The report pipe closes on exec (EOF) or carries the errno of a failed exec.
-        let mut errno = [0u8; 4];
-        let n = read_full(&rep_r, &mut errno);
-        if n == errno.len() {
+        if errno != 0 {
             child.wait_blocking();
-            return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+            return Err(io::Error::from_raw_os_error(errno));
         }
         Ok((child, err_r))
     }
@@ -321,26 +372,6 @@ impl Child {
         };
         Ok(Some(ExitStatus::from_raw(raw)))
     }
-}
-
-fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: reading into the unfilled rest of `buf`.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
-        if n > 0 {
-            got += n.unsigned_abs();
-        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
-    got
 }
 
 impl Drop for Child {
