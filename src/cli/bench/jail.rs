@@ -164,7 +164,10 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
     let mut p50 = Vec::new();
     for (name, _, times) in &spawners {
         let s = summarize(times);
-        println!("{name:<10} p50 {:>8.3}ms  p90 {:>8.3}ms", s.p50, s.p90);
+        println!(
+            "{name:<10} p50 {:>8.3}ms  p90 {:>8.3}ms  p99 {:>8.3}ms",
+            s.p50, s.p90, s.p99
+        );
         p50.push(s.p50);
     }
     if let [a, b] = p50[..] {
