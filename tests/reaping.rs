@@ -208,7 +208,6 @@ fn leftovers(run: &Path) -> (Vec<String>, Vec<PathBuf>) {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n != "lock")
                 .collect()
         })
         .unwrap_or_default();

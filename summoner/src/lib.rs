@@ -133,18 +133,22 @@ impl Summoner {
                 }
             }
             None => tracing::warn!(
-                "another daemon holds {}: not sweeping it",
-                run_dir.join(rundir::LOCK).display()
+                "another daemon holds the run dir {}: not sweeping it",
+                run_dir.display()
             ),
+        }
+        let jail = jail
+            .enabled
+            .then(|| Arc::new(jail::Jail::new(jail, &run_dir)));
+        if let (Some(j), Some(_)) = (&jail, &run_lock) {
+            j.reclaim();
         }
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
             budget: limits::Budget::new(limits::client_budget(nofile, max_vms)),
             spawner: worker::Spawner {
-                jail: jail
-                    .enabled
-                    .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
+                jail,
                 exe,
                 args,
                 run_dir,
@@ -350,11 +354,6 @@ impl Summoner {
         jail::released(Duration::from_secs(5)).await;
         if let Some(j) = &self.spawner.jail {
             j.finish();
-        }
-        // Nothing of ours is left in the run dir: the lock goes too (still held until the
-        // daemon exits; a daemon starting meanwhile makes a new one).
-        if self._run_lock.is_some() {
-            let _ = std::fs::remove_file(self.spawner.run_dir.join(rundir::LOCK));
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The run dir belongs to one daemon at a time (docs/security.md): the daemon holds an
-//! exclusive `flock` on `<run_dir>/lock` while it lives. A daemon that died without
+//! exclusive `flock` on the directory itself while it lives (no lock file to leave behind). A daemon that died without
 //! cleaning up (kill -9, a crash) left its lock free, so the next daemon to take it knows
 //! that whatever lies in the run dir is a dead daemon's and removes it: template snapshot
 //! directories (`<svc>-template-<id>.snap`), VM sockets and per-VM root directories. While
@@ -11,17 +11,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-/// The lock file's name in the run dir.
-pub const LOCK: &str = "lock";
-
-/// Take the run dir's lock; `None` if a live daemon holds it. Holding the returned file
-/// holds the lock (it is close-on-exec: workers never inherit it).
+/// Take the run dir's lock; `None` if a live daemon holds it. Holding the returned
+/// directory handle holds the lock (it is close-on-exec: workers never inherit it).
 pub fn claim(run_dir: &Path) -> io::Result<Option<File>> {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(run_dir.join(LOCK))?;
+    let f = File::open(run_dir)?;
     // SAFETY: flock on a file we own; no memory involved.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
