@@ -125,7 +125,7 @@ async fn summoner(tmp: &TempDir) -> Summoner {
 
 fn counter_service(name: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest("counter"));
-    s.snapshot = Some(true);
+    s.snapshot = true;
     s.pool_size = 2;
     s
 }
@@ -243,7 +243,7 @@ async fn a_template_that_never_gets_ready_fails_the_service_and_leaves_nothing()
     let tmp = TempDir::new("snap-crash");
     let s = summoner(&tmp).await;
     let mut c = counter_service("crash");
-    c.image = guest("crash");
+    c.workload = summoner::config::Workload::Image(guest("crash"));
     let err = s.add(c).await.unwrap_err().to_string();
     assert!(err.contains("template"), "{err}");
     assert!(s.list().is_empty());

@@ -172,11 +172,13 @@ async fn example_handlers_serve_wagi_requests_in_fresh_vms() {
         let mut c = ServiceConfig::wasm(name, "127.0.0.1:0".parse().unwrap(), handler(name));
         // Enough for every example path (the C one's 8 KiB upload uses ~0.45 M), and
         // `/loop` runs out of it well within this deadline on an emulating KVM.
-        c.fuel = Some(600_000);
+        if let summoner::config::Workload::Wasm(w) = &mut c.workload {
+            w.fuel = Some(600_000);
+        }
         c.pool_size = 1;
         c.request_deadline = Duration::from_secs(30);
         c.serial = vmm::SerialConfig::File(log.clone());
-        assert!(c.snapshot_mode(), "wasm services default to snapshot mode");
+        assert!(c.snapshot, "wasm services default to snapshot mode");
         let addr = s.add(c).await.unwrap();
         exercise(name, addr, &log).await;
     }

@@ -242,11 +242,12 @@ mod tests {
     fn integral_numbers_count_as_integers_as_in_json_schema() {
         let c = service_config(
             "a",
-            br#"{"listen":"127.0.0.1:1","memory_mib":4159.0,"max_connections":4.159e3,"fuel":1e19}"#,
+            br#"{"listen":"127.0.0.1:1","wasm":"/h.wasm","memory_mib":4159.0,"max_connections":4.159e3,"fuel":1e19}"#,
         )
         .unwrap();
         assert_eq!((c.memory_mib, c.max_connections), (4159, 4159));
-        assert_eq!(c.fuel, Some(10_000_000_000_000_000_000));
+        let fuel = c.wasm_workload().and_then(|w| w.fuel);
+        assert_eq!(fuel, Some(10_000_000_000_000_000_000));
         for bad in [
             r#"{"listen":"127.0.0.1:1","memory_mib":4159.5}"#,
             r#"{"listen":"127.0.0.1:1","memory_mib":-1.0}"#,

@@ -43,8 +43,9 @@ impl Default for Settings {
 pub struct Router<C> {
     pub(crate) control: Arc<C>,
     pub(crate) settings: Settings,
-    /// Serializes changes (PUT, DELETE of services) so a replacement is never interleaved.
-    pub(crate) changes: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes changes (PUT, DELETE) of each service so a replacement is never
+    /// interleaved; changes of different services run side by side.
+    pub(crate) changes: ChangeLocks,
 }
 
 /// A JSON response.
@@ -94,7 +95,7 @@ impl<C: Control> Router<C> {
         Self {
             control,
             settings,
-            changes: Arc::new(tokio::sync::Mutex::new(())),
+            changes: ChangeLocks::default(),
         }
     }
 
@@ -230,6 +231,24 @@ impl<C: Control> Router<C> {
                 resp
             }
         })
+    }
+}
+
+/// One lock per service name: a slow creation (a template boot, a compile) of one service
+/// never holds up a change of another.
+#[derive(Default, Clone)]
+pub(crate) struct ChangeLocks(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+);
+
+impl ChangeLocks {
+    /// The lock of service `name`.
+    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the locks nobody holds or waits for, so the map stays as small as the
+        // changes in flight.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(name.to_string()).or_default().clone()
     }
 }
 

@@ -73,13 +73,17 @@ impl<C: Control> Router<C> {
         config: ServiceConfig,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        self.control
-            .check_service(&config)
-            .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
+        // Checking reads and parses the image or module: off the async threads.
+        let (control, checked) = (self.control.clone(), config.clone());
+        join(tokio::task::spawn_blocking(move || {
+            control.check_service(&checked)
+        }))
+        .await?
+        .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
         let change = Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
+            lock: self.changes.of(&config.name),
         };
         join(tokio::spawn(change.put(config, create_only))).await?
     }
@@ -89,7 +93,7 @@ impl<C: Control> Router<C> {
         let change = Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
+            lock: self.changes.of(name),
         };
         join(tokio::spawn(change.delete(name.to_string()))).await?
     }

@@ -12,10 +12,11 @@ use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
+use summoner::config::Workload;
 use summoner::ServiceConfig;
 use vmm::SerialConfig;
 
-use super::service::{resolve_existing, ServiceFlags};
+use super::service::{resolve_existing, ServiceFlags, WasmFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -56,17 +57,12 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image (not needed with --wasm); a relative path is taken from the current
-    /// directory.
-    #[arg(long, required_unless_present = "wasm")]
+    /// Guest image (or --wasm); a relative path is taken from the current directory.
+    #[arg(long, required_unless_present = "wasm", conflicts_with = "wasm")]
     pub image: Option<PathBuf>,
-    /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
-    /// (see docs/wasm.md); snapshot mode.
-    #[arg(long, value_name = "FILE")]
-    pub wasm: Option<PathBuf>,
-    /// Fuel per request of a --wasm service (out of fuel: 504).
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
+    /// Or a WebAssembly handler; a relative path is taken from the current directory.
+    #[command(flatten)]
+    pub wasm: WasmFlags,
     /// Listen address (port 0: a free one, printed).
     #[arg(long)]
     pub listen: SocketAddr,
@@ -80,16 +76,16 @@ impl AddArgs {
     /// every file is named by its absolute path, and one that does not exist is refused
     /// here.
     fn config(self) -> Result<ServiceConfig, CliError> {
-        let image = match &self.image {
-            Some(i) => resolve_existing("--image", i).map_err(CliError::argument)?,
-            None => PathBuf::new(),
+        let workload = match (&self.image, &self.wasm.wasm) {
+            (_, Some(w)) => self
+                .wasm
+                .workload(resolve_existing("--wasm", w).map_err(CliError::argument)?),
+            (Some(i), None) => {
+                Workload::Image(resolve_existing("--image", i).map_err(CliError::argument)?)
+            }
+            (None, None) => return Err(CliError::argument("give --image or --wasm".into())),
         };
-        let mut cfg = self.service.config(&self.name, self.listen, image);
-        cfg.wasm = match &self.wasm {
-            Some(w) => Some(resolve_existing("--wasm", w).map_err(CliError::argument)?),
-            None => None,
-        };
-        cfg.fuel = self.fuel;
+        let cfg = self.service.config(&self.name, self.listen, workload);
         // A serial file is not resolved here: the daemon takes only names inside its own
         // log directory and resolves them there.
         Ok(cfg)
@@ -264,7 +260,7 @@ fn service_details(s: &Service) -> String {
         ("listen", c.listen.to_string()),
         ("address", s.address.to_string()),
         ("mode", c.mode.to_string()),
-        ("image", c.image.display().to_string()),
+        ("runs", runs(c)),
         ("cmdline", format!("{:?}", c.cmdline)),
         ("memory_mib", c.memory_mib.to_string()),
         (
@@ -277,12 +273,16 @@ fn service_details(s: &Service) -> String {
         ("vcpus", c.vcpus.to_string()),
         ("irqchip", c.irqchip.to_string()),
         ("guest_port", c.guest_port.to_string()),
-        ("snapshot", c.snapshot_mode().to_string()),
+        ("snapshot", c.snapshot.to_string()),
         (
-            "wasm",
-            or_default(c.wasm.as_ref().map(|w| w.display().to_string()), "-"),
+            "fuel",
+            or_default(
+                c.wasm_workload()
+                    .and_then(|w| w.fuel)
+                    .map(|f| f.to_string()),
+                "-",
+            ),
         ),
-        ("fuel", or_default(c.fuel.map(|f| f.to_string()), "-")),
         ("serial", serial),
         ("max_concurrent", c.max_concurrent.to_string()),
         ("queue_depth", c.queue_depth.to_string()),
@@ -307,6 +307,14 @@ fn service_details(s: &Service) -> String {
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
+/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`.
+fn runs(c: &ServiceConfig) -> String {
+    match &c.workload {
+        Workload::Image(i) => i.display().to_string(),
+        Workload::Wasm(w) => format!("wasm:{} ({})", w.module.display(), w.engine),
+    }
+}
+
 fn vm_table(vms: &[Vm]) -> String {
     let mut out = format!(
         "{:<32} {:<16} {:<9} {:>9} {:>8}\n",
@@ -324,10 +332,10 @@ fn vm_table(vms: &[Vm]) -> String {
 fn service_table(services: &[Service]) -> String {
     let mut out = format!(
         "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
-        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
+        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "RUNS"
     );
     for s in services {
-        let start = if s.config.snapshot_mode() {
+        let start = if s.config.snapshot {
             "snapshot"
         } else {
             "boot"
@@ -341,7 +349,7 @@ fn service_table(services: &[Service]) -> String {
             s.stats.running,
             s.stats.idle,
             s.stats.waiting,
-            s.config.image.display()
+            runs(&s.config)
         );
     }
     out

@@ -2,7 +2,6 @@
 
 pub mod bench;
 pub mod client;
-pub mod drain;
 pub mod guest;
 pub mod run;
 pub mod serve;

@@ -17,10 +17,10 @@ use vmm::{SerialConfig, VmConfig, VsockConfig};
 /// The `--wasm` flags of `dust run`.
 #[derive(Args, Debug, Default)]
 pub struct WasmArgs {
-    /// Run one request through this wasm32-wasip1 handler (WAGI) in the built-in dust-wasm
-    /// guest and print the response. IMAGE, if given, replaces the built-in guest.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["restore", "snapshot_out", "initrd"])]
-    pub wasm: Option<PathBuf>,
+    /// Run one request through a handler and print the response (not with --restore,
+    /// --snapshot-out or --initrd). IMAGE, if given, replaces the built-in guest.
+    #[command(flatten)]
+    pub flags: super::service::WasmFlags,
     /// A CGI variable of the request, e.g. REQUEST_METHOD=POST, PATH_INFO=/x,
     /// QUERY_STRING=a+b, CONTENT_TYPE=..., HTTP_ACCEPT=... (a header); any other NAME=value
     /// is added to the handler's environment (no spaces). Repeatable. With --wasm.
@@ -29,9 +29,6 @@ pub struct WasmArgs {
     /// The request body (the handler's stdin); the method defaults to POST. With --wasm.
     #[arg(long, value_name = "FILE", requires = "wasm")]
     pub body: Option<PathBuf>,
-    /// Fuel for the request (default: the services' default). With --wasm.
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
 }
 
 /// Why the request could not be run.
@@ -166,7 +163,7 @@ fn run_one(
         initrd: Some(module.to_path_buf()),
         cmdline: format!(
             "{} verbose=1{words} vm={id}",
-            wasm::cmdline(args.fuel, false)
+            wasm::cmdline(args.flags.fuel, false)
         ),
         memory_mib,
         // The handler's stderr: the serial console, onto dust's stderr.

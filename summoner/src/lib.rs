@@ -24,6 +24,7 @@ pub mod listen;
 pub mod metrics;
 pub mod pool;
 pub mod process;
+mod refuse;
 pub mod registry;
 pub mod rundir;
 pub mod service;
@@ -241,13 +242,13 @@ impl Summoner {
         }
         self.check(&config).map_err(StartError::from)?;
         self.create_serial_file(&config)?;
-        let template = match config.snapshot_mode() {
+        let template = match config.snapshot {
             true => Some(Arc::new(
                 template::Template::take(&self.spawner, &config)
                     .await
-                    .map_err(|e| StartError::Template {
+                    .map_err(|source| StartError::Template {
                         name: config.name.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?,
             )),
             false => None,

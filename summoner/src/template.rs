@@ -14,6 +14,21 @@ use crate::worker::{Spawner, WorkerError};
 /// The least time a template VM gets to reach ready.
 pub const TEMPLATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Why a template could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The worker could not be started or talked to.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    /// The template VM failed before it was saved (the worker's report: the guest never got
+    /// ready, crashed, or the snapshot could not be written).
+    #[error("{0}")]
+    Vm(String),
+    /// The worker answered something other than a snapshot.
+    #[error("the worker answered {0} instead of a snapshot")]
+    Unexpected(String),
+}
+
 /// A service's snapshot on disk.
 #[derive(Debug)]
 pub struct Template {
@@ -24,7 +39,7 @@ pub struct Template {
 
 impl Template {
     /// Boot `config`'s image in a template VM and save it under the spawner's run dir.
-    pub async fn take(spawner: &Spawner, config: &ServiceConfig) -> Result<Self, WorkerError> {
+    pub async fn take(spawner: &Spawner, config: &ServiceConfig) -> Result<Self, TemplateError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-template-{:x}-{n}", config.name, std::process::id());
@@ -47,8 +62,8 @@ impl Template {
                 this.info = info;
                 Ok(this)
             }
-            Event::Error { message } => Err(WorkerError::Reported(message)),
-            other => Err(WorkerError::Reported(format!("unexpected event {other:?}"))),
+            Event::Error { message } => Err(TemplateError::Vm(message)),
+            other => Err(TemplateError::Unexpected(format!("{other:?}"))),
         }
     }
 

@@ -11,39 +11,7 @@ use std::path::{Path, PathBuf};
 
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
-/// The module the WASI imports come from.
-pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
-
-/// The WASI preview 1 functions `dust-wasm` implements (keep in step with
-/// `guest/dust-wasm/src/wasi.rs`, `define`).
-pub const IMPORTS: &[&str] = &[
-    "args_get",
-    "args_sizes_get",
-    "environ_get",
-    "environ_sizes_get",
-    "fd_read",
-    "fd_write",
-    "fd_close",
-    "fd_fdstat_get",
-    "fd_seek",
-    "fd_prestat_get",
-    "fd_prestat_dir_name",
-    "clock_time_get",
-    "random_get",
-    "proc_exit",
-    "sched_yield",
-    "poll_oneoff",
-];
-
-/// Guest memory the `dust-wasm` guest keeps for itself (image, compiled code, request),
-/// beyond the module; the guest uses the same number (`OVERHEAD` in its `main.rs`).
-pub const OVERHEAD_MIB: u64 = 8;
-
-/// Fuel (wasm instructions, roughly) a request may burn by default. On the emulating KVM
-/// of the development machines one instruction costs ~24 us (so a loop burns this in
-/// ~24 s, past the default request deadline there); lazily compiling a function costs fuel
-/// too. The Rust example uses ~0.3 M on a cold instance.
-pub const DEFAULT_FUEL: u64 = 1_000_000;
+pub use dust_abi::wasm::{DEFAULT_FUEL, OVERHEAD_MIB, WASI_IMPORTS as IMPORTS, WASI_MODULE};
 
 /// The name of the built-in guest image.
 pub const GUEST: &str = "dust-wasm";
@@ -222,7 +190,17 @@ pub fn usable_bytes(memory_mib: u32, module_len: usize) -> u64 {
 /// Where the built-in `dust-wasm` guest is: `$DUST_GUEST_DIR`, next to the running
 /// executable (or its `../lib/dust/guests`), the guest build tree of this checkout, then
 /// `/usr/lib/dust/guests`.
+/// Found once per process: services ask on every spawn.
 pub fn find_guest() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Some(p.clone());
+    }
+    let found = search_guest()?;
+    Some(FOUND.get_or_init(|| found).clone())
+}
+
+fn search_guest() -> Option<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("DUST_GUEST_DIR") {
         dirs.push(PathBuf::from(d));
@@ -246,9 +224,10 @@ pub fn find_guest() -> Option<PathBuf> {
 /// The command-line words that configure the guest: the fuel, and a warm-up run when the
 /// VM is a snapshot template.
 pub fn cmdline(fuel: Option<u64>, snapshot: bool) -> String {
-    let mut words = format!("fuel={}", fuel.unwrap_or(DEFAULT_FUEL));
+    use dust_abi::wasm::cmdline::{FUEL, WARMUP};
+    let mut words = format!("{FUEL}={}", fuel.unwrap_or(DEFAULT_FUEL));
     if snapshot {
-        words.push_str(" warmup=1");
+        words.push_str(&format!(" {WARMUP}=1"));
     }
     words
 }

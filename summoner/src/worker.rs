@@ -211,16 +211,10 @@ impl Spawner {
         let (config, launch) = self
             .prepare(vm_id, boot, memory_limit_mib, Some(mount))
             .await?;
-        let rc = vmm::RestoreConfig {
-            snapshot: match &launch.spec {
-                Some(spec) if spec.namespaces => vmm::jail::SNAPSHOT.into(),
-                _ => snapshot.to_path_buf(),
-            },
-            id: config.id.clone(),
-            vsock: config.vsock.clone(),
-            serial: config.serial.clone(),
-            timeout: config.timeout,
-        };
+        let rc = config.restore_from(match &launch.spec {
+            Some(spec) if spec.namespaces => Path::new(vmm::jail::SNAPSHOT),
+            _ => snapshot,
+        });
         let cmd = Cmd::Restore {
             config: Box::new(rc),
         };

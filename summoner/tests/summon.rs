@@ -383,7 +383,7 @@ async fn removing_a_service_closes_its_port() {
 async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
     let env = env().await;
     let mut s = service("snap", "answer");
-    s.snapshot = Some(true);
+    s.snapshot = true;
     let r = env.add_and_get(s).await;
     assert_eq!(r.status, 200);
     let timing = r.header("server-timing").unwrap();
@@ -407,7 +407,7 @@ async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
     until("the snapshot is deleted", || snaps() == 0).await;
     // A template that never gets ready fails the service, which never exists.
     let mut bad = service("snap-bad", "crashes");
-    bad.snapshot = Some(true);
+    bad.snapshot = true;
     let err = env.summoner.add(bad).await.unwrap_err().to_string();
     assert!(err.contains("template"), "{err}");
     assert!(env.summoner.stats("snap-bad").is_none());

@@ -31,14 +31,13 @@ dust_guest::entry!(main);
 
 /// vsock port.
 const PORT: u32 = 80;
-/// Fuel per request when the command line gives none (see docs/wasm.md).
-const DEFAULT_FUEL: u64 = 1_000_000;
+use dust_abi::wasm::{DEFAULT_FUEL, cmdline as key};
 /// Extra fuel of the warm-up run per byte of module, for translating functions (the C
 /// example's first run uses ~180 k more fuel than its later ones, for a 39 KB module).
 const WARMUP_FUEL_PER_BYTE: u64 = 8;
 /// Guest memory kept for the runtime, the compiled code and the request, beyond the
-/// module itself (the host's check uses the same number: `summoner::wasm::OVERHEAD_MIB`).
-const OVERHEAD: u64 = 8 << 20;
+/// module itself (the host's module check uses the same number).
+const OVERHEAD: u64 = dust_abi::wasm::OVERHEAD_MIB << 20;
 
 /// Why the guest cannot serve.
 enum Error {
@@ -202,7 +201,7 @@ fn main() -> Result<(), Error> {
     // the guest started; the heap stops below it and nothing writes it.
     let wasm: &'static [u8] =
         unsafe { core::slice::from_raw_parts(rd.addr as *const u8, rd.size as usize) };
-    let fuel = dust_guest::arg_value("fuel")
+    let fuel = dust_guest::arg_value(key::FUEL)
         .and_then(|f| f.parse().ok())
         .unwrap_or(DEFAULT_FUEL);
     let mut config = Config::default();
@@ -220,11 +219,11 @@ fn main() -> Result<(), Error> {
         fuel,
         memory_limit: memory_limit(rd.size),
         extra_env: dust_guest::params()
-            .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v)))
+            .filter_map(|(k, v)| Some((k.strip_prefix(key::ENV_PREFIX)?, v)))
             .collect(),
-        verbose: dust_guest::arg_value("verbose") == Some("1"),
+        verbose: dust_guest::arg_value(key::VERBOSE) == Some("1"),
     };
-    if dust_guest::arg_value("warmup") == Some("1") {
+    if dust_guest::arg_value(key::WARMUP) == Some("1") {
         // Whatever it answers, the functions it called are now translated.
         if let Ok(req) = Request::from_head(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") {
             // Translating a function costs fuel too (by its size): give the first run room

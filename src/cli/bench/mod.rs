@@ -189,7 +189,7 @@ async fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String,
     let mut svc = summoner::ServiceConfig::new("hello", listen, image);
     svc.pool_size = args.pool;
     svc.max_concurrent = args.max_concurrent;
-    svc.snapshot = Some(args.snapshot);
+    svc.snapshot = args.snapshot;
     let addr = summoner.add(svc).await.map_err(|e| e.to_string())?;
     Ok((summoner, format!("http://{addr}/"), dir))
 }
