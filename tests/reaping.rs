@@ -155,11 +155,20 @@ impl Drop for Serve {
     }
 }
 
-/// Wait (at most 20 s) until `s` runs exactly its 2 idle shells; returns (live, zombies).
+/// Whether `pid` is the daemon's zygote (one per daemon, not per VM).
+fn is_zygote(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-zygote")
+}
+
+/// Wait (at most 20 s) until `s` runs exactly its 2 idle shells (and at most its one
+/// zygote); returns (live, zombies), the zygote left out.
 fn settle(s: &Serve) -> (Vec<u32>, Vec<u32>) {
     let t = Instant::now();
     loop {
-        let (live, zombies) = s.processes();
+        let (all, zombies) = s.processes();
+        let zygotes = all.iter().filter(|p| is_zygote(**p)).count();
+        assert!(zygotes <= 1, "{zygotes} zygotes: {all:?}");
+        let live: Vec<u32> = all.into_iter().filter(|p| !is_zygote(*p)).collect();
         if (live.len() == 2 && zombies.is_empty()) || t.elapsed() > Duration::from_secs(20) {
             return (live, zombies);
         }

@@ -33,6 +33,7 @@ pub mod tcp;
 pub mod template;
 pub mod wasm;
 pub mod worker;
+pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +69,11 @@ pub struct ServiceStats {
     /// Client connections open now.
     #[serde(default)]
     pub connections: usize,
+}
+
+/// `DUST_NO_ZYGOTE` set: exec every worker (for comparison; docs/benchmarks.md).
+pub fn no_zygote() -> bool {
+    std::env::var_os("DUST_NO_ZYGOTE").is_some()
 }
 
 /// All services of one dust daemon.
@@ -144,6 +150,9 @@ impl Summoner {
         if let (Some(j), Some(_)) = (&jail, &run_lock) {
             j.reclaim();
         }
+        // `dust worker` forks workers as a zygote; stand-ins may not.
+        let zygote = (args.len() == 1 && args[0] == "worker" && !no_zygote())
+            .then(|| Arc::new(zygote::Zygote::new(exe.clone())));
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
@@ -155,6 +164,7 @@ impl Summoner {
                 run_dir,
                 log_dir: default_log_dir(),
                 slots: limits::VmSlots::new(max_vms),
+                zygote,
             },
             nofile,
             _run_lock: run_lock,
@@ -353,6 +363,9 @@ impl Summoner {
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
         jail::released(Duration::from_secs(5)).await;
+        if let Some(z) = &self.spawner.zygote {
+            z.stop();
+        }
         if let Some(j) = &self.spawner.jail {
             j.finish();
         }

@@ -303,6 +303,20 @@ impl Child {
         Ok((child, err_r))
     }
 
+    /// A child of this process that someone else started for it (the zygote clones with
+    /// CLONE_PARENT): not yet waited for, so `pid` cannot have been recycled.
+    pub fn adopt(pid: i32) -> io::Result<Self> {
+        // SAFETY: pidfd_open of our own child; the returned fd is ours.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let raw: RawFd = os_err(rc)?;
+        Ok(Child {
+            pid: pid.unsigned_abs(),
+            // SAFETY: a fresh fd nobody else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(raw) },
+            reaped: false,
+        })
+    }
+
     /// Its pid (in the daemon's pid namespace).
     pub fn id(&self) -> u32 {
         self.pid

@@ -154,6 +154,9 @@ pub struct Spawner {
     pub jail: Option<Arc<crate::jail::Jail>>,
     /// The daemon's `max_vms`, shared by all services.
     pub slots: crate::limits::VmSlots,
+    /// Fork workers from this zygote (falling back to an exec when it fails); None: exec
+    /// each worker.
+    pub zygote: Option<Arc<crate::zygote::Zygote>>,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -325,7 +328,16 @@ impl Spawner {
         };
         // Its stderr is forwarded to the log (a jailed worker may not write files:
         // RLIMIT_FSIZE 0).
-        let (child, stderr) = Child::spawn(&spawn).map_err(|source| {
+        let forked = self.zygote.as_ref().and_then(|z| {
+            z.spawn(launch.spec.as_ref(), theirs.as_raw_fd())
+                .inspect_err(|e| tracing::warn!("zygote: {e}; starting the worker by exec"))
+                .ok()
+        });
+        let started = match forked {
+            Some(f) => Ok(f),
+            None => Child::spawn(&spawn),
+        };
+        let (child, stderr) = started.map_err(|source| {
             if launch.spec.is_some() {
                 crate::jail::release(&launch.vsock);
             }

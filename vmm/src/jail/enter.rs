@@ -83,6 +83,16 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
 /// it is gone); then close that fd. A no-op for the fd when the process was not started by
 /// a daemon.
 pub fn die_with_daemon() {
+    arm_and_check(true);
+}
+
+/// [`die_with_daemon`], keeping the daemon's pidfd open (a forked worker checks again after
+/// its jail).
+pub(super) fn die_with_daemon_keep_fd() {
+    arm_and_check(false);
+}
+
+fn arm_and_check(close: bool) {
     let fd = super::DAEMON_FD;
     // SAFETY: plain prctl/fcntl/poll/close calls on our own fd and one valid pollfd.
     unsafe {
@@ -96,7 +106,9 @@ pub fn die_with_daemon() {
             revents: 0,
         };
         let gone = libc::poll(&mut pfd, 1, 0) != 0;
-        libc::close(fd);
+        if close {
+            libc::close(fd);
+        }
         if gone {
             libc::_exit(i32::from(dust_abi::status::KILLED));
         }

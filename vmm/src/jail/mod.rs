@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod enter;
+pub mod zygote;
 
+use enter::die_with_daemon_keep_fd;
 pub use enter::{die_with_daemon, enter};
 
 /// The environment variable that carries a worker's [`JailSpec`] as JSON.
