@@ -159,6 +159,8 @@ impl Prepared {
                 || libc::dup2(null, 0) < 0
                 || libc::dup2(null, 1) < 0
                 || libc::dup2(stderr, 2) < 0
+                // Nothing else: not even what the daemon inherited without close-on-exec.
+                || libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0) < 0
             {
                 return *libc::__errno_location();
             }

@@ -12,7 +12,7 @@
 //! `-errno`). The forked worker then does what an exec'd one does: the jail, the
 //! parent-death signal, the worker protocol.
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -116,8 +116,15 @@ fn child(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> ! 
         if libc::dup2(control, CONTROL_FD) < 0 || libc::dup2(stderr, 2) < 0 {
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
-        libc::close(control);
-        libc::close(stderr);
+        // Nothing but fds 0-4 and /dev/kvm (the received fds, anything else).
+        let kvm = crate::kvm::kvm().map_or(-1, |k| k.as_raw_fd());
+        if kvm > 4 {
+            libc::syscall(libc::SYS_close_range, 5, kvm - 1, 0);
+            libc::syscall(libc::SYS_close_range, kvm + 1, u32::MAX, 0);
+        } else {
+            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
+        }
+        let _ = (control, stderr);
     }
     set_name(c"dust");
     super::die_with_daemon_keep_fd();
