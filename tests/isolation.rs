@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{child_pids, env, get, guest, http_get, Env, TempDir, ONE_AT_A_TIME};
+use common::{
+    child_pids, env, get, guest, http_get, is_zygote, worker_pids, Env, TempDir, ONE_AT_A_TIME,
+};
 use summoner::ServiceConfig;
 
 fn service(name: &str, image: &str) -> ServiceConfig {
@@ -42,19 +44,6 @@ async fn a_forbidden_syscall_kills_the_worker_with_sigsys_and_the_client_gets_50
         assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
     }
     env.finish().await;
-}
-
-/// Whether `pid` is the daemon's zygote (it forks workers, runs no VM, is not jailed).
-fn is_zygote(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-zygote")
-}
-
-/// The daemon's (this test's) worker processes: its children but the zygote.
-fn workers() -> Vec<u32> {
-    child_pids()
-        .into_iter()
-        .filter(|p| !is_zygote(*p))
-        .collect()
 }
 
 fn status_field(path: &str, field: &str) -> String {
@@ -118,12 +107,12 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
     // The worker that served the request may still be on its way out (reaped in the
     // background): wait for just the two idle shells.
     let t = std::time::Instant::now();
-    while workers().len() != 2 && t.elapsed() < Duration::from_secs(10) {
+    while worker_pids().len() != 2 && t.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Each worker is a direct child of the daemon (no monitor in between) and has no child
     // of its own: a VM is one process.
-    let workers = workers();
+    let workers = worker_pids();
     assert_eq!(workers.len(), 2, "{workers:?}");
     // Forked by the daemon's zygote (unless DUST_NO_ZYGOTE asks for an exec per worker).
     let zygotes = child_pids().into_iter().filter(|p| is_zygote(*p)).count();
