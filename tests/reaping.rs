@@ -334,3 +334,26 @@ fn kill_9_while_a_snapshot_service_is_created_takes_the_template_along() {
     kill9_then_restart(s, dir.path(), "template");
     let _ = put.join();
 }
+
+#[test]
+fn a_killed_zygote_is_reaped_and_replaced_and_requests_go_on() {
+    require_kvm!();
+    let dir = TempDir::new("zygote");
+    let s = serve(dir.path(), false, &[]);
+    assert_eq!(http_get(s.addr, "/").unwrap().status, 200);
+    let (all, _) = s.processes();
+    let Some(&zygote) = all.iter().find(|p| is_zygote(**p)) else {
+        eprintln!("*** SKIPPED: this daemon runs no zygote (DUST_NO_ZYGOTE set?) ***");
+        return;
+    };
+    // SAFETY: a signal to the zygote of the daemon this test started.
+    unsafe { libc::kill(zygote as i32, libc::SIGKILL) };
+    for i in 0..20 {
+        assert_eq!(http_get(s.addr, "/").unwrap().status, 200, "request {i}");
+    }
+    let (live, zombies) = settle(&s);
+    assert!(zombies.is_empty(), "zombies below dust: {zombies:?}");
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(stat(zygote).is_none(), "the old zygote was never reaped");
+    s.stop();
+}
