@@ -1,5 +1,8 @@
-//! Client verbs over the control API's Unix socket: `dust ps`, `dust services ...`,
-//! `dust kill`. Tables for people by default, `--json` for scripts.
+//! Client verbs over the control API, on its Unix socket or (`--api-tcp`, with a bearer
+//! token) over TCP from another machine: `dust ps`, `dust services ...`, `dust kill`.
+//! Tables for people by default, `--json` for scripts. `services add/replace` upload
+//! their `--wasm`/`--image` file first ([`super::deploy`]), so the same command works on
+//! the daemon's host and elsewhere.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,13 +13,12 @@ use api::models::{ErrorBody, ErrorDetail, Service, ServiceList, Vm, VmList};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 use summoner::config::Workload;
 use summoner::ServiceConfig;
 use vmm::SerialConfig;
 
-use super::service::{resolve_existing, ServiceFlags, WasmFlags};
+use super::service::{ServiceFlags, WasmFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -25,6 +27,14 @@ pub struct Conn {
     /// $XDG_RUNTIME_DIR/dust/api.sock).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
+    /// Reach the daemon's TCP API at HOST:PORT instead of its socket (its `--api-tcp`);
+    /// the bearer token comes from $DUST_API_TOKEN, else from --token-file.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub api_tcp: Option<String>,
+    /// The file holding the TCP API's token (with --api-tcp, when $DUST_API_TOKEN is not
+    /// set).
+    #[arg(long, global = true, requires = "api_tcp")]
+    pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -45,6 +55,12 @@ pub enum ServicesCmd {
     /// Replace a service's config live (or create it): the API's PUT. Settings not given
     /// take their defaults, as with `add`.
     Replace(AddArgs),
+    /// Bring back the definition the service had before its last replacement (a second
+    /// rollback undoes the first).
+    Rollback {
+        /// Service name.
+        name: String,
+    },
     /// Stop and remove a service (in-flight requests finish first).
     Rm {
         /// Service name.
@@ -57,10 +73,12 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image (or --wasm); a relative path is taken from the current directory.
+    /// Guest image (or --wasm): a local file, uploaded to the daemon first, or
+    /// `sha256:<hex>` naming one uploaded before.
     #[arg(long, required_unless_present = "wasm", conflicts_with = "wasm")]
     pub image: Option<PathBuf>,
-    /// Or a WebAssembly handler; a relative path is taken from the current directory.
+    /// Or a WebAssembly handler: a local file, uploaded to the daemon first, or
+    /// `sha256:<hex>`.
     #[command(flatten)]
     pub wasm: WasmFlags,
     /// Listen address (port 0: a free one, printed).
@@ -72,17 +90,14 @@ pub struct AddArgs {
 }
 
 impl AddArgs {
-    /// The config to send. The daemon runs elsewhere, with another working directory, so
-    /// every file is named by its absolute path, and one that does not exist is refused
-    /// here.
-    fn config(self) -> Result<ServiceConfig, CliError> {
+    /// The config to send, its files named by the digests [`super::deploy::upload`]
+    /// answered: the daemon may run on another machine.
+    async fn config(self, conn: &Conn) -> Result<ServiceConfig, CliError> {
         let workload = match (&self.image, &self.wasm.wasm) {
             (_, Some(w)) => self
                 .wasm
-                .workload(resolve_existing("--wasm", w).map_err(CliError::argument)?),
-            (Some(i), None) => {
-                Workload::Image(resolve_existing("--image", i).map_err(CliError::argument)?)
-            }
+                .workload(super::deploy::upload(conn, "--wasm", w).await?),
+            (Some(i), None) => Workload::Image(super::deploy::upload(conn, "--image", i).await?),
             (None, None) => return Err(CliError::argument("give --image or --wasm".into())),
         };
         let cfg = self.service.config(&self.name, self.listen, workload);
@@ -101,14 +116,14 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: &str, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),
             message: message.into(),
         }
     }
 
-    fn argument(message: String) -> Self {
+    pub(super) fn argument(message: String) -> Self {
         Self::new("invalid_argument", message)
     }
 
@@ -120,7 +135,7 @@ impl CliError {
     }
 
     /// The API's error body, or (a body that is not one) its text.
-    fn api(r: &Reply) -> Self {
+    pub(super) fn api(r: &Reply) -> Self {
         match serde_json::from_slice::<ErrorBody>(&r.body) {
             Ok(b) => Self::new(&b.error.code, b.error.message),
             Err(_) => Self::new(
@@ -132,6 +147,14 @@ impl CliError {
                 ),
             ),
         }
+    }
+
+    pub(super) fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 
     /// What the user sees: a line for people, or the API's error shape for `--json`.
@@ -153,9 +176,9 @@ impl CliError {
     }
 }
 
-struct Reply {
-    status: u16,
-    body: Bytes,
+pub(super) struct Reply {
+    pub(super) status: u16,
+    pub(super) body: Bytes,
 }
 
 async fn request(
@@ -164,36 +187,43 @@ async fn request(
     path: &str,
     body: Option<String>,
 ) -> Result<Reply, CliError> {
-    let sock = conn.socket.clone().unwrap_or_else(api::default_socket_path);
+    let body = body.map(|b| ("application/json", Bytes::from(b)));
+    send(conn, method, path, body).await
+}
+
+/// Longest the daemon may take to answer (an upload, or a snapshot service's template).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One request with a body of the given media type, on the socket or over TCP.
+pub(super) async fn send(
+    conn: &Conn,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+) -> Result<Reply, CliError> {
+    let (mut send, token, place) = super::deploy::connect(conn).await?;
     let unreachable = |e: &dyn std::fmt::Display| {
         CliError::new(
             "daemon_unreachable",
-            format!(
-                "cannot reach the dust daemon at {}: {e} (is `dust serve` running?)",
-                sock.display()
-            ),
+            format!("cannot reach the dust daemon at {place}: {e} (is `dust serve` running?)"),
         )
     };
-    let stream = tokio::net::UnixStream::connect(&sock)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(c);
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "dust");
-    if body.is_some() {
-        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some((ctype, _)) = &body {
+        req = req.header(hyper::header::CONTENT_TYPE, *ctype);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(body.map(|(_, b)| b).unwrap_or_default()))
         .map_err(|e| CliError::argument(format!("cannot make the request: {e}")))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+    let resp = tokio::time::timeout(ANSWER_TIMEOUT, send.send_request(req))
         .await
-        .map_err(|_| unreachable(&"no answer within 30 s"))?
+        .map_err(|_| unreachable(&"no answer within 120 s"))?
         .map_err(|e| unreachable(&e))?;
     let status = resp.status().as_u16();
     let body = resp
@@ -409,6 +439,18 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
             }
             ServicesCmd::Add(a) => put(&conn, a, false).await,
             ServicesCmd::Replace(a) => put(&conn, a, true).await,
+            ServicesCmd::Rollback { name } => {
+                let path = format!("/v1/services/{name}/rollback");
+                let r = request(&conn, "POST", &path, None).await?;
+                if r.status != 200 {
+                    return Err(CliError::api(&r));
+                }
+                if conn.json {
+                    return Ok(text(&r.body));
+                }
+                let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+                Ok(format!("rolled back {name} on {}\n", s.address))
+            }
             ServicesCmd::Rm { name } => {
                 let r = request(&conn, "DELETE", &format!("/v1/services/{name}"), None).await?;
                 match r.status {
@@ -424,7 +466,7 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
 /// address, which is the one to use when `--listen` had port 0.
 async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError> {
     let name = a.name.clone();
-    let cfg = a.config()?;
+    let cfg = a.config(conn).await?;
     let body = serde_json::to_string(&cfg).map_err(|e| CliError::new("internal", e.to_string()))?;
     let r = if replace {
         request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await?

@@ -1,7 +1,7 @@
 //! The flags that describe a service, shared by `dust serve --image` and
 //! `dust services add`: one set of names, the defaults of [`summoner::config::defaults`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -24,13 +24,6 @@ fn serial(s: &str) -> Result<SerialConfig, String> {
             _ => Err(format!("{s:?}: use none, stdout or file:PATH")),
         },
     }
-}
-
-/// `path` made absolute against this process's working directory and symlinks resolved, so
-/// that a daemon with another working directory reads the same file; `flag` names it in the
-/// error when it does not exist.
-pub fn resolve_existing(flag: &str, path: &Path) -> Result<PathBuf, String> {
-    std::fs::canonicalize(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
 }
 
 /// The WebAssembly flags, the same on `dust serve`, `dust services add/replace` and
@@ -236,17 +229,5 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert!(e.to_string().contains(bad[1]), "{e}");
         }
-    }
-
-    #[test]
-    fn relative_paths_resolve_against_the_working_directory() {
-        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
-        let here = std::fs::canonicalize(&cwd).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            resolve_existing("--image", Path::new("Cargo.toml")),
-            Ok(here.join("Cargo.toml"))
-        );
-        let e = resolve_existing("--image", Path::new("no/such/image")).unwrap_err();
-        assert!(e.starts_with("--image no/such/image: "), "{e}");
     }
 }

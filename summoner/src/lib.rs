@@ -28,6 +28,7 @@ mod refuse;
 pub mod registry;
 pub mod rundir;
 pub mod service;
+pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
@@ -87,6 +88,8 @@ pub struct Summoner {
     drain: health::Drain,
     budget: limits::Budget,
     nofile: u64,
+    state: Option<Arc<state::State>>,
+    templates: Option<template::TemplateCache>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -172,6 +175,8 @@ impl Summoner {
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
+            state: None,
+            templates: None,
         })
     }
 
@@ -188,6 +193,28 @@ impl Summoner {
     pub fn with_log_dir(mut self, log_dir: PathBuf) -> Self {
         self.spawner.log_dir = log_dir;
         self
+    }
+
+    /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
+    pub fn with_state(mut self, state: Arc<state::State>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Keep snapshot templates in `cache` across restarts (docs/snapshots.md).
+    pub fn with_template_cache(mut self, cache: template::TemplateCache) -> Self {
+        self.templates = Some(cache);
+        self
+    }
+
+    /// Remove the cached templates no service of this daemon uses; how many went.
+    pub fn prune_templates(&self) -> usize {
+        self.templates.as_ref().map_or(0, |c| c.prune())
+    }
+
+    /// The state directory, if this daemon keeps one.
+    pub fn state(&self) -> Option<&Arc<state::State>> {
+        self.state.as_ref()
     }
 
     /// Where services' serial files go.
@@ -254,7 +281,7 @@ impl Summoner {
         self.create_serial_file(&config)?;
         let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config)
+                template::Template::take(&self.spawner, &config, self.templates.as_ref())
                     .await
                     .map_err(|source| StartError::Template {
                         name: config.name.clone(),
@@ -286,10 +313,20 @@ impl Summoner {
         let svc = self.services().remove(name);
         match svc {
             Some(svc) => {
+                let metrics = svc.inner().metrics.clone();
                 svc.stop(grace).await;
+                metrics.retire();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Drop the metric series of a removed service (not after a replacement, whose
+    /// counters go on under the same name).
+    pub fn forget_metrics(&self, name: &str) {
+        if !self.services().contains_key(name) {
+            self.metrics.forget(name);
         }
     }
 

@@ -2,7 +2,7 @@
 //! summoner, plus `process_*` metrics and `dust_build_info`; the control API renders them as
 //! Prometheus text 0.0.4 or, when the scraper asks for it, OpenMetrics 1.0.0 ([`Format`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod forget;
 mod process;
 
 /// How a request ended, from the summoner's side.
@@ -268,6 +269,7 @@ impl Metrics {
             name: name.to_string(),
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 }
@@ -278,11 +280,22 @@ pub struct ServiceMetrics {
     name: String,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Its service stopped: nothing more goes into the families (a late pool update
+    /// would bring a removed service's series back, or overwrite its replacement's).
+    retired: AtomicBool,
 }
 
 impl ServiceMetrics {
+    /// Its service stopped: record nothing more.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
     /// Count a finished request.
     pub fn request(&self, outcome: Outcome) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .requests
             .get_or_create(&RequestLabels {
@@ -294,6 +307,9 @@ impl ServiceMetrics {
 
     /// Record one phase's duration.
     pub fn phase(&self, phase: Phase, d: Duration) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .phases
             .get_or_create(&PhaseLabels {
@@ -318,7 +334,7 @@ impl ServiceMetrics {
     pub fn vm_started(&self) {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
     /// A VM's process was reaped.
@@ -327,17 +343,23 @@ impl ServiceMetrics {
             .running
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
-    fn gauge_running(&self) -> impl std::ops::Deref<Target = Gauge> + '_ {
-        self.all.running.get_or_create(&ServiceLabel {
-            service: self.name.clone(),
-        })
+    fn set_running(&self, now: usize) {
+        if !self.retired.load(Ordering::SeqCst) {
+            let label = ServiceLabel {
+                service: self.name.clone(),
+            };
+            self.all.running.get_or_create(&label).set(now as i64);
+        }
     }
 
     /// Set the idle-pool gauge.
     pub fn set_idle(&self, n: usize) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .idle
             .get_or_create(&ServiceLabel {

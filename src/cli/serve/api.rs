@@ -10,6 +10,7 @@ use summoner::config::ApiConfig;
 pub struct ApiPlace {
     socket: PathBuf,
     tcp: Option<(SocketAddr, String)>,
+    max_upload: usize,
 }
 
 impl ApiPlace {
@@ -24,7 +25,14 @@ impl ApiPlace {
             Some(addr) => Some((addr, api_token(config.token_file.as_deref())?)),
             None => None,
         };
-        Ok(Self { socket, tcp })
+        let max_upload = config
+            .max_upload_mib
+            .map_or(api::body::MAX_UPLOAD_BYTES, |m| m.saturating_mul(1 << 20));
+        Ok(Self {
+            socket,
+            tcp,
+            max_upload,
+        })
     }
 }
 
@@ -59,6 +67,7 @@ fn api_token(token_file: Option<&Path>) -> Result<String, String> {
 pub fn bind_api(place: ApiPlace, grace: Duration) -> Result<api::ApiServer, String> {
     let settings = api::Settings {
         drain_grace: grace,
+        max_upload: place.max_upload,
         ..Default::default()
     };
     api::ApiServer::bind(&place.socket, place.tcp)

@@ -86,6 +86,8 @@ struct Settings {
     services: Vec<summoner::ServiceConfig>,
     log_dir: PathBuf,
     run_dir: PathBuf,
+    state: Arc<summoner::state::State>,
+    state_dir: PathBuf,
 }
 
 impl ServeArgs {
@@ -132,6 +134,11 @@ impl ServeArgs {
             .run_dir
             .clone()
             .unwrap_or_else(summoner::default_run_dir);
+        let state_dir = daemon
+            .state_dir
+            .clone()
+            .unwrap_or_else(summoner::state::default_state_dir);
+        let state = super::restore::open(&state_dir, self.config.as_deref(), &file.services)?;
         Ok(Settings {
             daemon,
             jail: file.jail,
@@ -139,6 +146,8 @@ impl ServeArgs {
             services: file.services,
             log_dir,
             run_dir,
+            state,
+            state_dir,
         })
     }
 }
@@ -188,7 +197,19 @@ fn summoner_for(s: &Settings) -> Result<Arc<Summoner>, Stop> {
     for m in summoner.jail_missing() {
         eprintln!("dust: worker jail: cannot apply {m}");
     }
-    Ok(Arc::new(summoner.with_log_dir(s.log_dir.clone())))
+    let templates = summoner::template::TemplateCache::open(s.state_dir.join("cache/templates"))
+        .map_err(|e| {
+            Stop(format!(
+                "state dir {}: template cache: {e}",
+                s.state_dir.display()
+            ))
+        })?;
+    Ok(Arc::new(
+        summoner
+            .with_log_dir(s.log_dir.clone())
+            .with_state(s.state.clone())
+            .with_template_cache(templates),
+    ))
 }
 
 /// Add the services, open the API and health endpoints, serve until a signal, then drain.
@@ -202,6 +223,11 @@ async fn run(summoner: &Arc<Summoner>, s: Settings, grace: Duration) -> Result<(
             "tcp "
         };
         eprintln!("dust: serving {name} on {scheme}{addr}");
+    }
+    super::restore::restore(summoner, &s.state).await;
+    let pruned = summoner.prune_templates();
+    if pruned > 0 {
+        tracing::info!("removed {pruned} cached snapshot templates no service uses");
     }
     let api = api::bind_api(s.api, grace).map_err(|e| Stop(format!("control API: {e}")))?;
     eprintln!("dust: control API on {}", api.unix_path().display());

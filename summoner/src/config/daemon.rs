@@ -43,6 +43,12 @@ pub struct DaemonConfig {
     #[arg(long, value_name = "N")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_vms: Option<usize>,
+    /// Where services created through the control API and uploaded artifacts are kept
+    /// across restarts (default: /var/lib/dust as root, else $XDG_STATE_HOME/dust or
+    /// ~/.local/state/dust; docs/deploy.md).
+    #[arg(long, value_name = "DIR")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -53,6 +59,7 @@ impl DaemonConfig {
         "health_listen",
         "drain_delay",
         "max_vms",
+        "state_dir",
     ];
 
     /// These settings (from flags) over `file`'s: each one set here wins.
@@ -83,6 +90,11 @@ pub struct ApiConfig {
     #[arg(long = "api-token-file", value_name = "FILE")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// Largest artifact upload (`POST /v1/artifacts`), MiB (default 64); every other API
+    /// body stays at 64 KiB.
+    #[arg(long = "api-max-upload-mib", value_name = "MIB")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_mib: Option<usize>,
 }
 
 impl ApiConfig {
@@ -135,6 +147,7 @@ mod tests {
             socket: Some("/s".into()),
             tcp: "127.0.0.1:2".parse().ok(),
             token_file: None,
+            max_upload_mib: None,
         });
         assert_eq!(api.socket, Some("/s".into()));
         assert_eq!(api.tcp, "127.0.0.1:1".parse().ok());

@@ -4,9 +4,13 @@
 //! request. The snapshot is deleted when the last holder of the [`Template`] (the service and
 //! its pool) goes.
 
+mod cache;
+
 use std::path::{Path, PathBuf};
 
 use vmm::worker::protocol::Event;
+
+pub use cache::TemplateCache;
 
 use crate::config::ServiceConfig;
 use crate::worker::{Spawner, WorkerError};
@@ -24,6 +28,9 @@ pub enum TemplateError {
     /// ready, crashed, or the snapshot could not be written).
     #[error("{0}")]
     Vm(String),
+    /// The template cache could not be read or written.
+    #[error("template cache: {0}")]
+    Cache(std::io::Error),
     /// The worker answered something other than a snapshot.
     #[error("the worker answered {0} instead of a snapshot")]
     Unexpected(String),
@@ -33,23 +40,67 @@ pub enum TemplateError {
 #[derive(Debug)]
 pub struct Template {
     dir: PathBuf,
+    /// A cache entry outlives the service (and the daemon); a run-dir template does not.
+    cached: bool,
     /// What taking it cost.
     pub info: vmm::snapshot::SnapshotInfo,
 }
 
 impl Template {
-    /// Boot `config`'s image in a template VM and save it under the spawner's run dir.
-    pub async fn take(spawner: &Spawner, config: &ServiceConfig) -> Result<Self, TemplateError> {
+    /// `config`'s template: from `cache` when it holds a good one, else booted in a
+    /// template VM and saved (into `cache`, or under the spawner's run dir without one).
+    pub async fn take(
+        spawner: &Spawner,
+        config: &ServiceConfig,
+        cache: Option<&TemplateCache>,
+    ) -> Result<Self, TemplateError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = format!("{}-template-{:x}-{n}", config.name, std::process::id());
-        let dir = spawner.run_dir.join(format!("{id}.snap"));
+        let slot = match cache {
+            Some(c) => Some(c.slot(config, &id).map_err(TemplateError::Cache)?),
+            None => None,
+        };
+        let (dir, entry) = match slot {
+            Some(cache::Slot::Hit(entry)) => {
+                let info = vmm::snapshot::SnapshotInfo {
+                    guest_us: 0,
+                    total_us: 0,
+                    memory_bytes: 0,
+                };
+                return Ok(Self {
+                    dir: entry,
+                    cached: true,
+                    info,
+                });
+            }
+            Some(cache::Slot::Miss { tmp, entry }) => (tmp, Some(entry)),
+            None => (spawner.run_dir.join(format!("{id}.snap")), None),
+        };
+        let mut this = Self::boot(spawner, config, id, dir).await?;
+        if let (Some(c), Some(entry)) = (cache, entry) {
+            let published = c.publish(&this.dir, &entry).map_err(TemplateError::Cache)?;
+            // The tmp dir is gone (renamed, or removed when another won the race).
+            this.dir = published;
+            this.cached = true;
+        }
+        Ok(this)
+    }
+
+    /// Boot `config`'s image in a template VM named `id` and save it into `dir`.
+    async fn boot(
+        spawner: &Spawner,
+        config: &ServiceConfig,
+        id: String,
+        dir: PathBuf,
+    ) -> Result<Self, TemplateError> {
         let mut vm = config.vm_config(&id, &spawner.run_dir);
         // A template does more than a request (a wasm template compiles its module: seconds
         // on an emulating KVM), so it gets at least TEMPLATE_TIMEOUT.
         vm.timeout = vm.timeout.map(|t| t.max(TEMPLATE_TIMEOUT));
         let mut this = Self {
             dir,
+            cached: false,
             info: vmm::snapshot::SnapshotInfo {
                 guest_us: 0,
                 total_us: 0,
@@ -75,6 +126,8 @@ impl Template {
 
 impl Drop for Template {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.cached {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
