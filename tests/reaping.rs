@@ -75,6 +75,8 @@ fn serve(dir: &Path, pidns: bool, extra: &[&str]) -> Serve {
         .arg(&api)
         .arg("--run-dir")
         .arg(dir.join("run"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -262,6 +264,12 @@ fn kill9_then_restart(mut s: Serve, dir: &Path, busy: &str) {
     assert!(stale.is_empty(), "{busy}: left in the run dir: {stale:?}");
     let stale_cg: Vec<&PathBuf> = cgroups.iter().filter(|c| c.exists()).collect();
     assert!(stale_cg.is_empty(), "{busy}: cgroups left: {stale_cg:?}");
+    let (cached, _) = leftovers(&dir.join("state/cache/templates"));
+    let half: Vec<&String> = cached.iter().filter(|n| n.contains(".tmp-")).collect();
+    assert!(
+        half.is_empty(),
+        "{busy}: half-taken templates left: {half:?}"
+    );
     let _ = cg_after;
     s.stop();
 }
@@ -309,17 +317,19 @@ fn kill_9_while_a_snapshot_service_is_created_takes_the_template_along() {
     );
     let api = s.api.clone();
     let put = std::thread::spawn(move || put(&api, "snap", &body));
-    // Kill as soon as the template's snapshot directory is there (its worker is starting).
-    let run = dir.path().join("run");
+    // Kill as soon as the template's snapshot directory is there (its worker is starting):
+    // a `<key>.tmp-<svc>-template-...` entry in the state dir's template cache.
+    let cache = dir.path().join("state/cache/templates");
     let t = Instant::now();
     let has_template = || {
-        std::fs::read_dir(&run)
+        std::fs::read_dir(&cache)
             .into_iter()
             .flatten()
             .flatten()
             .any(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
-                n.contains("-template-") && n.ends_with(".snap")
+                e.file_name()
+                    .to_string_lossy()
+                    .contains(".tmp-snap-template-")
             })
     };
     while !has_template() && t.elapsed() < Duration::from_secs(20) {
