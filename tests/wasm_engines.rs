@@ -258,7 +258,7 @@ fn the_daemon_log_says_when_a_second_service_reuses_the_compiled_image() {
     let tmp = TempDir::new("wasm-aot-log");
     let module = handler("hello-c");
     let mut toml = format!(
-        "run_dir = \"{0}/run\"\nlog_dir = \"{0}/log\"\n[api]\nsocket = \"{0}/api.sock\"\n",
+        "run_dir = \"{0}/run\"\nlog_dir = \"{0}/log\"\nstate_dir = \"{0}/state\"\n[api]\nsocket = \"{0}/api.sock\"\n",
         tmp.path().display()
     );
     for name in ["one", "two"] {

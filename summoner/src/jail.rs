@@ -266,6 +266,15 @@ fn sweep_roots(base: &Path) {
 }
 
 impl Jail {
+    /// This daemon holds the run dir, so every VM cgroup under its cgroup directory is a
+    /// dead predecessor's: kill what still runs there (workers still exiting) and remove
+    /// them.
+    pub fn reclaim(&self) {
+        if let Some(h) = &self.cgroups {
+            h.reclaim(&self.cgroup_dir);
+        }
+    }
+
     /// The daemon is done: remove the cgroup parent if it is empty.
     pub fn finish(&self) {
         if let Some(h) = &self.cgroups {

@@ -24,8 +24,10 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod process;
 mod refuse;
 pub mod registry;
+pub mod rundir;
 pub mod service;
 pub mod state;
 pub mod summon;
@@ -33,6 +35,7 @@ pub mod tcp;
 pub mod template;
 pub mod wasm;
 pub mod worker;
+pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,8 +43,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use config::{default_log_dir, FileConfig, Mode, ServiceConfig};
 use config::Workload;
+pub use config::{default_log_dir, FileConfig, Mode, ServiceConfig};
 pub use service::{Service, StartError};
 
 /// Why a service could not be added.
@@ -71,9 +74,16 @@ pub struct ServiceStats {
     pub connections: usize,
 }
 
+/// `DUST_NO_ZYGOTE` set: exec every worker (for comparison; docs/benchmarks.md).
+pub fn no_zygote() -> bool {
+    std::env::var_os("DUST_NO_ZYGOTE").is_some()
+}
+
 /// All services of one dust daemon.
 pub struct Summoner {
     spawner: worker::Spawner,
+    /// The run dir's lock ([`rundir`]), held for the daemon's life.
+    _run_lock: Option<std::fs::File>,
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
@@ -128,22 +138,44 @@ impl Summoner {
             .mode(0o700)
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let run_lock = rundir::claim(&run_dir)?;
+        match &run_lock {
+            Some(_) => {
+                let n = rundir::sweep(&run_dir);
+                if n > 0 {
+                    tracing::info!("removed {n} leftovers of a dead daemon from the run dir");
+                }
+            }
+            None => tracing::warn!(
+                "another daemon holds the run dir {}: not sweeping it",
+                run_dir.display()
+            ),
+        }
+        let jail = jail
+            .enabled
+            .then(|| Arc::new(jail::Jail::new(jail, &run_dir)));
+        if let (Some(j), Some(_)) = (&jail, &run_lock) {
+            j.reclaim();
+        }
+        // `dust worker` forks workers as a zygote; stand-ins may not.
+        let zygote = (args.len() == 1 && args[0] == "worker" && !no_zygote())
+            .then(|| Arc::new(zygote::Zygote::new(exe.clone())));
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
             budget: limits::Budget::new(limits::client_budget(nofile, max_vms)),
             spawner: worker::Spawner {
-                jail: jail
-                    .enabled
-                    .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
+                jail,
                 exe,
                 args,
                 run_dir: run_dir.clone(),
                 log_dir: default_log_dir(),
                 slots: limits::VmSlots::new(max_vms),
+                zygote,
             },
             nofile,
             aot_cache: run_dir.parent().unwrap_or(&run_dir).join("aot-cache"),
+            _run_lock: run_lock,
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
@@ -415,6 +447,9 @@ impl Summoner {
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
         jail::released(Duration::from_secs(5)).await;
+        if let Some(z) = &self.spawner.zygote {
+            z.stop();
+        }
         if let Some(j) = &self.spawner.jail {
             j.finish();
         }

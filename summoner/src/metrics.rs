@@ -144,6 +144,8 @@ pub struct Metrics {
     running: Family<ServiceLabel, Gauge>,
     idle: Family<ServiceLabel, Gauge>,
     start: Family<StartLabels, Gauge>,
+    shells: Family<StartLabels, Histogram, fn() -> Histogram>,
+    pool_waits: Family<ServiceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -200,8 +202,24 @@ impl Default for Metrics {
             "1 for how each service's VMs start: boot (the image, per VM) or snapshot (restored from a template)",
             start.clone(),
         );
+        let shells = Family::<StartLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            phase_histogram,
+        );
+        registry.register(
+            "shell_build_seconds",
+            "Building one VM shell (worker started and jailed, VM built or restored), by service and start (boot or snapshot)",
+            shells.clone(),
+        );
+        let pool_waits = Family::<ServiceLabel, Counter>::default();
+        registry.register(
+            "pool_waits",
+            "Requests that found no idle shell and waited for one to be built, by service",
+            pool_waits.clone(),
+        );
         Self {
             registry: root,
+            shells,
+            pool_waits,
             requests,
             phases,
             durations,
@@ -350,6 +368,28 @@ impl ServiceMetrics {
             .set(n as i64);
     }
 
+    /// A shell was built in `d` (`snapshot`: restored from the service's template).
+    pub fn shell_built(&self, snapshot: bool, d: Duration) {
+        let start = if snapshot { "snapshot" } else { "boot" };
+        self.all
+            .shells
+            .get_or_create(&StartLabels {
+                service: self.name.clone(),
+                start: start.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// A request found the pool empty and waits for a shell.
+    pub fn pool_wait(&self) {
+        self.all
+            .pool_waits
+            .get_or_create(&ServiceLabel {
+                service: self.name.clone(),
+            })
+            .inc();
+    }
+
     /// VMs alive now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
@@ -376,6 +416,8 @@ mod tests {
         s.request_duration(Duration::from_millis(9));
         s.vm_started();
         s.set_idle(2);
+        s.shell_built(true, Duration::from_micros(900));
+        s.pool_wait();
         m
     }
 
@@ -481,6 +523,8 @@ mod tests {
                 ("dust_request_duration_seconds".into(), "histogram"),
                 ("dust_running_vms".into(), "gauge"),
                 ("dust_idle_workers".into(), "gauge"),
+                ("dust_shell_build_seconds".into(), "histogram"),
+                (counter("dust_pool_waits"), "counter"),
                 ("dust_service_start_mode".into(), "gauge"),
                 ("dust_build_info".into(), "gauge"),
                 (counter("process_cpu_seconds"), "counter"),

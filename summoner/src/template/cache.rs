@@ -38,18 +38,20 @@ pub enum Slot {
 }
 
 impl TemplateCache {
-    /// The cache in `dir` (made 0700 when first needed); half-written entries of a daemon
-    /// that died are removed.
+    /// The cache in `dir` (made 0700 when a template first goes in, so a daemon without
+    /// snapshot services leaves nothing); half-written entries of a daemon that died are
+    /// removed.
     pub fn open(dir: PathBuf) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            if e.file_name().to_string_lossy().contains(".tmp-") {
-                let _ = std::fs::remove_dir_all(e.path());
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().contains(".tmp-") {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         Ok(Self {
             dir,
@@ -77,6 +79,11 @@ impl TemplateCache {
                 }
             }
         }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         let tmp = self.dir.join(format!("{key}.tmp-{template_id}"));
         Ok(Slot::Miss { tmp, entry })
     }
