@@ -246,8 +246,8 @@ impl Summoner {
         config.validate()
     }
 
-    /// A VM's vsock socket path (and a guest-initiated listener's, `<path>_<port>`) must
-    /// fit in a Unix socket address: the run dir and the service name make its length.
+    /// A VM's vsock socket path must fit in a Unix socket address: the run dir and the
+    /// service name make its length.
     fn check_socket_path(&self, config: &ServiceConfig) -> Result<(), config::ServiceConfigError> {
         // The longest VM id of this service: name, epoch and pid in hex, a counter.
         let vm = format!("{}-{:x}{:x}-{}", config.name, u32::MAX, 0x40_0000, u32::MAX);
@@ -257,7 +257,7 @@ impl Summoner {
             .as_ref()
             .and_then(|j| j.vsock_path(&vm))
             .unwrap_or_else(|| config::vsock_path(&self.spawner.run_dir, &vm));
-        let len = path.as_os_str().len() + format!("_{}", u32::MAX).len();
+        let len = path.as_os_str().len();
         match len < SUN_PATH_MAX {
             true => Ok(()),
             false => Err(config::ServiceConfigError::SocketPath {
