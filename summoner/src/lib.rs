@@ -79,6 +79,9 @@ pub fn no_zygote() -> bool {
     std::env::var_os("DUST_NO_ZYGOTE").is_some()
 }
 
+/// The most bytes of a Unix socket path, with its NUL (`sun_path`).
+const SUN_PATH_MAX: usize = 108;
+
 /// All services of one dust daemon.
 pub struct Summoner {
     spawner: worker::Spawner,
@@ -284,7 +287,29 @@ impl Summoner {
                 return Err(self.serial_error(config, problem.to_string()));
             }
         }
+        self.check_socket_path(config)?;
         config.validate()
+    }
+
+    /// A VM's vsock socket path must fit in a Unix socket address: the run dir and the
+    /// service name make its length.
+    fn check_socket_path(&self, config: &ServiceConfig) -> Result<(), config::ServiceConfigError> {
+        // The longest VM id of this service: name, epoch and pid in hex, a counter.
+        let vm = format!("{}-{:x}{:x}-{}", config.name, u32::MAX, 0x40_0000, u32::MAX);
+        let path = self
+            .spawner
+            .jail
+            .as_ref()
+            .and_then(|j| j.vsock_path(&vm))
+            .unwrap_or_else(|| config::vsock_path(&self.spawner.run_dir, &vm));
+        let len = path.as_os_str().len();
+        match len < SUN_PATH_MAX {
+            true => Ok(()),
+            false => Err(config::ServiceConfigError::SocketPath {
+                name: config.name.clone(),
+                len,
+            }),
+        }
     }
 
     fn serial_error(&self, config: &ServiceConfig, problem: String) -> config::ServiceConfigError {

@@ -55,6 +55,17 @@ pub enum ServiceConfigError {
         #[source]
         source: crate::wasm::WasmError,
     },
+    /// The VMs' socket paths would not fit a Unix socket address.
+    #[error(
+        "service {name}: its VMs' socket paths would be up to {len} bytes, over the 107 a Unix \
+         socket takes: use a shorter service name (or give the daemon a shorter run_dir)"
+    )]
+    SocketPath {
+        /// Service.
+        name: String,
+        /// The longest path, bytes.
+        len: usize,
+    },
     /// A vsock port out of range.
     #[error("service {name}: guest_port {0} must be between 1 and 65535", .port)]
     GuestPort {
