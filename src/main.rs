@@ -27,7 +27,7 @@ enum Command {
     ///
     /// With no arguments, serves the built-in `hello` demo (the http-hello guest) on
     /// 127.0.0.1:8080: `curl -i localhost:8080/` answers from a VM that did not exist before.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Measure cold starts: drive a service, or compare boots with peers (`bench boot`).
     Bench(cli::bench::BenchArgs),
     /// Write and build unikernel guests outside the dust tree (`guest new`, `guest build`).
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     cli::init_logging();
     match cli.command {
         Command::Run(args) => cli::run::run(args),
-        Command::Serve(args) => cli::serve::serve(args),
+        Command::Serve(args) => cli::serve::serve(*args),
         Command::Bench(args) => cli::bench::bench(args),
         Command::Guest { cmd } => cli::guest::guest(cmd),
         Command::Ps(conn) => cli::client::ps(conn),

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{child_pids, dust_run, fd_count, guest, http_get, TempDir};
+use common::{dust_run, fd_count, guest, http_get, worker_pids, TempDir};
 use summoner::{ServiceConfig, Summoner};
 
 const VMM_ERROR: i32 = 243;
@@ -125,7 +125,7 @@ async fn summoner(tmp: &TempDir) -> Summoner {
 
 fn counter_service(name: &str) -> ServiceConfig {
     let mut s = ServiceConfig::new(name, "127.0.0.1:0".parse().unwrap(), guest("counter"));
-    s.snapshot = Some(true);
+    s.snapshot = true;
     s.pool_size = 2;
     s
 }
@@ -142,10 +142,10 @@ fn run_dir_files(tmp: &TempDir) -> Vec<String> {
 
 async fn wait_no_children() {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !child_pids().is_empty() && Instant::now() < deadline {
+    while !worker_pids().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(child_pids(), Vec::<u32>::new(), "worker processes left");
+    assert_eq!(worker_pids(), Vec::<u32>::new(), "worker processes left");
 }
 
 /// Serialises the tests below: they count this process's children and fds.
@@ -243,7 +243,7 @@ async fn a_template_that_never_gets_ready_fails_the_service_and_leaves_nothing()
     let tmp = TempDir::new("snap-crash");
     let s = summoner(&tmp).await;
     let mut c = counter_service("crash");
-    c.image = guest("crash");
+    c.workload = summoner::config::Workload::Image(guest("crash"));
     let err = s.add(c).await.unwrap_err().to_string();
     assert!(err.contains("template"), "{err}");
     assert!(s.list().is_empty());

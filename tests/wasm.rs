@@ -1,6 +1,7 @@
 //! WebAssembly handlers on real /dev/kvm: both example handlers (examples/wasm, built by
-//! scripts/build-examples) served by the dust-wasm guest in snapshot mode, and modules that
-//! must be refused when their service is created.
+//! scripts/build-examples) served in snapshot mode by each engine (compiled ahead of time,
+//! and the dust-wasm interpreter guest), and modules that must be refused when their
+//! service is created. tests/wasm_engines.rs compares the engines byte for byte.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 mod common;
@@ -11,7 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{child_pids, dust_run, guest, http_get, read_reply, root, HttpReply, TempDir};
+use common::{child_pids, dust, guest, http_get, read_reply, root, HttpReply, TempDir};
+use summoner::config::{Engine, Workload};
 use summoner::{ServiceConfig, Summoner};
 
 const VMM_ERROR: i32 = 243;
@@ -26,6 +28,16 @@ fn handler(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `dust run ARGS` with compiled images cached in `cache`.
+fn dust_run(cache: &Path, args: &[&str]) -> std::process::Output {
+    dust()
+        .env("DUST_AOT_CACHE", cache)
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("spawn dust")
 }
 
 fn summoner(tmp: &TempDir) -> Summoner {
@@ -68,9 +80,10 @@ fn checksum(body: &[u8]) -> u32 {
 }
 
 /// The must-show list of one example handler behind a service.
-async fn exercise(name: &str, addr: SocketAddr, log: &Path) {
+async fn exercise(name: &str, engine: Engine, addr: SocketAddr, log: &Path) {
     let r = get(addr, "/hi?a+b%21").await;
-    assert_eq!(r.status, 200, "{name}: {}", text(&r));
+    let logged = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(r.status, 200, "{name}: {}\nlog:\n{logged}", text(&r));
     let body = text(&r);
     assert!(
         body.contains("method=GET path=/hi query=a+b%21 args=a,b!"),
@@ -152,11 +165,13 @@ async fn exercise(name: &str, addr: SocketAddr, log: &Path) {
         "{name}: {logged}"
     );
 
-    // An endless loop runs out of fuel: 504.
+    // An endless loop runs out of fuel (interpreter) or into the deadline (compiled): 504.
     let r = get(addr, "/loop").await;
     assert_eq!(r.status, 504, "{name}: {}", text(&r));
-    let logged = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(logged.contains("ran out of fuel"), "{name}: {logged}");
+    if engine == Engine::Interpreter {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(logged.contains("ran out of fuel"), "{name}: {logged}");
+    }
 
     // And the service goes on serving.
     assert_eq!(get(addr, "/").await.status, 200, "{name}");
@@ -166,19 +181,33 @@ async fn exercise(name: &str, addr: SocketAddr, log: &Path) {
 async fn example_handlers_serve_wagi_requests_in_fresh_vms() {
     require_kvm!();
     let tmp = TempDir::new("wasm-examples");
-    let s = summoner(&tmp);
-    for name in ["hello-c", "hello-rust"] {
-        let log = tmp.path().join(format!("{name}.log"));
-        let mut c = ServiceConfig::wasm(name, "127.0.0.1:0".parse().unwrap(), handler(name));
-        // Enough for every example path (the C one's 8 KiB upload uses ~0.45 M), and
-        // `/loop` runs out of it well within this deadline on an emulating KVM.
-        c.fuel = Some(600_000);
-        c.pool_size = 1;
-        c.request_deadline = Duration::from_secs(30);
-        c.serial = vmm::SerialConfig::File(log.clone());
-        assert!(c.snapshot_mode(), "wasm services default to snapshot mode");
-        let addr = s.add(c).await.unwrap();
-        exercise(name, addr, &log).await;
+    let s = summoner(&tmp).with_aot_cache(tmp.path().join("aot"));
+    for engine in [Engine::Aot, Engine::Interpreter] {
+        for name in ["hello-c", "hello-rust"] {
+            let log = tmp.path().join(format!("{name}-{engine}.log"));
+            // Short: the jailed worker's vsock path holds the VM id twice (SUN_LEN).
+            let service = format!("{}-{}", &name[6..], &engine.to_string()[..1]);
+            let mut c =
+                ServiceConfig::wasm(&service, "127.0.0.1:0".parse().unwrap(), handler(name));
+            let Workload::Wasm(w) = &mut c.workload else {
+                unreachable!("a wasm service")
+            };
+            // Enough for every example path (the C one's 8 KiB upload uses ~0.45 M), and
+            // `/loop` runs out of it well within this deadline on an emulating KVM.
+            w.fuel = Some(600_000);
+            w.engine = engine;
+            c.pool_size = 1;
+            // Compiled code has no fuel: its `/loop` ends at the deadline.
+            c.request_deadline = Duration::from_secs(match engine {
+                Engine::Aot => 5,
+                Engine::Interpreter => 30,
+            });
+            c.serial = vmm::SerialConfig::File(log.clone());
+            assert!(c.snapshot, "wasm services default to snapshot mode");
+            let addr = s.add(c).await.unwrap();
+            exercise(name, engine, addr, &log).await;
+            assert!(s.remove(&service, Duration::from_secs(5)).await);
+        }
     }
     s.shutdown(Duration::from_secs(5)).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -231,7 +260,7 @@ async fn bad_modules_are_refused_at_creation_and_the_daemon_keeps_serving() {
         (
             "component",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            &["component", "wasip2"],
+            &["component for another world", "wasi:http/incoming-handler"],
         ),
         (
             "truncated",
@@ -252,7 +281,7 @@ async fn bad_modules_are_refused_at_creation_and_the_daemon_keeps_serving() {
             assert!(e.contains(w), "{name}: {e:?} lacks {w:?}");
         }
         // The same refusal from `dust run --wasm`, before any VM boots.
-        let out = dust_run(&["--wasm", path.to_str().unwrap()]);
+        let out = dust_run(tmp.path(), &["--wasm", path.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(VMM_ERROR), "{name}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(words[0]), "{name}: {err}");
@@ -267,16 +296,19 @@ fn dust_run_wasm_runs_one_request_and_prints_the_response() {
     require_kvm!();
     let tmp = TempDir::new("wasm-run");
     let body = tmp.file("body", b"0123456789");
-    let out = dust_run(&[
-        "--wasm",
-        handler("hello-c").to_str().unwrap(),
-        "--env",
-        "PATH_INFO=/form",
-        "--env",
-        "QUERY_STRING=x+y",
-        "--body",
-        body.to_str().unwrap(),
-    ]);
+    let out = dust_run(
+        tmp.path(),
+        &[
+            "--wasm",
+            handler("hello-c").to_str().unwrap(),
+            "--env",
+            "PATH_INFO=/form",
+            "--env",
+            "QUERY_STRING=x+y",
+            "--body",
+            body.to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

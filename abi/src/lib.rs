@@ -303,3 +303,53 @@ pub mod http {
     /// Largest request body, bytes.
     pub const MAX_BODY: usize = 1024 * 1024;
 }
+
+/// The WebAssembly guest/host contract: what the daemon's module check and the wasm guests
+/// must agree on.
+pub mod wasm {
+    /// The module the WASI imports come from.
+    pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+    /// The WASI preview 1 functions the wasm guests implement; the host refuses a module
+    /// that imports anything else.
+    pub const WASI_IMPORTS: &[&str] = &[
+        "args_get",
+        "args_sizes_get",
+        "environ_get",
+        "environ_sizes_get",
+        "fd_read",
+        "fd_write",
+        "fd_close",
+        "fd_fdstat_get",
+        "fd_seek",
+        "fd_prestat_get",
+        "fd_prestat_dir_name",
+        "clock_time_get",
+        "random_get",
+        "proc_exit",
+        "sched_yield",
+        "poll_oneoff",
+    ];
+
+    /// Guest memory a wasm guest keeps for itself (image, compiled code, request) beyond the
+    /// module and its linear memory, MiB.
+    pub const OVERHEAD_MIB: u64 = 8;
+
+    /// Fuel (wasm instructions, roughly) a request may burn by default in the interpreter.
+    /// On the emulating KVM of the development machines one instruction costs ~24 us, so a
+    /// loop burns this in ~24 s, past the default request deadline; lazily compiling a
+    /// function costs fuel too. The Rust example uses ~0.3 M on a cold instance.
+    pub const DEFAULT_FUEL: u64 = 1_000_000;
+
+    /// Command-line keys of the wasm guests (`key=value` words before `vm=<id>`).
+    pub mod cmdline {
+        /// Fuel per request (`fuel=N`).
+        pub const FUEL: &str = "fuel";
+        /// `warmup=1`: run the handler once for `GET /` before ready (snapshot templates).
+        pub const WARMUP: &str = "warmup";
+        /// `verbose=1`: log what each request used.
+        pub const VERBOSE: &str = "verbose";
+        /// `env.NAME=value`: an extra environment variable for the handler.
+        pub const ENV_PREFIX: &str = "env.";
+    }
+}

@@ -45,11 +45,37 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), HttpError> {
     ))
 }
 
-fn too_large() -> HttpError {
+/// Largest artifact upload accepted by default (`--max-upload`).
+pub const MAX_UPLOAD_BYTES: usize = 64 * 1024 * 1024;
+
+fn too_large(limit: usize) -> HttpError {
     HttpError::new(
         ErrorCode::PayloadTooLarge,
-        format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        format!("the request body is larger than {limit} bytes"),
     )
+}
+
+/// 415 unless the Content-Type is `application/wasm` or `application/octet-stream` (an
+/// artifact upload).
+pub fn require_binary(headers: &HeaderMap) -> Result<(), HttpError> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let media = got
+        .as_deref()
+        .and_then(|ct| ct.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase());
+    if matches!(
+        media.as_deref(),
+        Some("application/wasm" | "application/octet-stream")
+    ) {
+        return Ok(());
+    }
+    Err(HttpError::new(
+        ErrorCode::UnsupportedMediaType,
+        "an artifact is sent as its raw bytes: use Content-Type: application/wasm or \
+         application/octet-stream",
+    ))
 }
 
 /// The whole body, at most [`MAX_BODY_BYTES`], within `timeout`.
@@ -58,14 +84,28 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    read_upto(headers, body, timeout, MAX_BODY_BYTES).await
+}
+
+/// The whole body, at most `limit` bytes (else 413), within `timeout`.
+pub async fn read_upto<B>(
+    headers: &HeaderMap,
+    body: B,
+    timeout: Duration,
+    limit: usize,
+) -> Result<Bytes, HttpError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
     }
-    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(HttpError::new(
             ErrorCode::RequestTimeout,
             format!(
@@ -73,7 +113,7 @@ where
                 timeout.as_secs()
             ),
         )),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large(limit)),
         Ok(Err(e)) => Err(HttpError::new(
             ErrorCode::UnreadableBody,
             format!("cannot read the request body: {e}"),
@@ -242,11 +282,12 @@ mod tests {
     fn integral_numbers_count_as_integers_as_in_json_schema() {
         let c = service_config(
             "a",
-            br#"{"listen":"127.0.0.1:1","memory_mib":4159.0,"max_connections":4.159e3,"fuel":1e19}"#,
+            br#"{"listen":"127.0.0.1:1","wasm":"/h.wasm","memory_mib":4159.0,"max_connections":4.159e3,"fuel":1e19}"#,
         )
         .unwrap();
         assert_eq!((c.memory_mib, c.max_connections), (4159, 4159));
-        assert_eq!(c.fuel, Some(10_000_000_000_000_000_000));
+        let fuel = c.wasm_workload().and_then(|w| w.fuel);
+        assert_eq!(fuel, Some(10_000_000_000_000_000_000));
         for bad in [
             r#"{"listen":"127.0.0.1:1","memory_mib":4159.5}"#,
             r#"{"listen":"127.0.0.1:1","memory_mib":-1.0}"#,

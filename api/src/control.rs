@@ -34,6 +34,12 @@ pub trait Control: Send + Sync + 'static {
         config.validate()
     }
 
+    /// The daemon's state directory, where API changes are made durable; none by default
+    /// (changes then last until the daemon stops).
+    fn state(&self) -> Option<&std::sync::Arc<summoner::state::State>> {
+        None
+    }
+
     /// Every service, ordered by name.
     fn services(&self) -> Vec<ServiceStatus>;
 
@@ -54,6 +60,12 @@ pub trait Control: Send + Sync + 'static {
     /// Stop accepting on the service's port (closed when this returns), let in-flight
     /// requests finish within `grace`, kill the rest. False if there was no such service.
     fn remove_service(&self, name: &str, grace: Duration) -> impl Future<Output = bool> + Send;
+
+    /// Drop the metric series of a service that was removed (not replaced); by default
+    /// nothing.
+    fn forget_metrics(&self, name: &str) {
+        let _ = name;
+    }
 
     /// Live VMs.
     fn vms(&self) -> Vec<VmInfo>;

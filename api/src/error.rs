@@ -89,6 +89,18 @@ pub enum ErrorCode {
     AddressInUse,
     /// 409: the listen address cannot be bound for another reason.
     CannotListen,
+    /// 404: no stored artifact with that digest.
+    ArtifactNotFound,
+    /// 409: the artifact is used by a service (or by its rollback).
+    ArtifactInUse,
+    /// 422: the upload is neither a usable wasm module nor a bootable image.
+    InvalidArtifact,
+    /// 409: the service has no previous definition to roll back to.
+    NoPrevious,
+    /// 404: this daemon keeps no state directory (artifacts, rollback).
+    NoState,
+    /// 500: the change was made but could not be written to the state directory.
+    StateWrite,
     /// 500: a bug.
     Internal,
 }
@@ -112,6 +124,12 @@ impl ErrorCode {
         ErrorCode::AlreadyExists,
         ErrorCode::AddressInUse,
         ErrorCode::CannotListen,
+        ErrorCode::ArtifactNotFound,
+        ErrorCode::ArtifactInUse,
+        ErrorCode::InvalidArtifact,
+        ErrorCode::NoPrevious,
+        ErrorCode::NoState,
+        ErrorCode::StateWrite,
         ErrorCode::Internal,
     ];
 
@@ -134,6 +152,12 @@ impl ErrorCode {
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::AddressInUse => "address_in_use",
             ErrorCode::CannotListen => "cannot_listen",
+            ErrorCode::ArtifactNotFound => "artifact_not_found",
+            ErrorCode::ArtifactInUse => "artifact_in_use",
+            ErrorCode::InvalidArtifact => "invalid_artifact",
+            ErrorCode::NoPrevious => "no_previous",
+            ErrorCode::NoState => "no_state",
+            ErrorCode::StateWrite => "state_write",
             ErrorCode::Internal => "internal",
         }
     }
@@ -141,9 +165,11 @@ impl ErrorCode {
     /// Its HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorCode::NotFound | ErrorCode::ServiceNotFound | ErrorCode::VmNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ErrorCode::NotFound
+            | ErrorCode::ServiceNotFound
+            | ErrorCode::VmNotFound
+            | ErrorCode::ArtifactNotFound
+            | ErrorCode::NoState => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -152,11 +178,15 @@ impl ErrorCode {
             ErrorCode::UnreadableBody | ErrorCode::InvalidJson | ErrorCode::InvalidBody => {
                 StatusCode::BAD_REQUEST
             }
-            ErrorCode::InvalidConfig | ErrorCode::NameMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::AlreadyExists | ErrorCode::AddressInUse | ErrorCode::CannotListen => {
-                StatusCode::CONFLICT
+            ErrorCode::InvalidConfig | ErrorCode::NameMismatch | ErrorCode::InvalidArtifact => {
+                StatusCode::UNPROCESSABLE_ENTITY
             }
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::AlreadyExists
+            | ErrorCode::AddressInUse
+            | ErrorCode::CannotListen
+            | ErrorCode::ArtifactInUse
+            | ErrorCode::NoPrevious => StatusCode::CONFLICT,
+            ErrorCode::Internal | ErrorCode::StateWrite => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

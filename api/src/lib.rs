@@ -11,6 +11,10 @@
 //! | `GET /v1/services/{name}` | one service (404 `service_not_found`) |
 //! | `PUT /v1/services/{name}` | create (201) or replace live (200); body = service config, `name` optional |
 //! | `DELETE /v1/services/{name}` | drain and stop (204); the port is closed when it answers |
+//! | `POST /v1/services/{name}/rollback` | bring back the definition before the last replacement |
+//! | `POST /v1/artifacts` | store a wasm module or image (raw bytes): 201 `{"digest":"sha256:..."}` |
+//! | `GET /v1/artifacts` | `{"artifacts":[...]}`: digest, size, users |
+//! | `DELETE /v1/artifacts/{digest}` | remove it (204; 409 while a service uses it) |
 //! | `GET /v1/vms` | `{"vms":[...]}`: id, service, phase, age_ms, pid |
 //! | `GET /v1/vms/{id}` | one VM (404 `vm_not_found`) |
 //! | `DELETE /v1/vms/{id}` | kill it (204; its client gets 502) |
@@ -19,16 +23,22 @@
 //!
 //! Every error is `{"error":{"code":"snake_case","message":"a sentence"}}`.
 //!
+//! Every service change is written to the daemon's state directory before the answer
+//! (`persist.rs`, [`summoner::state`]); a service may name an uploaded artifact as
+//! `sha256:<hex>` in `wasm` or `image` (`artifacts.rs`).
+//!
 //! - [`control`]: the [`Control`] trait, the seam to the summoner ([`summoner_impl`]).
 //! - [`server`]: [`ApiServer`], the listeners and graceful stop.
 //! - [`router`], [`routes`], [`services`]: dispatch, the route table, create/replace.
 //! - [`body`], [`auth`], [`error`], [`models`]: bodies, tokens, errors, JSON types.
 
+pub(crate) mod artifacts;
 pub mod auth;
 pub mod body;
 pub mod control;
 pub mod error;
 pub mod models;
+pub(crate) mod persist;
 pub mod router;
 pub mod routes;
 pub mod server;

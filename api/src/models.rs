@@ -143,3 +143,30 @@ mod tests {
         assert_eq!(back, s);
     }
 }
+
+/// `POST /v1/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// `sha256:<hex>`: what a service names in `wasm` or `image`.
+    pub digest: String,
+    /// Bytes stored.
+    pub size: u64,
+}
+
+/// One stored artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// The services using it, now or as the definition a rollback brings back.
+    pub users: Vec<String>,
+}
+
+/// `GET /v1/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactList {
+    /// By digest.
+    pub artifacts: Vec<Artifact>,
+}

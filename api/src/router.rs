@@ -27,6 +27,9 @@ pub struct Settings {
     pub replace_grace: Duration,
     /// Longest a client may take to send a request body.
     pub body_timeout: Duration,
+    /// Largest artifact upload (`POST /v1/artifacts`); every other body is limited to
+    /// [`body::MAX_BODY_BYTES`].
+    pub max_upload: usize,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             drain_grace: Duration::from_secs(10),
             replace_grace: Duration::from_secs(2),
             body_timeout: body::BODY_TIMEOUT,
+            max_upload: body::MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -43,8 +47,12 @@ impl Default for Settings {
 pub struct Router<C> {
     pub(crate) control: Arc<C>,
     pub(crate) settings: Settings,
-    /// Serializes changes (PUT, DELETE of services) so a replacement is never interleaved.
-    pub(crate) changes: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes changes (PUT, DELETE) of each service so a replacement is never
+    /// interleaved; changes of different services run side by side.
+    pub(crate) changes: ChangeLocks,
+    /// Shared by service changes, exclusive for an artifact's removal: a service cannot
+    /// start using an artifact while it is being removed.
+    pub(crate) artifacts_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// A JSON response.
@@ -94,7 +102,8 @@ impl<C: Control> Router<C> {
         Self {
             control,
             settings,
-            changes: Arc::new(tokio::sync::Mutex::new(())),
+            changes: ChangeLocks::default(),
+            artifacts_lock: Arc::default(),
         }
     }
 
@@ -157,12 +166,16 @@ impl<C: Control> Router<C> {
             Endpoint::ListServices => json(
                 StatusCode::OK,
                 &models::ServiceList {
-                    services: c.services().into_iter().map(Into::into).collect(),
+                    services: c
+                        .services()
+                        .into_iter()
+                        .map(|s| crate::persist::shown(c, s))
+                        .collect(),
                 },
             ),
             Endpoint::GetService => {
                 let s = c.service(param).ok_or_else(|| service_not_found(param))?;
-                json(StatusCode::OK, &models::Service::from(s))
+                json(StatusCode::OK, &crate::persist::shown(c, s))
             }
             Endpoint::PutService => {
                 body::require_json(req.headers())?;
@@ -178,6 +191,13 @@ impl<C: Control> Router<C> {
                 let name = body::name_in(&bytes)?;
                 let config = body::service_config(&name, &bytes)?;
                 self.put_service(config, true).await?
+            }
+            Endpoint::RollbackService => self.rollback_service(param).await?,
+            Endpoint::UploadArtifact => self.upload_artifact(req).await?,
+            Endpoint::ListArtifacts => self.list_artifacts()?,
+            Endpoint::DeleteArtifact => {
+                self.delete_artifact(param).await?;
+                no_content()
             }
             Endpoint::DeleteService => {
                 self.delete_service(param).await?;
@@ -230,6 +250,24 @@ impl<C: Control> Router<C> {
                 resp
             }
         })
+    }
+}
+
+/// One lock per service name: a slow creation (a template boot, a compile) of one service
+/// never holds up a change of another.
+#[derive(Default, Clone)]
+pub(crate) struct ChangeLocks(
+    Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+);
+
+impl ChangeLocks {
+    /// The lock of service `name`.
+    pub(crate) fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop the locks nobody holds or waits for, so the map stays as small as the
+        // changes in flight.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(name.to_string()).or_default().clone()
     }
 }
 

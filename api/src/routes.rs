@@ -30,6 +30,14 @@ pub enum Endpoint {
     Metrics,
     /// Drain and stop the daemon, as SIGTERM does.
     Drain,
+    /// Bring back a service's definition from before its last replacement.
+    RollbackService,
+    /// Store an uploaded wasm module or guest image.
+    UploadArtifact,
+    /// All stored artifacts.
+    ListArtifacts,
+    /// Remove a stored artifact no service uses.
+    DeleteArtifact,
 }
 
 /// One route: a method, a path template (`{param}` matches one non-empty segment) and what
@@ -66,6 +74,14 @@ pub const ROUTES: &[Route] = &[
     route("DELETE", "/v1/vms/{id}", Endpoint::DeleteVm),
     route("GET", "/metrics", Endpoint::Metrics),
     route("POST", "/v1/drain", Endpoint::Drain),
+    route(
+        "POST",
+        "/v1/services/{name}/rollback",
+        Endpoint::RollbackService,
+    ),
+    route("POST", "/v1/artifacts", Endpoint::UploadArtifact),
+    route("GET", "/v1/artifacts", Endpoint::ListArtifacts),
+    route("DELETE", "/v1/artifacts/{digest}", Endpoint::DeleteArtifact),
 ];
 
 /// A matched route and its one path parameter, if the template has one.

@@ -26,15 +26,18 @@ use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
 
 use crate::control::{Control, ServiceStatus};
 use crate::error::{ErrorCode, HttpError};
-use crate::models;
 use crate::router::{json, Router, Settings};
 
-/// 409/422 for a service that could not be added.
-pub(crate) fn add_error(e: AddError) -> HttpError {
-    let message = e.to_string();
+/// 409/422 for a service that could not be added; the message names no host path the
+/// client did not give.
+fn add_error(e: AddError, def: &Defined) -> HttpError {
+    let message = crate::persist::scrub(&e.to_string(), &def.config, &def.run);
     match e {
         AddError::Duplicate(_) => HttpError::new(ErrorCode::AlreadyExists, message),
-        AddError::Start(StartError::Config(_) | StartError::Template { .. }) => {
+        AddError::Start(StartError::Config(e)) => {
+            crate::persist::invalid_config(&e, &def.config, &def.run)
+        }
+        AddError::Start(StartError::Template { .. } | StartError::Compile { .. }) => {
             HttpError::new(ErrorCode::InvalidConfig, message)
         }
         AddError::Start(StartError::Bind { source, .. }) => bind_error(source.kind(), message),
@@ -67,31 +70,52 @@ fn addr_in_use(e: &AddError) -> bool {
 
 impl<C: Control> Router<C> {
     /// Create the service, or (unless `create_only`, as for `POST /v1/services`) replace
-    /// the one of that name.
+    /// the one of that name. `config` is as the client gave it: its artifact references
+    /// are resolved here, and it is what the state directory keeps.
     pub(crate) async fn put_service(
         &self,
         config: ServiceConfig,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
-        self.control
-            .check_service(&config)
-            .map_err(|e| HttpError::new(ErrorCode::InvalidConfig, e.to_string()))?;
-        let change = Change {
+        // Resolving hashes an artifact, checking reads and parses the image or module:
+        // off the async threads.
+        let (control, given) = (self.control.clone(), config.clone());
+        let run = join(tokio::task::spawn_blocking(move || {
+            let run = crate::persist::resolve(&*control, &given)?;
+            control
+                .check_service(&run)
+                .map_err(|e| crate::persist::invalid_config(&e, &given, &run))?;
+            Ok::<_, HttpError>(run)
+        }))
+        .await??;
+        let change = self.change(&config.name);
+        join(tokio::spawn(
+            change.put(Defined { config, run }, create_only),
+        ))
+        .await?
+    }
+
+    /// Bring back the definition a service had before its last replacement.
+    pub(crate) async fn rollback_service(
+        &self,
+        name: &str,
+    ) -> Result<Response<Full<Bytes>>, HttpError> {
+        let change = self.change(name);
+        join(tokio::spawn(change.rollback(name.to_string()))).await?
+    }
+
+    pub(crate) fn change(&self, name: &str) -> Change<C> {
+        Change {
             control: self.control.clone(),
             settings: self.settings,
-            lock: self.changes.clone(),
-        };
-        join(tokio::spawn(change.put(config, create_only))).await?
+            lock: self.changes.of(name),
+            artifacts: self.artifacts_lock.clone(),
+        }
     }
 
     /// Drain and remove a service, in a task of its own like every change.
     pub(crate) async fn delete_service(&self, name: &str) -> Result<(), HttpError> {
-        let change = Change {
-            control: self.control.clone(),
-            settings: self.settings,
-            lock: self.changes.clone(),
-        };
-        join(tokio::spawn(change.delete(name.to_string()))).await?
+        join(tokio::spawn(self.change(name).delete(name.to_string()))).await?
     }
 }
 
@@ -103,11 +127,21 @@ async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T, HttpError> {
     })
 }
 
+/// A service config as the client gave it (`config`, what the state directory keeps) and
+/// as it runs (`run`: artifact references resolved to their files).
+pub(crate) struct Defined {
+    config: ServiceConfig,
+    run: ServiceConfig,
+}
+
 /// What a change needs, owned, so that it can outlive the request that asked for it.
-struct Change<C> {
+pub(crate) struct Change<C> {
     control: Arc<C>,
     settings: Settings,
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held shared while a change may start using an artifact; a DELETE of an artifact
+    /// holds it alone.
+    artifacts: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl<C: Control> Change<C> {
@@ -121,24 +155,28 @@ impl<C: Control> Change<C> {
         {
             return Err(crate::router::service_not_found(&name));
         }
+        self.control.forget_metrics(&name);
+        crate::persist::forget(&*self.control, &name)?;
         tracing::info!(service = %name, "service removed (control API)");
         Ok(())
     }
 
     async fn put(
         self,
-        config: ServiceConfig,
+        def: Defined,
         create_only: bool,
     ) -> Result<Response<Full<Bytes>>, HttpError> {
         let _change = self.lock.lock().await;
-        let name = config.name.clone();
+        let _artifacts = self.artifacts.read().await;
+        let name = def.config.name.clone();
         let c = &*self.control;
         let (status, address) = match c.service(&name) {
             None => {
-                let address = c.add_service(config.clone()).await.map_err(|e| {
+                let address = c.add_service(def.run.clone()).await.map_err(|e| {
                     tracing::warn!(service = %name, "service not created (control API): {e}");
-                    add_error(e)
+                    add_error(e, &def)
                 })?;
+                crate::persist::save(c, def.config.clone(), None)?;
                 tracing::info!(service = %name, %address, "service created (control API)");
                 (StatusCode::CREATED, address)
             }
@@ -152,13 +190,27 @@ impl<C: Control> Change<C> {
             }
             Some(old) => {
                 tracing::info!(service = %name, "replacing service (control API)");
-                let address = self.replace(old, config.clone()).await?;
+                let before = crate::persist::defined(c, &old.config);
+                let address = self.replace(old, &def).await?;
+                crate::persist::save(c, def.config.clone(), Some(before))?;
                 tracing::info!(service = %name, %address, "service replaced (control API)");
                 (StatusCode::OK, address)
             }
         };
+        Ok(self.answer(status, def, address))
+    }
+
+    /// The service as it runs now, in a `status` answer.
+    fn answer(
+        &self,
+        status: StatusCode,
+        def: Defined,
+        address: SocketAddr,
+    ) -> Response<Full<Bytes>> {
+        let c = &*self.control;
+        let name = def.config.name.clone();
         let now = c.service(&name).unwrap_or(ServiceStatus {
-            config,
+            config: def.run,
             address,
             stats: ServiceStats {
                 running: 0,
@@ -168,21 +220,40 @@ impl<C: Control> Change<C> {
                 connections: 0,
             },
         });
-        let mut resp = json(status, &models::Service::from(now));
+        let mut resp = json(status, &crate::persist::shown(c, now));
         if status == StatusCode::CREATED {
             if let Ok(loc) = HeaderValue::from_str(&format!("/v1/services/{name}")) {
                 resp.headers_mut().insert(header::LOCATION, loc);
             }
         }
-        Ok(resp)
+        resp
     }
 
-    async fn replace(
-        &self,
-        old: ServiceStatus,
-        new: ServiceConfig,
-    ) -> Result<SocketAddr, HttpError> {
+    async fn rollback(self, name: String) -> Result<Response<Full<Bytes>>, HttpError> {
+        let _change = self.lock.lock().await;
+        let _artifacts = self.artifacts.read().await;
         let c = &*self.control;
+        let Some(old) = c.service(&name) else {
+            return Err(crate::router::service_not_found(&name));
+        };
+        let (current, previous) = crate::persist::previous(c, &name)?;
+        let run = crate::persist::resolve(c, &previous)?;
+        c.check_service(&run)
+            .map_err(|e| crate::persist::invalid_config(&e, &previous, &run))?;
+        let def = Defined {
+            config: previous,
+            run,
+        };
+        tracing::info!(service = %name, "rolling back (control API)");
+        let address = self.replace(old, &def).await?;
+        crate::persist::save(c, def.config.clone(), Some(current))?;
+        tracing::info!(service = %name, %address, "service rolled back (control API)");
+        Ok(self.answer(StatusCode::OK, def, address))
+    }
+
+    async fn replace(&self, old: ServiceStatus, def: &Defined) -> Result<SocketAddr, HttpError> {
+        let c = &*self.control;
+        let new = &def.run;
         let name = new.name.clone();
         // Same address, or the same port on another IP (0.0.0.0:P conflicts with
         // 127.0.0.1:P): the old service must let go of it first.
@@ -201,7 +272,7 @@ impl<C: Control> Change<C> {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                Err(e) => break add_error(e),
+                Err(e) => break add_error(e, def),
             }
         };
         let mut previous = old.config;

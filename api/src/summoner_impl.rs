@@ -63,6 +63,14 @@ impl Control for Summoner {
         self.remove(name, grace)
     }
 
+    fn state(&self) -> Option<&std::sync::Arc<summoner::state::State>> {
+        Summoner::state(self)
+    }
+
+    fn forget_metrics(&self, name: &str) {
+        Summoner::forget_metrics(self, name)
+    }
+
     fn vms(&self) -> Vec<VmInfo> {
         Summoner::vms(self)
     }

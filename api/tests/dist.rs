@@ -15,7 +15,7 @@ fn dist(name: &str) -> String {
 
 #[test]
 fn example_config_parses() {
-    let file: FileConfig = toml::from_str(&dist("dust.toml")).unwrap();
+    let file = FileConfig::parse(&dist("dust.toml")).unwrap();
     assert_eq!(file.services.len(), 1);
     let s = &file.services[0];
     assert_eq!(s.name, "hello");
@@ -23,7 +23,7 @@ fn example_config_parses() {
     assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
     // Everything but the image (not installed here) validates.
     let mut s = s.clone();
-    s.image = host::tiny_elf();
+    s.workload = summoner::config::Workload::Image(host::tiny_elf());
     s.validate().unwrap();
 }
 

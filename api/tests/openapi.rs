@@ -258,7 +258,7 @@ fn integer_ranges_are_the_servers() {
         ("max_connections", serde_json::json!(count)),
     ] {
         let body = |v: serde_json::Value| {
-            let mut b = serde_json::json!({"listen": "127.0.0.1:1"});
+            let mut b = serde_json::json!({"listen": "127.0.0.1:1", "wasm": "/h.wasm"});
             b[field] = v;
             b
         };

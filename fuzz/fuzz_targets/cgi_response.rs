@@ -5,13 +5,13 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(r) = dust_wasm::cgi::response(data) {
+    if let Ok(r) = dust_wasi::cgi::response(data) {
         assert!((100..=999).contains(&r.status));
         for (name, _) in &r.headers {
             assert!(!name.eq_ignore_ascii_case("content-length"));
         }
     }
     if let Ok(s) = core::str::from_utf8(data) {
-        assert!(dust_wasm::cgi::percent_decode(s).len() <= s.len());
+        assert!(dust_wasi::cgi::percent_decode(s).len() <= s.len());
     }
 });

@@ -14,5 +14,5 @@ fuzz_target!(|data: &[u8]| {
     for (name, _) in req.headers() {
         assert!(req.header(name).is_some(), "{name:?} listed but not found");
     }
-    let _ = dust_wasm::cgi::invocation(&req, "vm", &[("K", "v")]);
+    let _ = dust_wasi::cgi::invocation(&req, "vm", &[("K", "v")]);
 });

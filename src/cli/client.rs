@@ -1,5 +1,8 @@
-//! Client verbs over the control API's Unix socket: `dust ps`, `dust services ...`,
-//! `dust kill`. Tables for people by default, `--json` for scripts.
+//! Client verbs over the control API, on its Unix socket or (`--api-tcp`, with a bearer
+//! token) over TCP from another machine: `dust ps`, `dust services ...`, `dust kill`.
+//! Tables for people by default, `--json` for scripts. `services add/replace` upload
+//! their `--wasm`/`--image` file first ([`super::deploy`]), so the same command works on
+//! the daemon's host and elsewhere.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +13,12 @@ use api::models::{ErrorBody, ErrorDetail, Service, ServiceList, Vm, VmList};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
+use summoner::config::Workload;
 use summoner::ServiceConfig;
 use vmm::SerialConfig;
 
-use super::service::{resolve_existing, ServiceFlags};
+use super::service::{ServiceFlags, WasmFlags};
 
 /// Where to reach the daemon.
 #[derive(Args, Debug, Clone)]
@@ -24,6 +27,14 @@ pub struct Conn {
     /// $XDG_RUNTIME_DIR/dust/api.sock).
     #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
+    /// Reach the daemon's TCP API at HOST:PORT instead of its socket (its `--api-tcp`);
+    /// the bearer token comes from $DUST_API_TOKEN, else from --token-file.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub api_tcp: Option<String>,
+    /// The file holding the TCP API's token (with --api-tcp, when $DUST_API_TOKEN is not
+    /// set).
+    #[arg(long, global = true, requires = "api_tcp")]
+    pub token_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -44,6 +55,12 @@ pub enum ServicesCmd {
     /// Replace a service's config live (or create it): the API's PUT. Settings not given
     /// take their defaults, as with `add`.
     Replace(AddArgs),
+    /// Bring back the definition the service had before its last replacement (a second
+    /// rollback undoes the first).
+    Rollback {
+        /// Service name.
+        name: String,
+    },
     /// Stop and remove a service (in-flight requests finish first).
     Rm {
         /// Service name.
@@ -56,19 +73,16 @@ pub enum ServicesCmd {
 pub struct AddArgs {
     /// Service name.
     pub name: String,
-    /// Guest image (not needed with --wasm); a relative path is taken from the current
-    /// directory.
-    #[arg(long, required_unless_present = "wasm")]
+    /// Guest image (or --wasm): a local file, uploaded to the daemon first, or
+    /// `sha256:<hex>` naming one uploaded before.
+    #[arg(long, required_unless_present = "wasm", conflicts_with = "wasm")]
     pub image: Option<PathBuf>,
-    /// A WebAssembly handler (wasm32-wasip1 module) run by the built-in dust-wasm guest
-    /// (see docs/wasm.md); snapshot mode.
-    #[arg(long, value_name = "FILE")]
-    pub wasm: Option<PathBuf>,
-    /// Fuel per request of a --wasm service (out of fuel: 504).
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
-    /// Listen address (port 0: a free one, printed).
-    #[arg(long)]
+    /// Or a WebAssembly handler: a local file, uploaded to the daemon first, or
+    /// `sha256:<hex>`.
+    #[command(flatten)]
+    pub wasm: WasmFlags,
+    /// Listen address, ip:port (port 0: a free one, printed).
+    #[arg(long, value_parser = summoner::config::listen_addr::parse)]
     pub listen: SocketAddr,
     /// The service's settings.
     #[command(flatten)]
@@ -76,20 +90,17 @@ pub struct AddArgs {
 }
 
 impl AddArgs {
-    /// The config to send. The daemon runs elsewhere, with another working directory, so
-    /// every file is named by its absolute path, and one that does not exist is refused
-    /// here.
-    fn config(self) -> Result<ServiceConfig, CliError> {
-        let image = match &self.image {
-            Some(i) => resolve_existing("--image", i).map_err(CliError::argument)?,
-            None => PathBuf::new(),
+    /// The config to send, its files named by the digests [`super::deploy::upload`]
+    /// answered: the daemon may run on another machine.
+    async fn config(self, conn: &Conn) -> Result<ServiceConfig, CliError> {
+        let workload = match (&self.image, &self.wasm.wasm) {
+            (_, Some(w)) => self
+                .wasm
+                .workload(super::deploy::upload(conn, "--wasm", w).await?),
+            (Some(i), None) => Workload::Image(super::deploy::upload(conn, "--image", i).await?),
+            (None, None) => return Err(CliError::argument("give --image or --wasm".into())),
         };
-        let mut cfg = self.service.config(&self.name, self.listen, image);
-        cfg.wasm = match &self.wasm {
-            Some(w) => Some(resolve_existing("--wasm", w).map_err(CliError::argument)?),
-            None => None,
-        };
-        cfg.fuel = self.fuel;
+        let cfg = self.service.config(&self.name, self.listen, workload);
         // A serial file is not resolved here: the daemon takes only names inside its own
         // log directory and resolves them there.
         Ok(cfg)
@@ -105,14 +116,14 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: &str, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),
             message: message.into(),
         }
     }
 
-    fn argument(message: String) -> Self {
+    pub(super) fn argument(message: String) -> Self {
         Self::new("invalid_argument", message)
     }
 
@@ -124,7 +135,7 @@ impl CliError {
     }
 
     /// The API's error body, or (a body that is not one) its text.
-    fn api(r: &Reply) -> Self {
+    pub(super) fn api(r: &Reply) -> Self {
         match serde_json::from_slice::<ErrorBody>(&r.body) {
             Ok(b) => Self::new(&b.error.code, b.error.message),
             Err(_) => Self::new(
@@ -136,6 +147,14 @@ impl CliError {
                 ),
             ),
         }
+    }
+
+    pub(super) fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub(super) fn message(&self) -> &str {
+        &self.message
     }
 
     /// What the user sees: a line for people, or the API's error shape for `--json`.
@@ -157,9 +176,9 @@ impl CliError {
     }
 }
 
-struct Reply {
-    status: u16,
-    body: Bytes,
+pub(super) struct Reply {
+    pub(super) status: u16,
+    pub(super) body: Bytes,
 }
 
 async fn request(
@@ -168,36 +187,43 @@ async fn request(
     path: &str,
     body: Option<String>,
 ) -> Result<Reply, CliError> {
-    let sock = conn.socket.clone().unwrap_or_else(api::default_socket_path);
+    let body = body.map(|b| ("application/json", Bytes::from(b)));
+    send(conn, method, path, body).await
+}
+
+/// Longest the daemon may take to answer (an upload, or a snapshot service's template).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One request with a body of the given media type, on the socket or over TCP.
+pub(super) async fn send(
+    conn: &Conn,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Bytes)>,
+) -> Result<Reply, CliError> {
+    let (mut send, token, place) = super::deploy::connect(conn).await?;
     let unreachable = |e: &dyn std::fmt::Display| {
         CliError::new(
             "daemon_unreachable",
-            format!(
-                "cannot reach the dust daemon at {}: {e} (is `dust serve` running?)",
-                sock.display()
-            ),
+            format!("cannot reach the dust daemon at {place}: {e} (is `dust serve` running?)"),
         )
     };
-    let stream = tokio::net::UnixStream::connect(&sock)
-        .await
-        .map_err(|e| unreachable(&e))?;
-    let (mut send, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(c);
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "dust");
-    if body.is_some() {
-        req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some((ctype, _)) = &body {
+        req = req.header(hyper::header::CONTENT_TYPE, *ctype);
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(body.map(|(_, b)| b).unwrap_or_default()))
         .map_err(|e| CliError::argument(format!("cannot make the request: {e}")))?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req))
+    let resp = tokio::time::timeout(ANSWER_TIMEOUT, send.send_request(req))
         .await
-        .map_err(|_| unreachable(&"no answer within 30 s"))?
+        .map_err(|_| unreachable(&"no answer within 120 s"))?
         .map_err(|e| unreachable(&e))?;
     let status = resp.status().as_u16();
     let body = resp
@@ -264,7 +290,7 @@ fn service_details(s: &Service) -> String {
         ("listen", c.listen.to_string()),
         ("address", s.address.to_string()),
         ("mode", c.mode.to_string()),
-        ("image", c.image.display().to_string()),
+        ("runs", runs(c)),
         ("cmdline", format!("{:?}", c.cmdline)),
         ("memory_mib", c.memory_mib.to_string()),
         (
@@ -277,12 +303,16 @@ fn service_details(s: &Service) -> String {
         ("vcpus", c.vcpus.to_string()),
         ("irqchip", c.irqchip.to_string()),
         ("guest_port", c.guest_port.to_string()),
-        ("snapshot", c.snapshot_mode().to_string()),
+        ("snapshot", c.snapshot.to_string()),
         (
-            "wasm",
-            or_default(c.wasm.as_ref().map(|w| w.display().to_string()), "-"),
+            "fuel",
+            or_default(
+                c.wasm_workload()
+                    .and_then(|w| w.fuel)
+                    .map(|f| f.to_string()),
+                "-",
+            ),
         ),
-        ("fuel", or_default(c.fuel.map(|f| f.to_string()), "-")),
         ("serial", serial),
         ("max_concurrent", c.max_concurrent.to_string()),
         ("queue_depth", c.queue_depth.to_string()),
@@ -307,6 +337,14 @@ fn service_details(s: &Service) -> String {
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
+/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`.
+fn runs(c: &ServiceConfig) -> String {
+    match &c.workload {
+        Workload::Image(i) => i.display().to_string(),
+        Workload::Wasm(w) => format!("wasm:{} ({})", w.module.display(), w.engine),
+    }
+}
+
 fn vm_table(vms: &[Vm]) -> String {
     let mut out = format!(
         "{:<32} {:<16} {:<9} {:>9} {:>8}\n",
@@ -324,10 +362,10 @@ fn vm_table(vms: &[Vm]) -> String {
 fn service_table(services: &[Service]) -> String {
     let mut out = format!(
         "{:<16} {:<5} {:<8} {:<22} {:>7} {:>4} {:>7}  {}\n",
-        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "IMAGE"
+        "SERVICE", "MODE", "START", "ADDRESS", "RUNNING", "IDLE", "WAITING", "RUNS"
     );
     for s in services {
-        let start = if s.config.snapshot_mode() {
+        let start = if s.config.snapshot {
             "snapshot"
         } else {
             "boot"
@@ -341,7 +379,7 @@ fn service_table(services: &[Service]) -> String {
             s.stats.running,
             s.stats.idle,
             s.stats.waiting,
-            s.config.image.display()
+            runs(&s.config)
         );
     }
     out
@@ -401,6 +439,18 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
             }
             ServicesCmd::Add(a) => put(&conn, a, false).await,
             ServicesCmd::Replace(a) => put(&conn, a, true).await,
+            ServicesCmd::Rollback { name } => {
+                let path = format!("/v1/services/{name}/rollback");
+                let r = request(&conn, "POST", &path, None).await?;
+                if r.status != 200 {
+                    return Err(CliError::api(&r));
+                }
+                if conn.json {
+                    return Ok(text(&r.body));
+                }
+                let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+                Ok(format!("rolled back {name} on {}\n", s.address))
+            }
             ServicesCmd::Rm { name } => {
                 let r = request(&conn, "DELETE", &format!("/v1/services/{name}"), None).await?;
                 match r.status {
@@ -416,7 +466,7 @@ pub fn services(conn: Conn, cmd: ServicesCmd) -> ExitCode {
 /// address, which is the one to use when `--listen` had port 0.
 async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError> {
     let name = a.name.clone();
-    let cfg = a.config()?;
+    let cfg = a.config(conn).await?;
     let body = serde_json::to_string(&cfg).map_err(|e| CliError::new("internal", e.to_string()))?;
     let r = if replace {
         request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await?

@@ -2,8 +2,9 @@
 
 pub mod bench;
 pub mod client;
-pub mod drain;
+pub mod deploy;
 pub mod guest;
+pub mod restore;
 pub mod run;
 pub mod serve;
 pub mod service;

@@ -16,14 +16,14 @@ pub struct RunArgs {
     pub image: Option<PathBuf>,
     /// Boot to the guest's ready(), save the VM into this directory (files `snapshot` and
     /// `memory`, see docs/snapshots.md) and exit 0.
-    #[arg(long, value_name = "DIR", conflicts_with = "restore")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["restore", "wasm"])]
     pub snapshot_out: Option<PathBuf>,
     /// Restore the VM saved in DIR (by --snapshot-out) instead of booting an image; it runs to
     /// its end like any `dust run`. Takes --timeout, --timings, --vsock.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["initrd", "cmdline", "memory_mib", "vcpus", "irqchip"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["initrd", "cmdline", "memory_mib", "vcpus", "irqchip", "wasm"])]
     pub restore: Option<PathBuf>,
     /// Initial ramdisk.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wasm")]
     pub initrd: Option<PathBuf>,
     /// Guest command line.
     #[arg(long, default_value = "")]
@@ -38,7 +38,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub irqchip: bool,
     /// Kill the VM after this long, e.g. 2s or 500ms (exit status 242).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = summoner::config::service_duration::parse)]
     pub timeout: Option<Duration>,
     /// Add a virtio-vsock device bound to this host Unix socket (Firecracker's protocol).
     #[arg(long)]
@@ -102,7 +102,7 @@ fn block_stop_signals() -> libc::sigset_t {
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
 /// the VM is torn down and the serial output flushed.
 pub fn run(args: RunArgs) -> ExitCode {
-    if let Some(module) = &args.wasm.wasm {
+    if let Some(module) = &args.wasm.flags.wasm {
         let image = args.image.as_deref();
         return super::wasm::run(image, module, &args.wasm, args.memory_mib, args.timeout);
     }
@@ -126,14 +126,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         };
     }
     let built = match &args.restore {
-        Some(dir) => vmm::restore(&vmm::RestoreConfig {
-            snapshot: dir.clone(),
-            id: config.id.clone(),
-            vsock: config.vsock.clone(),
-            serial: config.serial.clone(),
-            timeout: config.timeout,
-        })
-        .map_err(|e| e.to_string()),
+        Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
         None => vmm::build(&config).map_err(|e| e.to_string()),
     };
     let vm = match built {

@@ -1,11 +1,11 @@
 //! The flags that describe a service, shared by `dust serve --image` and
 //! `dust services add`: one set of names, the defaults of [`summoner::config::defaults`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use summoner::config::{defaults, service_duration};
+use summoner::config::{defaults, service_duration, Engine, WasmWorkload, Workload};
 use summoner::{Mode, ServiceConfig};
 use vmm::SerialConfig;
 
@@ -26,11 +26,35 @@ fn serial(s: &str) -> Result<SerialConfig, String> {
     }
 }
 
-/// `path` made absolute against this process's working directory and symlinks resolved, so
-/// that a daemon with another working directory reads the same file; `flag` names it in the
-/// error when it does not exist.
-pub fn resolve_existing(flag: &str, path: &Path) -> Result<PathBuf, String> {
-    std::fs::canonicalize(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+/// The WebAssembly flags, the same on `dust serve`, `dust services add/replace` and
+/// `dust run`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WasmFlags {
+    /// A WebAssembly handler (a wasm32-wasip1 WAGI module, or a wasi:http/proxy component)
+    /// run by a dust guest on each request (docs/wasm.md); its service defaults to snapshot
+    /// mode.
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// What runs the handler: aot (compiled ahead of time into its own guest) or
+    /// interpreter (wasmi in the built-in guest; counts fuel).
+    #[arg(long, requires = "wasm", value_name = "ENGINE")]
+    pub engine: Option<Engine>,
+    /// Fuel per request, interpreter only (out of fuel: 504).
+    #[arg(long, requires = "wasm")]
+    pub fuel: Option<u64>,
+}
+
+impl WasmFlags {
+    /// The workload these flags describe, with `module` as the handler (resolved by the
+    /// caller).
+    pub fn workload(&self, module: PathBuf) -> Workload {
+        Workload::Wasm(WasmWorkload {
+            module,
+            engine: self.engine.unwrap_or_default(),
+            fuel: self.fuel,
+            compiled: None,
+        })
+    }
 }
 
 /// A service's settings beyond its name, address and image.
@@ -93,13 +117,14 @@ pub struct ServiceFlags {
 }
 
 impl ServiceFlags {
-    /// The service these flags describe.
+    /// The service these flags describe, running `workload`.
     pub fn config(
         &self,
         name: &str,
         listen: std::net::SocketAddr,
-        image: std::path::PathBuf,
+        workload: Workload,
     ) -> ServiceConfig {
+        let wasm = matches!(workload, Workload::Wasm(_));
         ServiceConfig {
             mode: self.mode,
             guest_port: self.guest_port,
@@ -112,13 +137,14 @@ impl ServiceFlags {
             queue_deadline: Duration::from(self.queue_deadline),
             request_deadline: Duration::from(self.request_deadline),
             pool_size: self.pool,
-            snapshot: self.snapshot.then_some(true),
+            snapshot: self.snapshot || wasm,
+            workload,
             header_timeout: Duration::from(self.header_timeout),
             idle_timeout: Duration::from(self.idle_timeout),
             max_connections: self.max_connections,
             memory_limit_mib: self.memory_limit,
             serial: self.serial.clone(),
-            ..ServiceConfig::new(name, listen, image)
+            ..ServiceConfig::new(name, listen, PathBuf::new())
         }
     }
 }
@@ -140,11 +166,11 @@ mod tests {
         let addr = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
         let flags = Cli::parse_from(["x"]).flags;
         assert_eq!(
-            flags.config("a", addr, "/img".into()),
+            flags.config("a", addr, Workload::Image("/img".into())),
             ServiceConfig::new("a", addr, "/img")
         );
         let flags = Cli::parse_from(["x", "--mode", "tcp", "--vcpus", "2", "--irqchip"]).flags;
-        let c = flags.config("a", addr, "/img".into());
+        let c = flags.config("a", addr, Workload::Image("/img".into()));
         assert_eq!((c.mode, c.vcpus, c.irqchip), (Mode::Tcp, 2, true));
         assert!(Cli::try_parse_from(["x", "--mode", "udp"]).is_err());
     }
@@ -177,7 +203,7 @@ mod tests {
             "--snapshot",
         ])
         .flags;
-        let c = flags.config("a", addr, "/img".into());
+        let c = flags.config("a", addr, Workload::Image("/img".into()));
         assert_eq!((c.memory_mib, c.pool_size, c.queue_depth), (48, 1, 9));
         assert_eq!(
             (c.queue_deadline, c.request_deadline, c.header_timeout),
@@ -190,7 +216,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(90));
         assert_eq!((c.max_connections, c.memory_limit_mib), (7, Some(100)));
         assert_eq!(c.serial, SerialConfig::File("/var/log/x.log".into()));
-        assert_eq!(c.snapshot, Some(true));
+        assert!(c.snapshot);
         for s in ["none", "stdout"] {
             assert!(Cli::try_parse_from(["x", "--serial", s]).is_ok(), "{s}");
         }
@@ -205,17 +231,5 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert!(e.to_string().contains(bad[1]), "{e}");
         }
-    }
-
-    #[test]
-    fn relative_paths_resolve_against_the_working_directory() {
-        let cwd = std::env::current_dir().unwrap_or_else(|e| panic!("{e}"));
-        let here = std::fs::canonicalize(&cwd).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            resolve_existing("--image", Path::new("Cargo.toml")),
-            Ok(here.join("Cargo.toml"))
-        );
-        let e = resolve_existing("--image", Path::new("no/such/image")).unwrap_err();
-        assert!(e.starts_with("--image no/such/image: "), "{e}");
     }
 }

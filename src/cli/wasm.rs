@@ -1,5 +1,7 @@
-//! `dust run --wasm FILE`: run one request through a WebAssembly handler in a fresh
-//! `dust-wasm` VM and print the HTTP response, for developing handlers (docs/wasm.md).
+//! `dust run --wasm FILE`: run one request through a WebAssembly handler in a fresh VM and
+//! print the HTTP response, for developing handlers (docs/wasm.md). The module runs
+//! compiled ahead of time (the default; the image is cached) or in the `dust-wasm`
+//! interpreter guest (`--engine interpreter`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -11,16 +13,17 @@ use std::time::Duration;
 
 use clap::Args;
 use dust_abi::status;
+use summoner::config::Engine;
 use summoner::wasm;
 use vmm::{SerialConfig, VmConfig, VsockConfig};
 
 /// The `--wasm` flags of `dust run`.
 #[derive(Args, Debug, Default)]
 pub struct WasmArgs {
-    /// Run one request through this wasm32-wasip1 handler (WAGI) in the built-in dust-wasm
-    /// guest and print the response. IMAGE, if given, replaces the built-in guest.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["restore", "snapshot_out", "initrd"])]
-    pub wasm: Option<PathBuf>,
+    /// Run one request through a handler and print the response (not with --restore,
+    /// --snapshot-out or --initrd). IMAGE, if given, replaces the built-in guest.
+    #[command(flatten)]
+    pub flags: super::service::WasmFlags,
     /// A CGI variable of the request, e.g. REQUEST_METHOD=POST, PATH_INFO=/x,
     /// QUERY_STRING=a+b, CONTENT_TYPE=..., HTTP_ACCEPT=... (a header); any other NAME=value
     /// is added to the handler's environment (no spaces). Repeatable. With --wasm.
@@ -29,9 +32,6 @@ pub struct WasmArgs {
     /// The request body (the handler's stdin); the method defaults to POST. With --wasm.
     #[arg(long, value_name = "FILE", requires = "wasm")]
     pub body: Option<PathBuf>,
-    /// Fuel for the request (default: the services' default). With --wasm.
-    #[arg(long, requires = "wasm")]
-    pub fuel: Option<u64>,
 }
 
 /// Why the request could not be run.
@@ -56,9 +56,20 @@ pub enum WasmRunError {
         "the built-in dust-wasm guest is missing: run scripts/build-guests (or set DUST_GUEST_DIR)"
     )]
     NoGuest,
+    /// The module could not be compiled.
+    #[error("{path}: {source}")]
+    Compile {
+        /// Module path.
+        path: String,
+        /// Why.
+        source: wasm::aot::AotError,
+    },
     /// The VM.
     #[error("{0}")]
     Vm(String),
+    /// The VM ran past its timeout.
+    #[error("timed out: the handler did not answer in time (VM killed)")]
+    Timeout,
     /// Talking to the guest.
     #[error("the guest did not answer: {0}")]
     Io(#[from] std::io::Error),
@@ -154,19 +165,24 @@ fn run_one(
         path: module.display().to_string(),
         source,
     })?;
+    let compiled = image.is_none()
+        && args.flags.engine.unwrap_or(Engine::Aot) == Engine::Aot
+        && !summoner::component::is_component_file(module);
     let image = match image {
         Some(i) => i.to_path_buf(),
-        None => wasm::find_guest().ok_or(WasmRunError::NoGuest)?,
+        None if compiled => compile(module)?,
+        None => wasm::find_guest_for(module).ok_or(WasmRunError::NoGuest)?,
     };
     let (req, words) = request(args)?;
     let id = format!("run-{}", std::process::id());
     let uds = vmm::runtime_dir().join(format!("{id}.vsock"));
     std::fs::create_dir_all(vmm::runtime_dir())?;
     let config = VmConfig {
-        initrd: Some(module.to_path_buf()),
+        // The interpreter gets the module as its initrd; a compiled image holds it.
+        initrd: (!compiled).then(|| module.to_path_buf()),
         cmdline: format!(
             "{} verbose=1{words} vm={id}",
-            wasm::cmdline(args.fuel, false)
+            wasm::cmdline(args.flags.fuel, false)
         ),
         memory_mib,
         // The handler's stderr: the serial console, onto dust's stderr.
@@ -200,6 +216,10 @@ fn run_one(
     };
     let report = handle.wait();
     ended.store(true, Ordering::Relaxed);
+    if report.exit == vmm::VmExit::Timeout {
+        let _ = client.join();
+        return Err(WasmRunError::Timeout);
+    }
     match client.join() {
         Ok(Some(r)) => Ok(r?),
         _ => Err(WasmRunError::Vm(format!(
@@ -207,6 +227,29 @@ fn run_one(
             report.exit
         ))),
     }
+}
+
+/// The module's compiled image (from the cache, or compiled now, saying so on stderr).
+fn compile(module: &Path) -> Result<PathBuf, WasmRunError> {
+    let err = |source| WasmRunError::Compile {
+        path: module.display().to_string(),
+        source,
+    };
+    let bytes = std::fs::read(module).map_err(|e| WasmRunError::Module {
+        path: module.display().to_string(),
+        source: wasm::WasmError::Read(e.to_string()),
+    })?;
+    let opts = wasm::aot::AotOptions::new(wasm::aot::default_cache_dir());
+    let image = wasm::aot::build_image(&bytes, &opts).map_err(err)?;
+    if !image.cached {
+        eprintln!(
+            "dust: compiled {} ({} KB of C; {})",
+            module.display(),
+            image.c_bytes / 1000,
+            wasm::aot::describe(&image.phases)
+        );
+    }
+    Ok(image.path)
 }
 
 /// `dust run --wasm`: prints the response (status line, headers, body) on stdout; exits
@@ -224,6 +267,10 @@ pub fn run(
             let _ = out.write_all(&resp);
             let _ = out.flush();
             ExitCode::SUCCESS
+        }
+        Err(e @ WasmRunError::Timeout) => {
+            eprintln!("dust: {e}");
+            ExitCode::from(status::TIMEOUT)
         }
         Err(e) => {
             eprintln!("dust: {e}");

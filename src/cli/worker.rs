@@ -6,25 +6,34 @@ use std::process::ExitCode;
 
 use dust_abi::status::VMM_ERROR;
 
-/// Run the worker protocol until the VM ends.
+/// Run the worker protocol until the VM ends; or, as the daemon's zygote, fork workers.
 pub fn worker() -> ExitCode {
     if let Err(e) = vmm::seccomp::enable() {
         eprintln!("dust worker: {e}");
         return ExitCode::from(VMM_ERROR);
     }
+    if std::env::var_os(vmm::jail::zygote::ENV).is_some() {
+        return ExitCode::from(vmm::jail::zygote::serve(run));
+    }
     // Still one thread here, as the jail needs.
     match vmm::jail::spec_from_env() {
-        Ok(Some(spec)) => {
-            if let Err(e) = vmm::jail::enter(&spec) {
-                eprintln!("dust worker: {e}");
-                return ExitCode::from(VMM_ERROR);
-            }
-        }
-        Ok(None) => {}
+        Ok(spec) => ExitCode::from(run(spec.as_ref())),
         Err(e) => {
             eprintln!("dust worker: {e}");
-            return ExitCode::from(VMM_ERROR);
+            ExitCode::from(VMM_ERROR)
         }
     }
-    ExitCode::from(vmm::worker::serve())
+}
+
+/// One worker: the jail `spec` describes (if any), then the protocol.
+fn run(spec: Option<&vmm::jail::JailSpec>) -> u8 {
+    if let Some(spec) = spec {
+        if let Err(e) = vmm::jail::enter(spec) {
+            eprintln!("dust worker: {e}");
+            return VMM_ERROR;
+        }
+    }
+    // After the jail's uid change, which clears the parent-death signal.
+    vmm::jail::die_with_daemon();
+    vmm::worker::serve()
 }

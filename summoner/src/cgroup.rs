@@ -190,6 +190,19 @@ impl Hierarchy {
 }
 
 impl Hierarchy {
+    /// Kill whatever still runs in the VM cgroups under `parent` and remove them: they are
+    /// a dead daemon's (the caller holds its run dir), its workers maybe still exiting.
+    pub fn reclaim(&self, parent: &str) {
+        let dirs: Vec<PathBuf> = self
+            .roots()
+            .into_iter()
+            .filter_map(|root| std::fs::read_dir(root.join(parent)).ok())
+            .flat_map(|d| d.flatten().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        remove(&dirs);
+    }
+
     /// Remove the empty VM cgroups any daemon left under `parent/<daemon>/` more than a
     /// minute ago (a worker joins its cgroup within milliseconds of its creation, so a live
     /// daemon's are never touched), then the daemon directories left empty. Daemons whose

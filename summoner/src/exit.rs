@@ -19,8 +19,11 @@ pub fn report(vm: &str, status: ExitStatus) {
 }
 
 /// Log each line `vm`'s worker writes to stderr, until it closes it.
-pub fn forward_stderr(vm: String, err: tokio::process::ChildStderr) {
+pub fn forward_stderr(vm: String, err: std::os::fd::OwnedFd) {
     use tokio::io::AsyncBufReadExt;
+    let Ok(err) = tokio::net::unix::pipe::Receiver::from_owned_fd(err) else {
+        return;
+    };
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(err).lines();
         while let Ok(Some(line)) = lines.next_line().await {

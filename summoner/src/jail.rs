@@ -106,6 +106,22 @@ pub struct Jail {
     pub missing: Vec<String>,
 }
 
+/// The vsock socket's name in a jailed worker's `run/`.
+const VSOCK_NAME: &str = "vm.vsock";
+
+impl Jail {
+    /// The host's path to the vsock socket of jailed VM `vm`, when workers get a root of
+    /// their own (else `None`: the socket is in the run dir).
+    pub fn vsock_path(&self, vm: &str) -> Option<PathBuf> {
+        self.privileged.then(|| {
+            self.base
+                .join(vm)
+                .join(&vmm::jail::RUN[1..])
+                .join(VSOCK_NAME)
+        })
+    }
+}
+
 /// What one jailed worker gets.
 pub struct Prepared {
     /// The VM config with in-jail paths.
@@ -215,8 +231,9 @@ impl Jail {
                 config.serial = SerialConfig::File(vmm::jail::SERIAL.into());
             }
             if let Some(v) = config.vsock.as_mut() {
-                let name = v.uds.file_name().unwrap_or_default().to_owned();
-                v.uds = Path::new(vmm::jail::RUN).join(&name);
+                // The root is the VM's own: a short fixed name keeps the host's path to it
+                // (root + this) within a Unix socket path's 108 bytes.
+                v.uds = Path::new(vmm::jail::RUN).join(VSOCK_NAME);
             }
         }
         let vsock = match (&dir, &config.vsock) {
@@ -266,6 +283,15 @@ fn sweep_roots(base: &Path) {
 }
 
 impl Jail {
+    /// This daemon holds the run dir, so every VM cgroup under its cgroup directory is a
+    /// dead predecessor's: kill what still runs there (workers still exiting) and remove
+    /// them.
+    pub fn reclaim(&self) {
+        if let Some(h) = &self.cgroups {
+            h.reclaim(&self.cgroup_dir);
+        }
+    }
+
     /// The daemon is done: remove the cgroup parent if it is empty.
     pub fn finish(&self) {
         if let Some(h) = &self.cgroups {

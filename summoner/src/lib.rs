@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod cgroup;
+pub mod component;
 pub mod config;
 pub mod conn;
 pub mod exit;
@@ -23,13 +24,18 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
+pub mod process;
+mod refuse;
 pub mod registry;
+pub mod rundir;
 pub mod service;
+pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
 pub mod wasm;
 pub mod worker;
+pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +43,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use config::Workload;
 pub use config::{default_log_dir, FileConfig, Mode, ServiceConfig};
 pub use service::{Service, StartError};
 
@@ -67,15 +74,29 @@ pub struct ServiceStats {
     pub connections: usize,
 }
 
+/// `DUST_NO_ZYGOTE` set: exec every worker (for comparison; docs/benchmarks.md).
+pub fn no_zygote() -> bool {
+    std::env::var_os("DUST_NO_ZYGOTE").is_some()
+}
+
+/// The most bytes of a Unix socket path, with its NUL (`sun_path`).
+const SUN_PATH_MAX: usize = 108;
+
 /// All services of one dust daemon.
 pub struct Summoner {
     spawner: worker::Spawner,
+    /// The run dir's lock ([`rundir`]), held for the daemon's life.
+    _run_lock: Option<std::fs::File>,
     metrics: Arc<metrics::Metrics>,
     services: Mutex<BTreeMap<String, Service>>,
     registry: Arc<registry::Registry>,
     drain: health::Drain,
     budget: limits::Budget,
     nofile: u64,
+    /// Where compiled wasm images are cached.
+    aot_cache: PathBuf,
+    state: Option<Arc<state::State>>,
+    templates: Option<template::TemplateCache>,
 }
 
 /// The default directory for per-VM sockets: /run/dust as root, else
@@ -120,25 +141,50 @@ impl Summoner {
             .mode(0o700)
             .create(&run_dir)?;
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
+        let run_lock = rundir::claim(&run_dir)?;
+        match &run_lock {
+            Some(_) => {
+                let n = rundir::sweep(&run_dir);
+                if n > 0 {
+                    tracing::info!("removed {n} leftovers of a dead daemon from the run dir");
+                }
+            }
+            None => tracing::warn!(
+                "another daemon holds the run dir {}: not sweeping it",
+                run_dir.display()
+            ),
+        }
+        let jail = jail
+            .enabled
+            .then(|| Arc::new(jail::Jail::new(jail, &run_dir)));
+        if let (Some(j), Some(_)) = (&jail, &run_lock) {
+            j.reclaim();
+        }
+        // `dust worker` forks workers as a zygote; stand-ins may not.
+        let zygote = (args.len() == 1 && args[0] == "worker" && !no_zygote())
+            .then(|| Arc::new(zygote::Zygote::new(exe.clone())));
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
             budget: limits::Budget::new(limits::client_budget(nofile, max_vms)),
             spawner: worker::Spawner {
-                jail: jail
-                    .enabled
-                    .then(|| Arc::new(jail::Jail::new(jail, &run_dir))),
+                jail,
                 exe,
                 args,
-                run_dir,
+                run_dir: run_dir.clone(),
                 log_dir: default_log_dir(),
                 slots: limits::VmSlots::new(max_vms),
+                zygote,
             },
             nofile,
+            aot_cache: run_dir.parent().unwrap_or(&run_dir).join("aot-cache"),
+            _run_lock: run_lock,
             metrics: Arc::new(metrics::Metrics::default()),
             services: Mutex::new(BTreeMap::new()),
             registry: Arc::default(),
             drain: health::Drain::default(),
+            state: None,
+            templates: None,
         })
     }
 
@@ -155,6 +201,68 @@ impl Summoner {
     pub fn with_log_dir(mut self, log_dir: PathBuf) -> Self {
         self.spawner.log_dir = log_dir;
         self
+    }
+
+    /// Cache compiled wasm images (engine `aot`) in `dir` (default: `aot-cache` beside the
+    /// run dir), made when first needed. Call before adding services.
+    pub fn with_aot_cache(mut self, dir: PathBuf) -> Self {
+        self.aot_cache = dir;
+        self
+    }
+
+    /// Compiles a WebAssembly service's module when its engine is `aot` (or takes the image
+    /// from the cache), on a blocking thread: other services' changes do not wait for it.
+    async fn compile(&self, mut config: ServiceConfig) -> Result<ServiceConfig, StartError> {
+        let Workload::Wasm(w) = &mut config.workload else {
+            return Ok(config);
+        };
+        if !w.compiles() || w.compiled.is_some() {
+            return Ok(config);
+        }
+        let name = config.name.clone();
+        let module = std::fs::read(&w.module).map_err(|e| {
+            StartError::Config(config::ServiceConfigError::Wasm {
+                name: name.clone(),
+                path: w.module.display().to_string(),
+                source: wasm::WasmError::Read(e.to_string()),
+            })
+        })?;
+        let opts = wasm::aot::AotOptions::new(self.aot_cache.clone());
+        let span = tracing::info_span!("service", name = %name);
+        let built = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| wasm::aot::build_image(&module, &opts))
+        })
+        .await
+        .map_err(|e| wasm::aot::AotError::Io {
+            what: "the compile thread".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+        .and_then(|r| r)
+        .map_err(|source| StartError::Compile { name, source })?;
+        w.compiled = Some(built.path);
+        Ok(config)
+    }
+
+    /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
+    pub fn with_state(mut self, state: Arc<state::State>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Keep snapshot templates in `cache` across restarts (docs/snapshots.md).
+    pub fn with_template_cache(mut self, cache: template::TemplateCache) -> Self {
+        self.templates = Some(cache);
+        self
+    }
+
+    /// Remove the cached templates no service of this daemon uses; how many went.
+    pub fn prune_templates(&self) -> usize {
+        self.templates.as_ref().map_or(0, |c| c.prune())
+    }
+
+    /// The state directory, if this daemon keeps one.
+    pub fn state(&self) -> Option<&Arc<state::State>> {
+        self.state.as_ref()
     }
 
     /// Where services' serial files go.
@@ -179,7 +287,29 @@ impl Summoner {
                 return Err(self.serial_error(config, problem.to_string()));
             }
         }
+        self.check_socket_path(config)?;
         config.validate()
+    }
+
+    /// A VM's vsock socket path must fit in a Unix socket address: the run dir and the
+    /// service name make its length.
+    fn check_socket_path(&self, config: &ServiceConfig) -> Result<(), config::ServiceConfigError> {
+        // The longest VM id of this service: name, epoch and pid in hex, a counter.
+        let vm = format!("{}-{:x}{:x}-{}", config.name, u32::MAX, 0x40_0000, u32::MAX);
+        let path = self
+            .spawner
+            .jail
+            .as_ref()
+            .and_then(|j| j.vsock_path(&vm))
+            .unwrap_or_else(|| config::vsock_path(&self.spawner.run_dir, &vm));
+        let len = path.as_os_str().len();
+        match len < SUN_PATH_MAX {
+            true => Ok(()),
+            false => Err(config::ServiceConfigError::SocketPath {
+                name: config.name.clone(),
+                len,
+            }),
+        }
     }
 
     fn serial_error(&self, config: &ServiceConfig, problem: String) -> config::ServiceConfigError {
@@ -218,14 +348,16 @@ impl Summoner {
             return Err(AddError::Duplicate(config.name));
         }
         self.check(&config).map_err(StartError::from)?;
+        let config = self.compile(config).await?;
+        self.check(&config).map_err(StartError::from)?;
         self.create_serial_file(&config)?;
-        let template = match config.snapshot_mode() {
+        let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config)
+                template::Template::take(&self.spawner, &config, self.templates.as_ref())
                     .await
-                    .map_err(|e| StartError::Template {
+                    .map_err(|source| StartError::Template {
                         name: config.name.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?,
             )),
             false => None,
@@ -253,10 +385,20 @@ impl Summoner {
         let svc = self.services().remove(name);
         match svc {
             Some(svc) => {
+                let metrics = svc.inner().metrics.clone();
                 svc.stop(grace).await;
+                metrics.retire();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Drop the metric series of a removed service (not after a replacement, whose
+    /// counters go on under the same name).
+    pub fn forget_metrics(&self, name: &str) {
+        if !self.services().contains_key(name) {
+            self.metrics.forget(name);
         }
     }
 
@@ -330,6 +472,9 @@ impl Summoner {
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
         jail::released(Duration::from_secs(5)).await;
+        if let Some(z) = &self.spawner.zygote {
+            z.stop();
+        }
         if let Some(j) = &self.spawner.jail {
             j.finish();
         }

@@ -2,7 +2,7 @@
 //! summoner, plus `process_*` metrics and `dust_build_info`; the control API renders them as
 //! Prometheus text 0.0.4 or, when the scraper asks for it, OpenMetrics 1.0.0 ([`Format`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod forget;
 mod process;
 
 /// How a request ended, from the summoner's side.
@@ -143,6 +144,8 @@ pub struct Metrics {
     running: Family<ServiceLabel, Gauge>,
     idle: Family<ServiceLabel, Gauge>,
     start: Family<StartLabels, Gauge>,
+    shells: Family<StartLabels, Histogram, fn() -> Histogram>,
+    pool_waits: Family<ServiceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,8 +202,24 @@ impl Default for Metrics {
             "1 for how each service's VMs start: boot (the image, per VM) or snapshot (restored from a template)",
             start.clone(),
         );
+        let shells = Family::<StartLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            phase_histogram,
+        );
+        registry.register(
+            "shell_build_seconds",
+            "Building one VM shell (worker started and jailed, VM built or restored), by service and start (boot or snapshot)",
+            shells.clone(),
+        );
+        let pool_waits = Family::<ServiceLabel, Counter>::default();
+        registry.register(
+            "pool_waits",
+            "Requests that found no idle shell and waited for one to be built, by service",
+            pool_waits.clone(),
+        );
         Self {
             registry: root,
+            shells,
+            pool_waits,
             requests,
             phases,
             durations,
@@ -250,6 +269,7 @@ impl Metrics {
             name: name.to_string(),
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
         })
     }
 }
@@ -260,11 +280,22 @@ pub struct ServiceMetrics {
     name: String,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Its service stopped: nothing more goes into the families (a late pool update
+    /// would bring a removed service's series back, or overwrite its replacement's).
+    retired: AtomicBool,
 }
 
 impl ServiceMetrics {
+    /// Its service stopped: record nothing more.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
     /// Count a finished request.
     pub fn request(&self, outcome: Outcome) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .requests
             .get_or_create(&RequestLabels {
@@ -276,6 +307,9 @@ impl ServiceMetrics {
 
     /// Record one phase's duration.
     pub fn phase(&self, phase: Phase, d: Duration) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .phases
             .get_or_create(&PhaseLabels {
@@ -300,7 +334,7 @@ impl ServiceMetrics {
     pub fn vm_started(&self) {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
     /// A VM's process was reaped.
@@ -309,23 +343,51 @@ impl ServiceMetrics {
             .running
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
-        self.gauge_running().set(now as i64);
+        self.set_running(now);
     }
 
-    fn gauge_running(&self) -> impl std::ops::Deref<Target = Gauge> + '_ {
-        self.all.running.get_or_create(&ServiceLabel {
-            service: self.name.clone(),
-        })
+    fn set_running(&self, now: usize) {
+        if !self.retired.load(Ordering::SeqCst) {
+            let label = ServiceLabel {
+                service: self.name.clone(),
+            };
+            self.all.running.get_or_create(&label).set(now as i64);
+        }
     }
 
     /// Set the idle-pool gauge.
     pub fn set_idle(&self, n: usize) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         self.all
             .idle
             .get_or_create(&ServiceLabel {
                 service: self.name.clone(),
             })
             .set(n as i64);
+    }
+
+    /// A shell was built in `d` (`snapshot`: restored from the service's template).
+    pub fn shell_built(&self, snapshot: bool, d: Duration) {
+        let start = if snapshot { "snapshot" } else { "boot" };
+        self.all
+            .shells
+            .get_or_create(&StartLabels {
+                service: self.name.clone(),
+                start: start.to_string(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// A request found the pool empty and waits for a shell.
+    pub fn pool_wait(&self) {
+        self.all
+            .pool_waits
+            .get_or_create(&ServiceLabel {
+                service: self.name.clone(),
+            })
+            .inc();
     }
 
     /// VMs alive now.
@@ -354,6 +416,8 @@ mod tests {
         s.request_duration(Duration::from_millis(9));
         s.vm_started();
         s.set_idle(2);
+        s.shell_built(true, Duration::from_micros(900));
+        s.pool_wait();
         m
     }
 
@@ -459,6 +523,8 @@ mod tests {
                 ("dust_request_duration_seconds".into(), "histogram"),
                 ("dust_running_vms".into(), "gauge"),
                 ("dust_idle_workers".into(), "gauge"),
+                ("dust_shell_build_seconds".into(), "histogram"),
+                (counter("dust_pool_waits"), "counter"),
                 ("dust_service_start_mode".into(), "gauge"),
                 ("dust_build_info".into(), "gauge"),
                 (counter("process_cpu_seconds"), "counter"),

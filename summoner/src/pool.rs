@@ -77,10 +77,14 @@ impl Pool {
         let run_dir = &self.spawner.run_dir;
         let limit = self.config.memory_limit_mib;
         let boot = self.config.vm_config(&id, run_dir);
-        match &self.template {
+        let t = std::time::Instant::now();
+        let shell = match &self.template {
             Some(t) => self.spawner.restore(id, boot, t.dir(), limit).await,
             None => self.spawner.spawn_limited(id, boot, limit).await,
-        }
+        }?;
+        self.metrics
+            .shell_built(self.template.is_some(), t.elapsed());
+        Ok(shell)
     }
 
     /// An idle shell if one is ready (warm), else a freshly built one (cold).
@@ -94,7 +98,10 @@ impl Pool {
         self.refill.notify_one();
         match warm {
             Some(w) => Ok((w, true)),
-            None => Ok((self.spawn().await?, false)),
+            None => {
+                self.metrics.pool_wait();
+                Ok((self.spawn().await?, false))
+            }
         }
     }
 

@@ -4,8 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -50,13 +48,23 @@ pub enum StartError {
     /// Invalid config.
     #[error(transparent)]
     Config(#[from] ServiceConfigError),
+    /// Engine `aot`: the module could not be compiled.
+    #[error("service {name}: compiling the module: {source}")]
+    Compile {
+        /// Service.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: crate::wasm::aot::AotError,
+    },
     /// Snapshot mode: the template VM did not reach ready (or could not be saved).
-    #[error("service {name}: the snapshot template failed: {reason}")]
+    #[error("service {name}: the snapshot template failed: {source}")]
     Template {
         /// Service.
         name: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: crate::template::TemplateError,
     },
     /// The address could not be bound.
     #[error("service {name}: cannot listen on {addr}: {source}")]
@@ -80,7 +88,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Validate, bind and start accepting (needs a tokio runtime).
+    /// Bind and start accepting (needs a tokio runtime). `config` has been checked
+    /// ([`crate::Summoner::check`]).
     pub fn start(
         config: ServiceConfig,
         spawner: Spawner,
@@ -89,7 +98,6 @@ impl Service {
         template: Option<Arc<crate::template::Template>>,
         budget: Budget,
     ) -> Result<Self, StartError> {
-        config.validate()?;
         let bind_err = |source| StartError::Bind {
             name: config.name.clone(),
             addr: config.listen,
@@ -226,7 +234,7 @@ async fn accept_loop(
                         None => {
                             tracing::info!(service = %svc.config.name, "connection refused: too many open connections");
                             if let (Mode::Http, Ok(p)) = (svc.config.mode, refusing.clone().try_acquire_owned()) {
-                                tokio::spawn(refuse(tcp, p));
+                                tokio::spawn(crate::refuse::refuse(tcp, p));
                             }
                         }
                     }
@@ -244,101 +252,6 @@ async fn accept_loop(
     // Drain: in-flight connections finish (HTTP ones are told to close after the current
     // request). Dropping the set on cancellation aborts them, killing their VMs.
     while conns.join_next().await.is_some() {}
-}
-
-/// What a refused connection is told.
-const REFUSED_BODY: &str = "dust: too many open connections\n";
-/// How long a refused connection may take to be answered.
-const REFUSE_TIME: Duration = Duration::from_secs(1);
-/// How long a refused connection's first bytes are waited for, to tell HTTP/2 from HTTP/1.1;
-/// a client that has sent nothing by then is answered in HTTP/1.1.
-const PREFACE_TIME: Duration = Duration::from_millis(250);
-
-/// Answer a connection over the limits with a 503 and close it: in HTTP/2 if it opens with
-/// the HTTP/2 preface, else in HTTP/1.1.
-async fn refuse(tcp: TcpStream, _slot: OwnedSemaphorePermit) {
-    let _ = tokio::time::timeout(REFUSE_TIME, async {
-        let h2 = tokio::time::timeout(PREFACE_TIME, opens_with_h2_preface(&tcp)).await;
-        if h2 == Ok(true) {
-            refuse_h2(tcp).await;
-        } else {
-            refuse_h1(tcp).await;
-        }
-    })
-    .await;
-}
-
-/// Whether the client's first bytes are the HTTP/2 preface (looked at, not consumed).
-async fn opens_with_h2_preface(tcp: &TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut buf = [0u8; PREFACE.len()];
-    let mut seen = 0;
-    loop {
-        let n = match tcp.peek(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => return false,
-        };
-        if n == 0 || buf[..n] != PREFACE[..n] {
-            return false;
-        }
-        if n == PREFACE.len() {
-            return true;
-        }
-        if n == seen {
-            // peek returns what is queued at once: wait a moment for the rest.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        seen = n;
-    }
-}
-
-async fn refuse_h1(mut tcp: TcpStream) {
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{REFUSED_BODY}",
-        REFUSED_BODY.len()
-    );
-    // Answer, then read what the client sent until it closes: closing with unread data
-    // would reset the connection before the client reads the 503.
-    let answer = async {
-        tcp.write_all(resp.as_bytes()).await?;
-        tcp.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = answer.await;
-}
-
-/// Every stream the client opens before the connection goes away is answered 503; the
-/// connection is told GOAWAY as soon as the first answer is sent.
-async fn refuse_h2(tcp: TcpStream) {
-    use http_body_util::Full;
-
-    let answered = Arc::new(tokio::sync::Notify::new());
-    let handler = {
-        let answered = answered.clone();
-        hyper::service::service_fn(move |_req| {
-            answered.notify_one();
-            let body = Full::new(bytes::Bytes::from_static(REFUSED_BODY.as_bytes()));
-            let resp = http::Response::builder()
-                .status(http::StatusCode::SERVICE_UNAVAILABLE)
-                .header(http::header::CONTENT_TYPE, "text/plain")
-                .header(http::header::RETRY_AFTER, "1")
-                .body(body);
-            async move { resp }
-        })
-    };
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1)
-        .serve_connection(TokioIo::new(tcp), handler);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = answered.notified() => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 async fn serve_conn(

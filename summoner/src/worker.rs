@@ -12,19 +12,18 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use vmm::worker::protocol::{Command as Cmd, Event, CONTROL_FD};
+use vmm::worker::protocol::{Command as Cmd, Event};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;
+use crate::process::{Child, Spawn};
 use crate::registry::{Registered, Registry, VmPhase};
 
 /// A worker that failed before or while starting its VM.
@@ -107,7 +106,7 @@ impl Drop for Process {
 
 /// Kill `child` and wait for it in the background; then remove its socket and run `after`.
 fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
-    let _ = child.start_kill();
+    child.kill();
     let vm = vsock
         .file_stem()
         .unwrap_or_default()
@@ -131,7 +130,8 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
             });
         }
         Err(_) => {
-            // No runtime (shutdown): kill_on_drop and the OS reap it; clean up now.
+            // No runtime (shutdown): the drop kills and waits for it; clean up after.
+            drop(child);
             finish();
         }
     }
@@ -154,6 +154,9 @@ pub struct Spawner {
     pub jail: Option<Arc<crate::jail::Jail>>,
     /// The daemon's `max_vms`, shared by all services.
     pub slots: crate::limits::VmSlots,
+    /// Fork workers from this zygote (falling back to an exec when it fails); None: exec
+    /// each worker.
+    pub zygote: Option<Arc<crate::zygote::Zygote>>,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -211,16 +214,10 @@ impl Spawner {
         let (config, launch) = self
             .prepare(vm_id, boot, memory_limit_mib, Some(mount))
             .await?;
-        let rc = vmm::RestoreConfig {
-            snapshot: match &launch.spec {
-                Some(spec) if spec.namespaces => vmm::jail::SNAPSHOT.into(),
-                _ => snapshot.to_path_buf(),
-            },
-            id: config.id.clone(),
-            vsock: config.vsock.clone(),
-            serial: config.serial.clone(),
-            timeout: config.timeout,
-        };
+        let rc = config.restore_from(match &launch.spec {
+            Some(spec) if spec.namespaces => Path::new(vmm::jail::SNAPSHOT),
+            _ => snapshot,
+        });
         let cmd = Cmd::Restore {
             config: Box::new(rc),
         };
@@ -316,33 +313,31 @@ impl Spawner {
     fn start_process(&self, launch: Launch) -> Result<Process, WorkerError> {
         let slot = self.slots.try_take().ok_or(WorkerError::TooManyVms)?;
         let (ours, theirs) = StdUnixStream::pair()?;
-        let child_fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&self.exe);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Forwarded to the log (a jailed worker may not write files: RLIMIT_FSIZE 0).
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(spec) = &launch.spec {
-            let json =
-                serde_json::to_string(spec).map_err(|e| WorkerError::Reported(e.to_string()))?;
-            cmd.env(vmm::jail::ENV, json);
-        }
-        // SAFETY: between fork and exec we only call dup2/fcntl, which are async-signal-safe,
-        // on fds that are valid in the child (inherited from this process).
-        unsafe {
-            cmd.pre_exec(move || {
-                if child_fd == CONTROL_FD {
-                    let flags = libc::fcntl(CONTROL_FD, libc::F_GETFD);
-                    libc::fcntl(CONTROL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(child_fd, CONTROL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| {
+        let json = match &launch.spec {
+            Some(spec) => Some(
+                serde_json::to_string(spec).map_err(|e| WorkerError::Reported(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let spawn = Spawn {
+            exe: &self.exe,
+            args: &self.args,
+            env: json.map(|j| (vmm::jail::ENV, j)),
+            control: theirs.as_raw_fd(),
+            namespaces: launch.spec.as_ref().is_some_and(|s| s.namespaces),
+        };
+        // Its stderr is forwarded to the log (a jailed worker may not write files:
+        // RLIMIT_FSIZE 0).
+        let forked = self.zygote.as_ref().and_then(|z| {
+            z.spawn(launch.spec.as_ref(), theirs.as_raw_fd())
+                .inspect_err(|e| tracing::warn!("zygote: {e}; starting the worker by exec"))
+                .ok()
+        });
+        let started = match forked {
+            Some(f) => Ok(f),
+            None => Child::spawn(&spawn),
+        };
+        let (child, stderr) = started.map_err(|source| {
             if launch.spec.is_some() {
                 crate::jail::release(&launch.vsock);
             }
@@ -352,9 +347,7 @@ impl Spawner {
             }
         })?;
         drop(theirs);
-        if let Some(err) = child.stderr.take() {
-            crate::exit::forward_stderr(launch.vm_id.clone(), err);
-        }
+        crate::exit::forward_stderr(launch.vm_id.clone(), stderr);
         ours.set_nonblocking(true)?;
         let (rd, ctl) = UnixStream::from_std(ours)?.into_split();
         let (tx, events) = mpsc::unbounded_channel();
@@ -393,7 +386,7 @@ impl IdleWorker {
         service: &str,
     ) -> Result<BootingWorker, WorkerError> {
         metrics.vm_started();
-        let pid = self.proc.child.as_ref().and_then(Child::id).unwrap_or(0);
+        let pid = self.proc.child.as_ref().map_or(0, Child::id);
         let entry = Registered::new(registry, &self.vm_id, service, pid);
         let (registry, id) = (registry.clone(), self.vm_id.clone());
         // Last out of the registry, so that a VM it no longer lists has given back its slot.

@@ -46,3 +46,12 @@ fn admitted_durations_are_written_in_the_service_grammar() {
         assert_eq!(back, cfg);
     }
 }
+
+#[test]
+fn long_durations_are_written_in_hours_never_days() {
+    let d = Duration::from_secs(70 * 3600 + 25 * 60 + 30) + Duration::from_micros(7);
+    let text = service_duration::format(d);
+    assert_eq!(text, "70h 25m 30s 7us");
+    assert_eq!(service_duration::parse(&text), Ok(d));
+    assert_eq!(service_duration::format(Duration::ZERO), "0s");
+}

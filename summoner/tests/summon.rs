@@ -382,7 +382,7 @@ async fn removing_a_service_closes_its_port() {
 async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
     let env = env().await;
     let mut s = service("snap", "answer");
-    s.snapshot = Some(true);
+    s.snapshot = true;
     let r = env.add_and_get(s).await;
     assert_eq!(r.status, 200);
     let timing = r.header("server-timing").unwrap();
@@ -406,9 +406,32 @@ async fn snapshot_mode_restores_every_shell_and_deletes_its_template() {
     until("the snapshot is deleted", || snaps() == 0).await;
     // A template that never gets ready fails the service, which never exists.
     let mut bad = service("snap-bad", "crashes");
-    bad.snapshot = Some(true);
+    bad.snapshot = true;
     let err = env.summoner.add(bad).await.unwrap_err().to_string();
     assert!(err.contains("template"), "{err}");
     assert!(env.summoner.stats("snap-bad").is_none());
     env.finish().await;
+}
+
+#[tokio::test]
+async fn a_name_whose_socket_paths_cannot_fit_is_refused_at_creation() {
+    let e = env().await;
+    // 30 bytes: a short name fits below it, a 32-byte one does not.
+    let deep = e.dir.path().join("run-dir-thirty-characters-long");
+    let s = Summoner::with_worker(
+        std::env::current_exe().unwrap(),
+        fake::args(),
+        deep,
+        fake::no_jail(),
+    )
+    .unwrap();
+    let long = "a-service-name-of-32-characters-";
+    let err = s.add(service(long, "serve")).await.unwrap_err().to_string();
+    assert!(err.contains("socket paths") && err.contains(long), "{err}");
+    assert!(
+        !err.contains(e.dir.path().to_str().unwrap()),
+        "a host path: {err}"
+    );
+    s.add(service("short", "serve")).await.unwrap();
+    s.shutdown(Duration::ZERO).await;
 }

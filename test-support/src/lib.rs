@@ -149,6 +149,19 @@ pub fn child_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Whether `pid` is a daemon's zygote (one per daemon while it lives, not per VM).
+pub fn is_zygote(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-zygote")
+}
+
+/// This process's children but its summoner's zygote: the VM workers.
+pub fn worker_pids() -> Vec<u32> {
+    child_pids()
+        .into_iter()
+        .filter(|p| !is_zygote(*p))
+        .collect()
+}
+
 /// A minimal image that passes dust's image check (an x86_64 ET_EXEC ELF with one
 /// loadable segment at 1 MiB), for tests whose workers are fakes that never boot it.
 /// One fixed file in the temp dir, rewritten atomically, never one per run.

@@ -40,6 +40,9 @@ pub fn start(dir: TempDir, api: PathBuf, args: &[std::ffi::OsString]) -> (Daemon
         .args(args)
         .arg("--run-dir")
         .arg(dir.path().join("run"))
+        // API changes are kept in the test's directory, never in the user's.
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         // The token of a TCP API comes from the test's config, not from its environment.
         .env_remove("DUST_API_TOKEN")
         // Info: the access log is checked; a pipe, as under journald: no colour allowed.

@@ -1,7 +1,7 @@
 //! `VmConfig`: plain data that says what VM to build. CLI flags, TOML files and API bodies all
 //! become one of these (serde, unknown fields rejected); nothing else builds a VM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dust_abi::layout::CMDLINE_MAX;
@@ -167,6 +167,18 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
+    /// The same VM restored from the snapshot in `snapshot` instead of booted: its id,
+    /// vsock, serial and timeout carry over (the rest is the snapshot's).
+    pub fn restore_from(&self, snapshot: &Path) -> RestoreConfig {
+        RestoreConfig {
+            snapshot: snapshot.to_path_buf(),
+            id: self.id.clone(),
+            vsock: self.vsock.clone(),
+            serial: self.serial.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     /// A config with defaults for everything but the image.
     pub fn new(image: impl Into<PathBuf>) -> Self {
         Self {

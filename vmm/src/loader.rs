@@ -268,49 +268,15 @@ fn check_elf(
         path: path.to_owned(),
         why,
     };
-    if head.len() < EHDR_SIZE {
-        return Err(bad(format!(
-            "truncated ELF: {} bytes, shorter than an ELF header",
-            head.len()
-        )));
-    }
-    if head[4] != ELFCLASS64 {
-        return Err(bad(format!(
-            "{}-bit ELF; dust boots 64-bit x86_64 images",
-            if head[4] == 1 { 32 } else { 0 }
-        )));
-    }
-    if head[5] != ELFDATA2LSB {
-        return Err(bad("big-endian ELF; dust boots x86_64 images".into()));
-    }
-    let machine = u16_at(head, 18);
-    if machine != EM_X86_64 {
-        return Err(bad(format!(
-            "ELF for machine {machine}, not x86_64 ({EM_X86_64})"
-        )));
-    }
-    if u16_at(head, 16) != ET_EXEC {
-        return Err(bad(
-            "not an executable ELF (ET_EXEC); link the guest statically at a fixed address".into(),
-        ));
-    }
-    let entry = u64_at(head, 24);
-    let phoff = u64_at(head, 32);
-    let phentsize = usize::from(u16_at(head, 54));
-    let phnum = usize::from(u16_at(head, 56));
-    if phentsize != PHDR_SIZE || phnum == 0 {
-        return Err(bad(format!(
-            "unexpected program headers ({phnum} of {phentsize} bytes)"
-        )));
-    }
-    let table_end = phoff.saturating_add((phnum * PHDR_SIZE) as u64);
+    let h = elf_header(head).map_err(bad)?;
+    let table_end = h.phoff.saturating_add((h.phnum * PHDR_SIZE) as u64);
     if table_end > len {
         return Err(bad(format!(
             "truncated ELF: program headers end at byte {table_end}, the file has {len}"
         )));
     }
-    let mut table = vec![0u8; phnum * PHDR_SIZE];
-    file.seek(SeekFrom::Start(phoff))
+    let mut table = vec![0u8; h.phnum * PHDR_SIZE];
+    file.seek(SeekFrom::Start(h.phoff))
         .and_then(|_| file.read_exact(&mut table))
         .map_err(io_err(path))?;
     let mut end = 0u64;
@@ -319,40 +285,126 @@ fn check_elf(
         if u32_at(ph, 0) != PT_LOAD {
             continue;
         }
-        let (offset, paddr) = (u64_at(ph, 8), u64_at(ph, 24));
-        let (filesz, memsz) = (u64_at(ph, 32), u64_at(ph, 40));
-        if offset.saturating_add(filesz) > len {
-            return Err(bad(format!(
-                "truncated ELF: segment {i} needs file bytes up to {}, the file has {len}",
-                offset.saturating_add(filesz)
-            )));
-        }
-        if paddr < HIMEM_START {
-            return Err(bad(format!(
-                "segment {i} loads at {paddr:#x}, below 1 MiB where the VMM keeps boot data"
-            )));
-        }
-        let seg_end = paddr.saturating_add(memsz);
-        if seg_end > ram_end {
-            return Err(ImageError::TooBig {
+        let seg = check_segment(i, ph, len, ram_end).map_err(|e| match e {
+            SegmentError::Bad(why) => bad(why),
+            SegmentError::TooBig(seg_end) => ImageError::TooBig {
                 path: path.to_owned(),
                 needs_mib: mib_up(seg_end),
                 has_mib: mib_up(ram_end),
-            });
-        }
-        let vaddr = u64_at(ph, 16);
-        entry_ok |= (paddr..seg_end).contains(&entry) || (vaddr..vaddr + memsz).contains(&entry);
-        end = end.max(seg_end);
+            },
+        })?;
+        entry_ok |= seg.holds(h.entry);
+        end = end.max(seg.end);
     }
     if end == 0 {
         return Err(bad("no loadable segments".into()));
     }
     if !entry_ok {
+        let entry = h.entry;
         return Err(bad(format!(
             "entry point {entry:#x} is outside every loadable segment"
         )));
     }
     Ok(end)
+}
+
+/// What [`check_elf`] needs of an ELF header.
+struct ElfHeader {
+    entry: u64,
+    phoff: u64,
+    phnum: usize,
+}
+
+/// The ELF header in `head`, if it is one dust can boot: 64-bit little-endian x86_64
+/// ET_EXEC with program headers of the usual size.
+fn elf_header(head: &[u8]) -> Result<ElfHeader, String> {
+    if head.len() < EHDR_SIZE {
+        return Err(format!(
+            "truncated ELF: {} bytes, shorter than an ELF header",
+            head.len()
+        ));
+    }
+    if head[4] != ELFCLASS64 {
+        return Err(format!(
+            "{}-bit ELF; dust boots 64-bit x86_64 images",
+            if head[4] == 1 { 32 } else { 0 }
+        ));
+    }
+    if head[5] != ELFDATA2LSB {
+        return Err("big-endian ELF; dust boots x86_64 images".into());
+    }
+    let machine = u16_at(head, 18);
+    if machine != EM_X86_64 {
+        return Err(format!(
+            "ELF for machine {machine}, not x86_64 ({EM_X86_64})"
+        ));
+    }
+    if u16_at(head, 16) != ET_EXEC {
+        return Err(
+            "not an executable ELF (ET_EXEC); link the guest statically at a fixed address".into(),
+        );
+    }
+    let phentsize = usize::from(u16_at(head, 54));
+    let phnum = usize::from(u16_at(head, 56));
+    if phentsize != PHDR_SIZE || phnum == 0 {
+        return Err(format!(
+            "unexpected program headers ({phnum} of {phentsize} bytes)"
+        ));
+    }
+    Ok(ElfHeader {
+        entry: u64_at(head, 24),
+        phoff: u64_at(head, 32),
+        phnum,
+    })
+}
+
+/// A loadable segment's place, physical and virtual.
+struct Segment {
+    paddr: u64,
+    vaddr: u64,
+    memsz: u64,
+    end: u64,
+}
+
+impl Segment {
+    /// Whether `entry` lies in the segment (by physical or virtual address).
+    fn holds(&self, entry: u64) -> bool {
+        (self.paddr..self.end).contains(&entry)
+            || (self.vaddr..self.vaddr.saturating_add(self.memsz)).contains(&entry)
+    }
+}
+
+/// Why a segment cannot load: a bad one, or one ending past RAM (at this address).
+enum SegmentError {
+    Bad(String),
+    TooBig(u64),
+}
+
+/// Program header `i` (a PT_LOAD), checked against the file's length and the RAM.
+fn check_segment(i: usize, ph: &[u8], len: u64, ram_end: u64) -> Result<Segment, SegmentError> {
+    let (offset, paddr) = (u64_at(ph, 8), u64_at(ph, 24));
+    let (filesz, memsz) = (u64_at(ph, 32), u64_at(ph, 40));
+    if offset.saturating_add(filesz) > len {
+        return Err(SegmentError::Bad(format!(
+            "truncated ELF: segment {i} needs file bytes up to {}, the file has {len}",
+            offset.saturating_add(filesz)
+        )));
+    }
+    if paddr < HIMEM_START {
+        return Err(SegmentError::Bad(format!(
+            "segment {i} loads at {paddr:#x}, below 1 MiB where the VMM keeps boot data"
+        )));
+    }
+    let end = paddr.saturating_add(memsz);
+    if end > ram_end {
+        return Err(SegmentError::TooBig(end));
+    }
+    Ok(Segment {
+        paddr,
+        vaddr: u64_at(ph, 16),
+        memsz,
+        end,
+    })
 }
 
 /// Load the initrd at the top of low RAM, above `kernel_end`.

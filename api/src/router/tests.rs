@@ -478,6 +478,32 @@ async fn a_replacement_finishes_when_its_client_disconnects() {
 }
 
 #[tokio::test]
+async fn a_slow_change_of_one_service_does_not_hold_up_another() {
+    let t = T::new(Fake::default());
+    let a = free_addr().to_string();
+    t.put("/v1/services/a", &config(&a)).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    *t.fake.drain_gate.lock().unwrap() = Some(gate.clone());
+    let mut slow = config(&a);
+    slow["max_concurrent"] = json!(9);
+    let b = free_addr().to_string();
+    // While a's replacement waits for its drain, b is created.
+    tokio::select! {
+        _ = t.put("/v1/services/a", &slow) => panic!("the replacement finished through the gate"),
+        created = async {
+            until("a's old service is removed", || t.fake.log().len() == 2).await;
+            // Bounded only so that a regression fails instead of hanging.
+            tokio::time::timeout(std::time::Duration::from_secs(10), t.put("/v1/services/b", &config(&b))).await
+        } => assert_eq!(created.expect("b waited for a's change").status, StatusCode::CREATED),
+    }
+    gate.add_permits(1);
+    until("a's new config runs", || {
+        t.fake.config("a").is_some_and(|c| c.max_concurrent == 9)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn vms_list_get_kill() {
     let t = T::new(Fake::with_vm("hello-1", "hello"));
     let a = t.get("/v1/vms").await;

@@ -17,13 +17,13 @@
 
 extern crate alloc;
 
-use dust_wasm::cgi;
 mod wasi;
 
 use alloc::format;
 use alloc::vec::Vec;
 
 use dust_guest::http::{self, Request, Response};
+use dust_wasi::{End, failure};
 use wasmi::TrapCode;
 use wasmi::{CompilationMode, Config, Engine, Instance, Linker, Module, Store, StoreLimitsBuilder};
 
@@ -31,14 +31,13 @@ dust_guest::entry!(main);
 
 /// vsock port.
 const PORT: u32 = 80;
-/// Fuel per request when the command line gives none (see docs/wasm.md).
-const DEFAULT_FUEL: u64 = 1_000_000;
+use dust_abi::wasm::{DEFAULT_FUEL, cmdline as key};
 /// Extra fuel of the warm-up run per byte of module, for translating functions (the C
 /// example's first run uses ~180 k more fuel than its later ones, for a 39 KB module).
 const WARMUP_FUEL_PER_BYTE: u64 = 8;
 /// Guest memory kept for the runtime, the compiled code and the request, beyond the
-/// module itself (the host's check uses the same number: `summoner::wasm::OVERHEAD_MIB`).
-const OVERHEAD: u64 = 8 << 20;
+/// module itself (the host's module check uses the same number).
+const OVERHEAD: u64 = dust_abi::wasm::OVERHEAD_MIB << 20;
 
 /// Why the guest cannot serve.
 enum Error {
@@ -69,7 +68,7 @@ impl From<wasmi::Error> for Error {
 struct Runner {
     engine: Engine,
     module: Module,
-    linker: Linker<wasi::Ctx>,
+    linker: Linker<wasi::Host>,
     fuel: u64,
     memory_limit: usize,
     extra_env: Vec<(&'static str, &'static str)>,
@@ -77,11 +76,11 @@ struct Runner {
     verbose: bool,
 }
 
-type Prepared = (Store<wasi::Ctx>, Instance);
+type Prepared = (Store<wasi::Host>, Instance);
 
 impl Runner {
     fn instantiate(&self) -> Result<Prepared, wasmi::Error> {
-        let ctx = wasi::Ctx {
+        let ctx = wasi::Host {
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.memory_limit)
                 .instances(1)
@@ -106,82 +105,48 @@ impl Runner {
         fuel: u64,
     ) -> Response {
         let mut id = [0u8; dust_abi::vminfo::ID_MAX];
-        let vm = match dust_guest::vminfo::id(&mut id) {
-            "" => dust_guest::arg_value("vm").unwrap_or("(unnamed)"),
-            id => id,
-        };
-        let log = |what: &str| {
-            if !quiet {
-                dust_guest::println!("[{vm}] {what}");
-            }
-        };
+        let vm = dust_wasi::vm_id(&mut id);
+        let ctx = dust_wasi::context(req, vm, &self.extra_env, quiet);
         let prepared = match prepared.map_or_else(|| self.instantiate(), Ok) {
             Ok(p) => p,
             Err(e) => {
-                log(&format!("instantiating the module: {e}"));
+                ctx.log(&format!("instantiating the module: {e}"));
                 return failure(502, "the handler could not be instantiated");
             }
         };
         let (mut store, instance) = prepared;
-        let inv = cgi::invocation(req, vm, &self.extra_env);
-        {
-            let ctx = store.data_mut();
-            ctx.args = inv.args;
-            ctx.env = inv.env;
-            ctx.stdin = req.body().to_vec();
-            ctx.log_prefix = format!("[{vm}] ");
-            ctx.quiet = quiet;
-        }
         if let Err(e) = store.set_fuel(fuel) {
-            log(&format!("setting fuel: {e}"));
+            ctx.log(&format!("setting fuel: {e}"));
             return failure(502, "the handler could not be run");
         }
         let start = match instance.get_typed_func::<(), ()>(&store, "_start") {
             Ok(f) => f,
             Err(e) => {
-                log(&format!("no _start: {e}"));
+                ctx.log(&format!("no _start: {e}"));
                 return failure(502, "the handler has no _start");
             }
         };
+        store.data_mut().wasi = ctx;
         let result = start.call(&mut store, ());
-        store.data_mut().flush_stderr();
+        let ctx = &mut store.data_mut().wasi;
+        ctx.flush_stderr();
         if self.verbose {
             let left = store.get_fuel().unwrap_or(0);
-            log(&format!("fuel used: {} of {fuel}", fuel - left));
+            store
+                .data()
+                .wasi
+                .log(&format!("fuel used: {} of {fuel}", fuel - left));
         }
-        let exit = match result {
-            Ok(()) => 0,
+        let end = match &result {
+            Ok(()) => End::Returned,
             Err(e) => match (e.i32_exit_status(), e.as_trap_code()) {
-                (Some(status), _) => status,
-                (None, Some(TrapCode::OutOfFuel)) => {
-                    log(&format!("handler ran out of fuel ({fuel} units)"));
-                    return failure(504, "the handler ran out of fuel");
-                }
-                (None, _) => {
-                    log(&format!("handler trapped: {e}"));
-                    return failure(502, "the handler trapped");
-                }
+                (Some(status), _) => End::Exit(status),
+                (None, Some(TrapCode::OutOfFuel)) => End::OutOfFuel(fuel),
+                (None, _) => End::Trap(e),
             },
         };
-        if exit != 0 {
-            log(&format!("handler exited with status {exit}"));
-            return failure(502, "the handler exited with an error");
-        }
-        match cgi::response(&store.data().stdout) {
-            Ok(r) => r,
-            Err(e) => {
-                log(&format!("handler's response: {e}"));
-                failure(502, "the handler's response is not a CGI response")
-            }
-        }
+        dust_wasi::respond(&mut store.data_mut().wasi, end)
     }
-}
-
-fn failure(status: u16, why: &str) -> Response {
-    Response::text(
-        status,
-        format!("dust: {why} (details in the service log)\n"),
-    )
 }
 
 /// Bytes of wasm memory an instance may have: RAM less the module and [`OVERHEAD`].
@@ -202,7 +167,7 @@ fn main() -> Result<(), Error> {
     // the guest started; the heap stops below it and nothing writes it.
     let wasm: &'static [u8] =
         unsafe { core::slice::from_raw_parts(rd.addr as *const u8, rd.size as usize) };
-    let fuel = dust_guest::arg_value("fuel")
+    let fuel = dust_guest::arg_value(key::FUEL)
         .and_then(|f| f.parse().ok())
         .unwrap_or(DEFAULT_FUEL);
     let mut config = Config::default();
@@ -220,11 +185,11 @@ fn main() -> Result<(), Error> {
         fuel,
         memory_limit: memory_limit(rd.size),
         extra_env: dust_guest::params()
-            .filter_map(|(k, v)| Some((k.strip_prefix("env.")?, v)))
+            .filter_map(|(k, v)| Some((k.strip_prefix(key::ENV_PREFIX)?, v)))
             .collect(),
-        verbose: dust_guest::arg_value("verbose") == Some("1"),
+        verbose: dust_guest::arg_value(key::VERBOSE) == Some("1"),
     };
-    if dust_guest::arg_value("warmup") == Some("1") {
+    if dust_guest::arg_value(key::WARMUP) == Some("1") {
         // Whatever it answers, the functions it called are now translated.
         if let Ok(req) = Request::from_head(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") {
             // Translating a function costs fuel too (by its size): give the first run room

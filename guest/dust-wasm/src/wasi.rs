@@ -1,383 +1,114 @@
-//! The WASI preview 1 imports a WAGI handler needs, and nothing else: arguments and
-//! environment, stdin (the request body), stdout (the CGI response, buffered), stderr (lines
-//! to the serial log, prefixed with the VM id), the clock and entropy of the VM's info page,
-//! `proc_exit`, `sched_yield` and clock-only `poll_oneoff`. There are no files: no preopens,
-//! `fd_seek` is ESPIPE. The host checks modules against the same list
-//! (`summoner/src/wasm.rs`, `IMPORTS`): keep the two in step.
+//! The WASI imports of `dust_wasi::wasi` bound to wasmi's linker: each closure finds the
+//! instance's exported `memory` and calls the shared function; `proc_exit` ends the run
+//! with wasmi's exit error.
 
-use alloc::vec::Vec;
-
+use dust_wasi::wasi::{self as w, EFAULT};
 use wasmi::{AsContextMut, Caller, Error, Extern, Linker, StoreLimits};
 
-/// The module every import comes from.
-pub const MODULE: &str = "wasi_snapshot_preview1";
-
-/// Most bytes a handler may write to stdout.
-pub const MAX_STDOUT: usize = 1024 * 1024;
-/// Longest stderr line kept; the rest of a longer line is cut.
-const MAX_LINE: usize = 1024;
-
-// wasip1 errno values.
-const SUCCESS: i32 = 0;
-const EBADF: i32 = 8;
-const EFAULT: i32 = 21;
-const EINVAL: i32 = 28;
-const ENOSPC: i32 = 51;
-const ENOTSUP: i32 = 58;
-const ESPIPE: i32 = 70;
-
-/// What one run of the handler sees and produces.
+/// What a store holds: the run's WASI context and the instance's limits.
 #[derive(Default)]
-pub struct Ctx {
-    /// argv, each without its NUL.
-    pub args: Vec<Vec<u8>>,
-    /// `NAME=value` entries, each without its NUL.
-    pub env: Vec<Vec<u8>>,
-    /// The request body.
-    pub stdin: Vec<u8>,
-    /// How much of it was read.
-    pub stdin_pos: usize,
-    /// What the handler wrote to stdout.
-    pub stdout: Vec<u8>,
-    /// The stderr line being written.
-    pub stderr_line: Vec<u8>,
-    /// Prefix of stderr lines in the serial log (`[vm-id] `).
-    pub log_prefix: alloc::string::String,
-    /// Drop stderr (the template's warm-up run).
-    pub quiet: bool,
+pub struct Host {
+    /// The shared WASI context.
+    pub wasi: dust_wasi::Ctx,
     /// Memory and table limits of the instance.
     pub limits: StoreLimits,
-    /// Nanoseconds added to the clock on each read, so that it moves forward.
-    pub clock_ticks: u64,
 }
 
-impl Ctx {
-    /// Log what is left of a stderr line.
-    pub fn flush_stderr(&mut self) {
-        if !self.stderr_line.is_empty() {
-            self.log_line();
-        }
-    }
-
-    fn log_line(&mut self) {
-        if !self.quiet {
-            let line = core::str::from_utf8(&self.stderr_line).unwrap_or("(not UTF-8)");
-            dust_guest::println!("{}{}", self.log_prefix, line);
-        }
-        self.stderr_line.clear();
-    }
-
-    fn stderr(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' {
-                self.log_line();
-            } else if self.stderr_line.len() < MAX_LINE {
-                self.stderr_line.push(b);
-            }
-        }
-    }
-}
-
-/// The instance's memory and its store data, or EFAULT-worthy `None`.
-fn memory<'a>(caller: &'a mut Caller<'_, Ctx>) -> Option<(&'a mut [u8], &'a mut Ctx)> {
-    let mem = match caller.get_export("memory") {
+/// Runs `f` on the instance's memory and the WASI context, or answers EFAULT when the
+/// module exports no `memory`.
+fn with_mem(
+    c: &mut Caller<'_, Host>,
+    f: impl FnOnce(&mut [u8], &mut dust_wasi::Ctx) -> i32,
+) -> i32 {
+    let mem = match c.get_export("memory") {
         Some(Extern::Memory(m)) => m,
-        _ => return None,
+        _ => return EFAULT,
     };
-    Some(mem.data_and_store_mut(caller.as_context_mut()))
+    let (mem, host) = mem.data_and_store_mut(c.as_context_mut());
+    f(mem, &mut host.wasi)
 }
 
-fn range(mem: &[u8], ptr: i32, len: usize) -> Option<core::ops::Range<usize>> {
-    let start = ptr as u32 as usize;
-    let end = start.checked_add(len)?;
-    (end <= mem.len()).then_some(start..end)
-}
-
-fn put(mem: &mut [u8], ptr: i32, bytes: &[u8]) -> Result<(), i32> {
-    let r = range(mem, ptr, bytes.len()).ok_or(EFAULT)?;
-    mem[r].copy_from_slice(bytes);
-    Ok(())
-}
-
-fn get_u32(mem: &[u8], ptr: usize) -> Result<u32, i32> {
-    let bytes = mem
-        .get(ptr..ptr.checked_add(4).ok_or(EFAULT)?)
-        .ok_or(EFAULT)?;
-    let mut w = [0u8; 4];
-    w.copy_from_slice(bytes);
-    Ok(u32::from_le_bytes(w))
-}
-
-fn get_u64(mem: &[u8], ptr: usize) -> Result<u64, i32> {
-    let bytes = mem
-        .get(ptr..ptr.checked_add(8).ok_or(EFAULT)?)
-        .ok_or(EFAULT)?;
-    let mut w = [0u8; 8];
-    w.copy_from_slice(bytes);
-    Ok(u64::from_le_bytes(w))
-}
-
-fn errno(r: Result<(), i32>) -> i32 {
-    r.err().unwrap_or(SUCCESS)
-}
-
-/// `args_sizes_get` / `environ_sizes_get`.
-fn sizes(list: &[Vec<u8>]) -> (u32, u32) {
-    let bytes: usize = list.iter().map(|s| s.len() + 1).sum();
-    (list.len() as u32, bytes as u32)
-}
-
-/// `args_get` / `environ_get`: pointers at `ptrs`, NUL-terminated strings at `buf`.
-fn strings(mem: &mut [u8], list: &[Vec<u8>], ptrs: i32, buf: i32) -> Result<(), i32> {
-    let mut at = buf as u32;
-    for (i, s) in list.iter().enumerate() {
-        put(mem, ptrs.wrapping_add(4 * i as i32), &at.to_le_bytes())?;
-        put(mem, at as i32, s)?;
-        put(mem, at.wrapping_add(s.len() as u32) as i32, &[0])?;
-        at = at.wrapping_add(s.len() as u32 + 1);
-    }
-    Ok(())
-}
-
-/// The `(ptr, len)` pairs of an iovec array.
-fn iovecs(mem: &[u8], iovs: i32, n: i32) -> Result<Vec<(usize, usize)>, i32> {
-    let base = iovs as u32 as usize;
-    let mut out = Vec::new();
-    for i in 0..n as u32 as usize {
-        let at = base.checked_add(8 * i).ok_or(EFAULT)?;
-        let (ptr, len) = (get_u32(mem, at)?, get_u32(mem, at + 4)?);
-        let r = range(mem, ptr as i32, len as usize).ok_or(EFAULT)?;
-        out.push((r.start, r.len()));
-    }
-    Ok(out)
-}
-
-fn fd_read(mem: &mut [u8], ctx: &mut Ctx, fd: i32, iovs: i32, n: i32, nread: i32) -> i32 {
-    if fd != 0 {
-        return EBADF;
-    }
-    errno((|| {
-        let mut total = 0usize;
-        for (ptr, len) in iovecs(mem, iovs, n)? {
-            let rest = ctx.stdin.get(ctx.stdin_pos..).unwrap_or(&[]);
-            let k = len.min(rest.len());
-            mem[ptr..ptr + k].copy_from_slice(&rest[..k]);
-            ctx.stdin_pos += k;
-            total += k;
-        }
-        put(mem, nread, &(total as u32).to_le_bytes())
-    })())
-}
-
-fn fd_write(mem: &mut [u8], ctx: &mut Ctx, fd: i32, iovs: i32, n: i32, nwritten: i32) -> i32 {
-    if fd != 1 && fd != 2 {
-        return EBADF;
-    }
-    errno((|| {
-        let mut total = 0usize;
-        for (ptr, len) in iovecs(mem, iovs, n)? {
-            let bytes = &mem[ptr..ptr + len];
-            if fd == 1 {
-                if ctx.stdout.len() + len > MAX_STDOUT {
-                    return Err(ENOSPC);
-                }
-                ctx.stdout.extend_from_slice(bytes);
-            } else {
-                ctx.stderr(bytes);
-            }
-            total += len;
-        }
-        put(mem, nwritten, &(total as u32).to_le_bytes())
-    })())
-}
-
-/// `fd_fdstat_get`: stdin readable, stdout and stderr writable, none of them seekable or
-/// a terminal (filetype unknown, as for a pipe).
-fn fdstat(mem: &mut [u8], fd: i32, out: i32) -> i32 {
-    const RIGHT_FD_READ: u64 = 1 << 1;
-    const RIGHT_FD_WRITE: u64 = 1 << 6;
-    const RIGHT_POLL: u64 = 1 << 27;
-    let rights = match fd {
-        0 => RIGHT_FD_READ | RIGHT_POLL,
-        1 | 2 => RIGHT_FD_WRITE | RIGHT_POLL,
-        _ => return EBADF,
-    };
-    let mut stat = [0u8; 24];
-    stat[8..16].copy_from_slice(&rights.to_le_bytes());
-    errno(put(mem, out, &stat))
-}
-
-fn now(ctx: &mut Ctx) -> u64 {
-    ctx.clock_ticks += 1;
-    dust_guest::vminfo::unix_time_ns().saturating_add(ctx.clock_ticks)
-}
-
-/// `poll_oneoff` with clock subscriptions only: every clock subscription fires at once
-/// (the clock moves by its timeout); fd subscriptions get ENOTSUP.
-fn poll(mem: &mut [u8], ctx: &mut Ctx, subs: i32, events: i32, n: i32, nevents: i32) -> i32 {
-    const SUB: usize = 48;
-    const EVENT: usize = 32;
-    errno((|| {
-        if n <= 0 {
-            return Err(EINVAL);
-        }
-        for i in 0..n as usize {
-            let at = (subs as u32 as usize).checked_add(SUB * i).ok_or(EFAULT)?;
-            let userdata = get_u64(mem, at)?;
-            let tag = *mem.get(at + 8).ok_or(EFAULT)?;
-            let mut event = [0u8; EVENT];
-            event[0..8].copy_from_slice(&userdata.to_le_bytes());
-            event[10] = tag;
-            if tag == 0 {
-                let timeout = get_u64(mem, at + 24)?;
-                ctx.clock_ticks = ctx.clock_ticks.saturating_add(timeout.min(1 << 40));
-            } else {
-                event[8..10].copy_from_slice(&(ENOTSUP as u16).to_le_bytes());
-            }
-            let out = (events as u32 as usize)
-                .checked_add(EVENT * i)
-                .ok_or(EFAULT)?;
-            put(mem, out as i32, &event)?;
-        }
-        put(mem, nevents, &(n as u32).to_le_bytes())
-    })())
-}
-
-/// Adds every import in [`IMPORTS`] to `linker`.
-pub fn define(linker: &mut Linker<Ctx>) -> Result<(), Error> {
-    let m = MODULE;
+/// Adds every import the host allows (`summoner::wasm::IMPORTS`) to `linker`.
+pub fn define(linker: &mut Linker<Host>) -> Result<(), Error> {
+    let m = w::MODULE;
     linker.func_wrap(
         m,
         "args_sizes_get",
-        |mut c: Caller<'_, Ctx>, argc: i32, size: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            let (n, bytes) = sizes(&ctx.args);
-            errno(
-                put(mem, argc, &n.to_le_bytes())
-                    .and_then(|()| put(mem, size, &bytes.to_le_bytes())),
-            )
+        |mut c: Caller<'_, Host>, a: i32, b: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.args_sizes_get(mem, a, b))
         },
     )?;
-    linker.func_wrap(
-        m,
-        "args_get",
-        |mut c: Caller<'_, Ctx>, ptrs: i32, buf: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            errno(strings(mem, &ctx.args, ptrs, buf))
-        },
-    )?;
+    linker.func_wrap(m, "args_get", |mut c: Caller<'_, Host>, a: i32, b: i32| {
+        with_mem(&mut c, |mem, ctx| ctx.args_get(mem, a, b))
+    })?;
     linker.func_wrap(
         m,
         "environ_sizes_get",
-        |mut c: Caller<'_, Ctx>, n: i32, size: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            let (count, bytes) = sizes(&ctx.env);
-            errno(
-                put(mem, n, &count.to_le_bytes())
-                    .and_then(|()| put(mem, size, &bytes.to_le_bytes())),
-            )
+        |mut c: Caller<'_, Host>, a: i32, b: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.environ_sizes_get(mem, a, b))
         },
     )?;
     linker.func_wrap(
         m,
         "environ_get",
-        |mut c: Caller<'_, Ctx>, ptrs: i32, buf: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            errno(strings(mem, &ctx.env, ptrs, buf))
+        |mut c: Caller<'_, Host>, a: i32, b: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.environ_get(mem, a, b))
         },
     )?;
     linker.func_wrap(
         m,
         "fd_read",
-        |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, out: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            fd_read(mem, ctx, fd, iovs, n, out)
+        |mut c: Caller<'_, Host>, fd: i32, iovs: i32, n: i32, out: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.fd_read(mem, fd, iovs, n, out))
         },
     )?;
     linker.func_wrap(
         m,
         "fd_write",
-        |mut c: Caller<'_, Ctx>, fd: i32, iovs: i32, n: i32, out: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            fd_write(mem, ctx, fd, iovs, n, out)
+        |mut c: Caller<'_, Host>, fd: i32, iovs: i32, n: i32, out: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.fd_write(mem, fd, iovs, n, out))
         },
     )?;
-    linker.func_wrap(m, "fd_close", |fd: i32| {
-        if (0..3).contains(&fd) { SUCCESS } else { EBADF }
-    })?;
+    linker.func_wrap(m, "fd_close", w::fd_close)?;
     linker.func_wrap(
         m,
         "fd_fdstat_get",
-        |mut c: Caller<'_, Ctx>, fd: i32, out: i32| {
-            let Some((mem, _)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            fdstat(mem, fd, out)
+        |mut c: Caller<'_, Host>, fd: i32, out: i32| {
+            with_mem(&mut c, |mem, _| w::fd_fdstat_get(mem, fd, out))
         },
     )?;
     linker.func_wrap(
         m,
         "fd_seek",
-        |fd: i32, _off: i64, _whence: i32, _out: i32| {
-            if (0..3).contains(&fd) { ESPIPE } else { EBADF }
-        },
+        |fd: i32, _off: i64, _whence: i32, _out: i32| w::fd_seek(fd),
     )?;
-    linker.func_wrap(m, "fd_prestat_get", |_fd: i32, _out: i32| EBADF)?;
-    linker.func_wrap(m, "fd_prestat_dir_name", |_fd: i32, _p: i32, _n: i32| EBADF)?;
+    linker.func_wrap(m, "fd_prestat_get", |_fd: i32, _out: i32| w::fd_prestat())?;
+    linker.func_wrap(m, "fd_prestat_dir_name", |_fd: i32, _p: i32, _n: i32| {
+        w::fd_prestat()
+    })?;
     linker.func_wrap(
         m,
         "clock_time_get",
-        |mut c: Caller<'_, Ctx>, id: i32, _prec: i64, out: i32| {
-            if !(0..4).contains(&id) {
-                return EINVAL;
-            }
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            let t = now(ctx);
-            errno(put(mem, out, &t.to_le_bytes()))
+        |mut c: Caller<'_, Host>, id: i32, _prec: i64, out: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.clock_time_get(mem, id, out))
         },
     )?;
     linker.func_wrap(
         m,
         "random_get",
-        |mut c: Caller<'_, Ctx>, buf: i32, len: i32| {
-            let Some((mem, _)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            match range(mem, buf, len as u32 as usize) {
-                Some(r) => {
-                    dust_guest::vminfo::random_bytes(&mut mem[r]);
-                    SUCCESS
-                }
-                None => EFAULT,
-            }
+        |mut c: Caller<'_, Host>, buf: i32, len: i32| {
+            with_mem(&mut c, |mem, _| w::random_get(mem, buf, len))
         },
     )?;
     linker.func_wrap(m, "proc_exit", |status: i32| -> Result<(), Error> {
         Err(Error::i32_exit(status))
     })?;
-    linker.func_wrap(m, "sched_yield", || SUCCESS)?;
+    linker.func_wrap(m, "sched_yield", w::sched_yield)?;
     linker.func_wrap(
         m,
         "poll_oneoff",
-        |mut c: Caller<'_, Ctx>, s: i32, e: i32, n: i32, out: i32| {
-            let Some((mem, ctx)) = memory(&mut c) else {
-                return EFAULT;
-            };
-            poll(mem, ctx, s, e, n, out)
+        |mut c: Caller<'_, Host>, s: i32, e: i32, n: i32, out: i32| {
+            with_mem(&mut c, |mem, ctx| ctx.poll_oneoff(mem, s, e, n, out))
         },
     )?;
     Ok(())

@@ -94,10 +94,12 @@ fn qemu() -> Option<PathBuf> {
     on_path("qemu-system-x86_64")
 }
 
-/// `$FIRECRACKER`, else `firecracker` on PATH. It is not packaged for Debian.
-fn firecracker() -> Option<PathBuf> {
-    std::env::var_os("FIRECRACKER")
-        .map(PathBuf::from)
+/// `given` (`--firecracker`), else `$FIRECRACKER`, else `firecracker` on PATH. It is not
+/// packaged for Debian.
+fn firecracker(given: Option<&Path>) -> Option<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from))
         .filter(|p| p.is_file())
         .or_else(|| on_path("firecracker"))
 }
@@ -145,7 +147,12 @@ fn qemu_cmd(qemu: &Path, image: &Path) -> Command {
 }
 
 /// Run the comparison; returns rows (dust, qemu if asked and present, static floor).
-pub fn run(image: &Path, n: usize, peers: bool) -> Result<Vec<Row>, String> {
+pub fn run(
+    image: &Path,
+    n: usize,
+    peers: bool,
+    firecracker_bin: Option<&Path>,
+) -> Result<Vec<Row>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("dust-bench-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -159,10 +166,14 @@ pub fn run(image: &Path, n: usize, peers: bool) -> Result<Vec<Row>, String> {
     if peers && qemu.is_none() {
         eprintln!("dust bench boot: qemu-system-x86_64 not installed; skipping QEMU");
     }
-    let fc = if peers { firecracker() } else { None };
+    let fc = if peers {
+        firecracker(firecracker_bin)
+    } else {
+        None
+    };
     if peers && fc.is_none() {
         eprintln!(
-            "dust bench boot: no firecracker binary on PATH or in $FIRECRACKER; skipping Firecracker"
+            "dust bench boot: no firecracker binary (--firecracker, $FIRECRACKER or PATH); skipping Firecracker"
         );
     }
     let fc_config = dir.join("firecracker.json");

@@ -3,8 +3,9 @@
 //! - Request path: two embedded hello services, one with jailed workers, one without,
 //!   driven alternately (one request each, in turn) so that drift hits both alike; reports
 //!   the host-side time (Server-Timing total - guest) and the client's.
-//! - Off the request path: building a shell (process start, jail, VM build) with and
-//!   without the jail, alternately, straight through the worker spawner.
+//! - Off the request path: building a shell (process start, jail, VM build) without the
+//!   jail, with it, and with it forked from a zygote instead of exec'd, in turn, straight
+//!   through the worker spawner.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,7 +129,11 @@ async fn measure(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Resul
 async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result<(), String> {
     let svc = service(image)?;
     let mut spawners = Vec::new();
-    for (name, cfg) in [("no jail", plain()), ("jail", JailConfig::default())] {
+    for (name, cfg, zygote) in [
+        ("no jail", plain(), false),
+        ("jail", JailConfig::default(), false),
+        ("jail+zyg", JailConfig::default(), true),
+    ] {
         let run_dir: PathBuf = dir.join(format!("shells-{}", name.replace(' ', "-")));
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
         let jail = cfg
@@ -142,7 +147,8 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
                 run_dir,
                 log_dir: summoner::default_log_dir(),
                 jail,
-                slots: summoner::limits::VmSlots::new(args.shells * 2 + 4),
+                slots: summoner::limits::VmSlots::new(args.shells * 3 + 4),
+                zygote: zygote.then(|| Arc::new(summoner::zygote::Zygote::new(exe.to_path_buf()))),
             },
             Vec::new(),
         ));
@@ -164,11 +170,19 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
     let mut p50 = Vec::new();
     for (name, _, times) in &spawners {
         let s = summarize(times);
-        println!("{name:<10} p50 {:>8.3}ms  p90 {:>8.3}ms", s.p50, s.p90);
+        println!(
+            "{name:<10} p50 {:>8.3}ms  p90 {:>8.3}ms  p99 {:>8.3}ms",
+            s.p50, s.p90, s.p99
+        );
         p50.push(s.p50);
     }
-    if let [a, b] = p50[..] {
+    if let [a, b, ..] = p50[..] {
         println!("added by the jail (p50): {:.3}ms", b - a);
+    }
+    for (_, sp, _) in &spawners {
+        if let Some(z) = &sp.zygote {
+            z.stop();
+        }
     }
     Ok(())
 }

@@ -77,6 +77,9 @@ pub struct BootArgs {
     /// $FIRECRACKER), each when installed.
     #[arg(long)]
     pub peers: bool,
+    /// The Firecracker binary to compare with (implies --peers; overrides $FIRECRACKER).
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
     /// JSON output path.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -95,7 +98,8 @@ pub fn bench(args: BenchArgs) -> ExitCode {
                 "no image given and the hello guest is not built (scripts/build-guests)".into(),
             );
         };
-        return match boot::run(&image, b.runs.max(1), b.peers) {
+        let peers = b.peers || b.firecracker.is_some();
+        return match boot::run(&image, b.runs.max(1), peers, b.firecracker.as_deref()) {
             Ok(rows) => {
                 boot::print(&rows);
                 if let Some(path) = b.json {
@@ -189,7 +193,7 @@ async fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String,
     let mut svc = summoner::ServiceConfig::new("hello", listen, image);
     svc.pool_size = args.pool;
     svc.max_concurrent = args.max_concurrent;
-    svc.snapshot = Some(args.snapshot);
+    svc.snapshot = args.snapshot;
     let addr = summoner.add(svc).await.map_err(|e| e.to_string())?;
     Ok((summoner, format!("http://{addr}/"), dir))
 }

@@ -25,11 +25,18 @@ guest_port = 5000
     assert_eq!(c.services[0].max_concurrent, 4);
     assert_eq!(c.services[1].mode, Mode::Tcp);
     assert_eq!((c.services[0].vcpus, c.services[0].irqchip), (1, false));
-    assert_eq!((c.health_listen, c.drain_delay), (None, Duration::ZERO));
-    let c: FileConfig =
-        toml::from_str("health_listen = \"127.0.0.1:9090\"\ndrain_delay = \"3s\"\n").unwrap();
-    assert_eq!(c.health_listen, "127.0.0.1:9090".parse().ok());
-    assert_eq!(c.drain_delay, Duration::from_secs(3));
+    assert_eq!((c.daemon.health_listen, c.daemon.drain_delay), (None, None));
+    let c =
+        FileConfig::parse("health_listen = \"127.0.0.1:9090\"\ndrain_delay = \"3s\"\n").unwrap();
+    assert_eq!(c.daemon.health_listen, "127.0.0.1:9090".parse().ok());
+    assert_eq!(c.daemon.drain_delay, Some(Duration::from_secs(3)));
+    let e = FileConfig::parse("run_dri = \"/x\"\n").unwrap_err();
+    assert!(
+        e.contains("unknown key `run_dri`") && e.contains("run_dir"),
+        "{e}"
+    );
+    let e = FileConfig::parse("drain_delay = \"1.5s\"\n").unwrap_err();
+    assert!(e.contains("1.5s"), "{e}");
     let e = toml::from_str::<FileConfig>(
         "[[service]]\nname='a'\nlisten='1.2.3.4:1'\nimage='x'\nport=3",
     )
@@ -44,7 +51,7 @@ fn validation_names_the_problem() {
     s.name = "ok".into();
     let e = s.validate().unwrap_err().to_string();
     assert!(e.contains("/nonexistent"), "{e}");
-    s.image = host::tiny_elf();
+    s.workload = Workload::Image(host::tiny_elf());
     s.max_concurrent = 0;
     assert!(matches!(s.validate(), Err(ServiceConfigError::Zero { .. })));
     s.max_concurrent = 1;
@@ -85,7 +92,7 @@ fn validation_names_the_problem() {
         assert!(e.contains(field), "{e}");
     }
     let mut passwd = s.clone();
-    passwd.image = "/etc/passwd".into();
+    passwd.workload = Workload::Image("/etc/passwd".into());
     let e = passwd.validate().unwrap_err().to_string();
     assert!(e.contains("not an x86_64 ELF or a bzImage"), "{e}");
     let vm = s.vm_config("hello-1", Path::new("/run/d"));
@@ -138,7 +145,7 @@ fn serial_files_stay_in_the_log_dir() {
         );
     }
     // validate() alone (no log dir known) refuses what no log dir could hold.
-    s.image = host::tiny_elf();
+    s.workload = Workload::Image(host::tiny_elf());
     for bad in ["", "../x", "a/b"] {
         s.serial = SerialConfig::File(bad.into());
         let e = s.validate().unwrap_err().to_string();
@@ -279,9 +286,77 @@ fn counts_past_max_count_and_zero_fuel_are_refused() {
     c.max_connections = MAX_COUNT;
     assert_eq!(c.validate(), Ok(()));
     let mut c = ok;
-    c.fuel = Some(0);
+    c.workload = Workload::Wasm(WasmWorkload {
+        module: "/nonexistent.wasm".into(),
+        engine: Engine::Interpreter,
+        fuel: Some(0),
+        compiled: None,
+    });
     assert!(matches!(
         c.validate(),
         Err(ServiceConfigError::Zero { field: "fuel", .. })
     ));
+}
+
+#[test]
+fn a_service_runs_an_image_or_a_module_never_both() {
+    let parse = |extra: &str| {
+        toml::from_str::<ServiceConfig>(&format!("name = 'a'\nlisten = '1.2.3.4:1'\n{extra}"))
+    };
+    let c = parse("image = '/x'").unwrap();
+    assert_eq!(
+        (c.workload.clone(), c.snapshot),
+        (Workload::Image("/x".into()), false)
+    );
+    let c = parse("wasm = '/h.wasm'\nfuel = 5\nengine = 'interpreter'").unwrap();
+    let want = WasmWorkload {
+        module: "/h.wasm".into(),
+        engine: Engine::Interpreter,
+        fuel: Some(5),
+        compiled: None,
+    };
+    assert_eq!(
+        (c.workload.clone(), c.snapshot),
+        (Workload::Wasm(want), true)
+    );
+    let c = parse("wasm = '/h.wasm'\nsnapshot = false").unwrap();
+    assert!(
+        matches!(&c.workload, Workload::Wasm(w) if w.engine == Engine::Aot),
+        "aot is the default"
+    );
+    assert!(!c.snapshot);
+    for (extra, says) in [
+        ("image = '/x'\nwasm = '/h.wasm'", "not both"),
+        (
+            "image = '/x'\nfuel = 5",
+            "`fuel` applies to WebAssembly services only",
+        ),
+        ("image = '/x'\nengine = 'aot'", "`engine` applies"),
+        ("wasm = '/h.wasm'\nengine = 'jit'", "jit"),
+        ("cmdline = ''", "give `image`"),
+    ] {
+        let e = parse(extra).unwrap_err().to_string();
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn the_wire_form_round_trips() {
+    let mut c = ServiceConfig::wasm("w", "127.0.0.1:9".parse().unwrap(), "/h.wasm");
+    c.request_deadline = Duration::from_millis(1500);
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["wasm"], "/h.wasm");
+    assert_eq!(json["engine"], "aot");
+    assert_eq!(json["snapshot"], true);
+    assert!(json.get("image").is_none(), "{json}");
+    assert_eq!(json["request_deadline"], "1s 500ms");
+    let back: ServiceConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c);
+    let img = ServiceConfig::new("i", "127.0.0.1:9".parse().unwrap(), "/img");
+    let json = serde_json::to_value(&img).unwrap();
+    assert!(
+        json.get("wasm").is_none() && json.get("fuel").is_none(),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_value::<ServiceConfig>(json).unwrap(), img);
 }

@@ -5,7 +5,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::{JailError, JailSpec};
-use crate::seccomp::{self, ThreadKind};
 
 fn failed(step: impl Into<String>) -> JailError {
     JailError::Step {
@@ -29,29 +28,40 @@ fn cstr(p: &Path) -> Result<CString, JailError> {
     })
 }
 
-/// Enter the jail `spec` describes. Must run while the process has one thread. Returns in
-/// the jailed process; with namespaces, the parent left behind never returns (it becomes
-/// the monitor, see the module docs).
+/// Enter the jail `spec` describes. Must run while the process has one thread. With
+/// namespaces the summoner started this process in them already (pid 1 of a new pid
+/// namespace, see the module docs); this makes the rest of the jail.
 pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
-    crate::open_kvm()?;
-    for cg in &spec.cgroups {
-        std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string()).map_err(
-            |source| JailError::Step {
-                step: format!("joining cgroup {}", cg.display()),
-                source,
-            },
-        )?;
+    let kvm = crate::kvm::kvm().map_err(crate::BuildError::OpenKvm)?;
+    // While the host's runtime directory is still visible: KVM's supported CPUID from its
+    // file cache (asking KVM costs ~0.4 ms here, every CPUID a VM exit on a nested host).
+    // Best effort: the build asks KVM if this fails.
+    let _ = crate::x86_64::cpuid::supported(kvm);
+    // SAFETY: getpid has no preconditions.
+    if spec.namespaces && unsafe { libc::getpid() } != 1 {
+        return Err(JailError::Step {
+            step: "not started in a pid namespace of its own".into(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
     }
-    let mut alive = None;
+    for cg in &spec.cgroups {
+        // "0": the writing process, whatever its pid looks like from here. On cgroup v1,
+        // through `tasks` (this one thread, which is the whole process here): moving a
+        // whole thread group through `cgroup.procs` write-locks every fork on the host and
+        // waits for an RCU grace period first (~8 ms here); moving the writing thread alone
+        // takes no such lock.
+        let tasks = cg.join("tasks");
+        let file = if tasks.exists() {
+            tasks
+        } else {
+            cg.join("cgroup.procs")
+        };
+        std::fs::write(file, "0").map_err(|source| JailError::Step {
+            step: format!("joining cgroup {}", cg.display()),
+            source,
+        })?;
+    }
     if spec.namespaces {
-        let flags = libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS;
-        // SAFETY: unshare only changes this process's namespaces.
-        check(unsafe { libc::unshare(flags) }.into(), "unshare")?;
-        alive = Some(fork_monitor(spec)?);
         if let Some(serial) = &spec.serial {
             prepare_serial(serial, spec.uid, spec.gid)?;
         }
@@ -61,9 +71,6 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     if spec.namespaces {
         drop_privileges(spec)?;
     }
-    if let Some(fd) = alive {
-        die_with_monitor(fd);
-    }
     // SAFETY: sets a flag on this process; no pointers.
     check(
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into(),
@@ -71,87 +78,41 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     )
 }
 
-/// Fork; the child returns (pid 1 of the new pid namespace) with the read end of a pipe
-/// that hangs up when the monitor dies; the parent becomes the monitor.
-fn fork_monitor(spec: &JailSpec) -> Result<libc::c_int, JailError> {
-    // A pipe whose write end only the monitor holds: the child sees it hang up if the
-    // monitor is already gone (its getppid() is 0 across the pid namespace either way).
-    let mut alive = [0; 2];
-    // SAFETY: `alive` has room for the two fds.
-    let rc = unsafe { libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC) };
-    check(rc.into(), "pipe")?;
-    // SAFETY: the process has a single thread here (`dust worker` jails itself before it
-    // starts any), so the child may run ordinary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(failed("fork"));
-    }
-    if pid == 0 {
-        // SAFETY: our copy of the write end.
-        unsafe { libc::close(alive[1]) };
-        return Ok(alive[0]);
-    }
-    // SAFETY: the monitor's copy of the read end.
-    unsafe { libc::close(alive[0]) };
-    monitor(pid, spec)
+/// Die with the daemon: PR_SET_PDEATHSIG again (a uid change clears it), then make sure
+/// the daemon did not die before that (its pidfd, [`super::DAEMON_FD`], is readable once
+/// it is gone); then close that fd. A no-op for the fd when the process was not started by
+/// a daemon.
+pub fn die_with_daemon() {
+    arm_and_check(true);
 }
 
-/// Die with the monitor: PR_SET_PDEATHSIG (which a uid change clears, so this comes after
-/// it), then make sure the monitor did not die before that.
-fn die_with_monitor(alive: libc::c_int) {
-    let mut pfd = libc::pollfd {
-        fd: alive,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: plain prctl/poll/close calls on our own fd and one valid pollfd.
+/// [`die_with_daemon`], keeping the daemon's pidfd open (a forked worker checks again after
+/// its jail).
+pub(super) fn die_with_daemon_keep_fd() {
+    arm_and_check(false);
+}
+
+fn arm_and_check(close: bool) {
+    let fd = super::DAEMON_FD;
+    // SAFETY: plain prctl/fcntl/poll/close calls on our own fd and one valid pollfd.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        let rc = libc::poll(&mut pfd, 1, 0);
-        libc::close(alive);
-        if rc != 0 {
-            // Hung up: the monitor is gone already.
+        if libc::fcntl(fd, libc::F_GETFD) < 0 {
+            return;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let gone = libc::poll(&mut pfd, 1, 0) != 0;
+        if close {
+            libc::close(fd);
+        }
+        if gone {
             libc::_exit(i32::from(dust_abi::status::KILLED));
         }
     }
-}
-
-/// Wait for the jailed child and end the same way.
-fn monitor(child: libc::pid_t, spec: &JailSpec) -> ! {
-    // SAFETY: our copy of the control socket; the child has its own and speaks on it.
-    unsafe { libc::close(crate::worker::protocol::CONTROL_FD) };
-    let ready = limits(spec)
-        .and_then(|()| drop_privileges(spec))
-        .and_then(|()| seccomp::apply(ThreadKind::Monitor).map_err(JailError::from));
-    if let Err(e) = ready {
-        eprintln!("dust worker: monitor: {e}");
-        // SAFETY: ends this process; the child follows by PDEATHSIG.
-        unsafe { libc::_exit(i32::from(dust_abi::status::VMM_ERROR)) };
-    }
-    let mut status = 0;
-    loop {
-        // SAFETY: `status` is a valid out-pointer; `child` is our child.
-        let rc = unsafe { libc::waitpid(child, &mut status, 0) };
-        if rc == child {
-            break;
-        }
-        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // SAFETY: ends this process.
-            unsafe { libc::_exit(i32::from(dust_abi::status::VMM_ERROR)) };
-        }
-    }
-    if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        // SAFETY: restore the default action and send the child's signal to ourselves, so
-        // that the summoner sees the same death (SIGSYS for a seccomp kill).
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-            libc::kill(libc::getpid(), sig);
-            libc::_exit(128 + sig);
-        }
-    }
-    // SAFETY: ends this process with the child's exit code.
-    unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
 }
 
 fn prepare_serial(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
@@ -264,8 +225,16 @@ fn limits(spec: &JailSpec) -> Result<(), JailError> {
 /// groups; a non-root uid keeps no capability.
 fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
     for cap in 0..=63 {
-        // SAFETY: plain prctl; EINVAL past the kernel's last capability is expected.
-        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        // SAFETY: plain prctl; EINVAL past the kernel's last capability ends the loop.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = failed(format!("dropping capability {cap}"));
+            match &e {
+                JailError::Step { source, .. } if source.raw_os_error() == Some(libc::EINVAL) => {
+                    break
+                }
+                _ => return Err(e),
+            }
+        }
     }
     // SAFETY: plain credential syscalls without pointers (setgroups gets an empty list).
     unsafe {

@@ -4,11 +4,11 @@
 //! configured, the serial file), rlimits, no capabilities, `no_new_privs`, an unprivileged
 //! uid/gid. `/dev/kvm` is opened before, so the jail holds no device node at all.
 //!
-//! A process cannot move itself into a new pid namespace, only its children: so the worker
-//! forks once inside the new namespaces. The child (pid 1 there) goes on to serve the VM;
-//! the parent stays behind as a small monitor that waits for it and ends the same way
-//! (same exit code, same signal), so the summoner sees one worker whatever the layout. The
-//! child dies with the monitor (`PR_SET_PDEATHSIG`), so killing the monitor kills the VM.
+//! A process cannot move itself into a new pid namespace, only its children: so the
+//! summoner starts a jailed worker with the namespaces already made (clone flags). The
+//! worker is pid 1 of its pid namespace and a direct child of the daemon, which kills and
+//! reaps it; nothing sits in between whose death could orphan it. It dies with the daemon
+//! ([`die_with_daemon`]).
 //!
 //! The summoner writes the [`JailSpec`] into the worker's environment ([`ENV`]).
 
@@ -17,11 +17,16 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 mod enter;
+pub mod zygote;
 
-pub use enter::enter;
+use enter::die_with_daemon_keep_fd;
+pub use enter::{die_with_daemon, enter};
 
 /// The environment variable that carries a worker's [`JailSpec`] as JSON.
 pub const ENV: &str = "DUST_JAIL";
+
+/// The fd on which a worker started by the daemon finds a pidfd of the daemon.
+pub const DAEMON_FD: std::os::fd::RawFd = 4;
 
 /// Where the guest image is inside the jail.
 pub const IMAGE: &str = "/image";
@@ -99,9 +104,6 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
-    /// The monitor's filter.
-    #[error(transparent)]
-    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// The spec in this process's environment, if the summoner gave one.

@@ -56,8 +56,6 @@ pub enum ThreadKind {
     Vcpu,
     /// The device event loop (vsock sockets, virtqueue notifications).
     Events,
-    /// The jail's monitor process: waits for the jailed worker (see `crate::jail`).
-    Monitor,
 }
 
 impl ThreadKind {
@@ -66,7 +64,6 @@ impl ThreadKind {
             ThreadKind::Main => "main",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Events => "events",
-            ThreadKind::Monitor => "monitor",
         }
     }
 }
@@ -75,7 +72,6 @@ struct Filters {
     main: BpfProgram,
     vcpu: BpfProgram,
     events: BpfProgram,
-    monitor: BpfProgram,
     no_clone3: BpfProgram,
 }
 
@@ -96,7 +92,6 @@ pub fn enable() -> Result<(), SeccompError> {
         main: take(&mut map, "main")?,
         vcpu: take(&mut map, "vcpu")?,
         events: take(&mut map, "events")?,
-        monitor: take(&mut map, "monitor")?,
         no_clone3: take(&mut map, "no_clone3")?,
     };
     trap::install().map_err(SeccompError::Handler)?;
@@ -162,7 +157,6 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
         }
         ThreadKind::Vcpu => &f.vcpu,
         ThreadKind::Events => &f.events,
-        ThreadKind::Monitor => &f.monitor,
     };
     trap::set_kind(kind.key());
     seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install {
@@ -184,7 +178,7 @@ mod tests {
     #[test]
     fn the_allowlist_compiles_with_every_thread_kind() {
         let map = compile().unwrap();
-        for k in ["main", "vcpu", "events", "monitor", "no_clone3", "daemon"] {
+        for k in ["main", "vcpu", "events", "no_clone3", "daemon"] {
             assert!(map.get(k).is_some_and(|p| !p.is_empty()), "{k}");
         }
     }

@@ -1,5 +1,7 @@
-//! WebAssembly services: a `wasm32-wasip1` module run per request by the built-in
-//! `dust-wasm` guest, which gets the module as its VM's initrd (see docs/wasm.md).
+//! WebAssembly services: a `wasm32-wasip1` module run per request, either compiled ahead
+//! of time into a guest image of its own ([`aot`], the default engine) or interpreted by
+//! the built-in `dust-wasm` guest, which gets the module as its VM's initrd (see
+//! docs/wasm.md).
 //!
 //! A module is checked here, on the host, when its service is created: the `\0asm` magic,
 //! the version (a component is refused as such), wasmparser validation with the features
@@ -7,43 +9,14 @@
 //! implements), a `_start` export, and memory that fits the VM. A bad module is an error
 //! at creation, never a service that fails every request.
 
+pub mod aot;
+mod signatures;
+
 use std::path::{Path, PathBuf};
 
 use wasmparser::{Parser, Payload, TypeRef, Validator, WasmFeatures};
 
-/// The module the WASI imports come from.
-pub const WASI_MODULE: &str = "wasi_snapshot_preview1";
-
-/// The WASI preview 1 functions `dust-wasm` implements (keep in step with
-/// `guest/dust-wasm/src/wasi.rs`, `define`).
-pub const IMPORTS: &[&str] = &[
-    "args_get",
-    "args_sizes_get",
-    "environ_get",
-    "environ_sizes_get",
-    "fd_read",
-    "fd_write",
-    "fd_close",
-    "fd_fdstat_get",
-    "fd_seek",
-    "fd_prestat_get",
-    "fd_prestat_dir_name",
-    "clock_time_get",
-    "random_get",
-    "proc_exit",
-    "sched_yield",
-    "poll_oneoff",
-];
-
-/// Guest memory the `dust-wasm` guest keeps for itself (image, compiled code, request),
-/// beyond the module; the guest uses the same number (`OVERHEAD` in its `main.rs`).
-pub const OVERHEAD_MIB: u64 = 8;
-
-/// Fuel (wasm instructions, roughly) a request may burn by default. On the emulating KVM
-/// of the development machines one instruction costs ~24 us (so a loop burns this in
-/// ~24 s, past the default request deadline there); lazily compiling a function costs fuel
-/// too. The Rust example uses ~0.3 M on a cold instance.
-pub const DEFAULT_FUEL: u64 = 1_000_000;
+pub use dust_abi::wasm::{DEFAULT_FUEL, OVERHEAD_MIB, WASI_IMPORTS as IMPORTS, WASI_MODULE};
 
 /// The name of the built-in guest image.
 pub const GUEST: &str = "dust-wasm";
@@ -59,12 +32,9 @@ pub enum WasmError {
     /// No `\0asm` magic.
     #[error("not a WebAssembly module (it does not start with the \\0asm magic)")]
     NotWasm,
-    /// A component (the component model, wasip2).
-    #[error(
-        "a WebAssembly component (wasip2); dust runs core modules for wasm32-wasip1: build \
-         for wasm32-wasip1, not wasm32-wasip2"
-    )]
-    Component,
+    /// A component (the component model, wasip2): checked by [`crate::component`].
+    #[error("{0}")]
+    Component(#[from] crate::component::ComponentError),
     /// An unknown binary version.
     #[error("unsupported WebAssembly binary version {0:#x} (dust runs version 1 core modules)")]
     Version(u32),
@@ -133,7 +103,13 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
         return Err(WasmError::NotWasm);
     }
     if Parser::is_component(bytes) {
-        return Err(WasmError::Component);
+        let plan = crate::component::check(bytes)?;
+        return Ok(ModuleInfo {
+            bytes: bytes.len(),
+            imports: plan.imports,
+            initial_pages: 0,
+            maximum_pages: None,
+        });
     }
     if !Parser::is_core_wasm(bytes) {
         let mut v = [0u8; 4];
@@ -151,21 +127,30 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     };
     let mut unsupported = Vec::new();
     let mut start = false;
+    let mut types: Vec<wasmparser::FuncType> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(|e| WasmError::Invalid(e.to_string()))? {
+            Payload::TypeSection(reader) => {
+                for group in reader.into_iter_err_on_gc_types() {
+                    let ty = group.map_err(|e| WasmError::Invalid(e.to_string()))?;
+                    types.push(ty);
+                }
+            }
             Payload::ImportSection(reader) => {
                 for import in reader {
                     let import = import.map_err(|e| WasmError::Invalid(e.to_string()))?;
                     let name = format!("{}::{}", import.module, import.name);
-                    let ok = import.module == WASI_MODULE
-                        && IMPORTS.contains(&import.name)
-                        && matches!(import.ty, TypeRef::Func(_));
-                    if ok {
-                        info.imports.push(name);
-                    } else if matches!(import.ty, TypeRef::Func(_)) {
-                        unsupported.push(name);
-                    } else {
-                        unsupported.push(format!("{name} (not a function)"));
+                    let provided = import.module == WASI_MODULE && IMPORTS.contains(&import.name);
+                    match import.ty {
+                        TypeRef::Func(t) if provided => {
+                            let ty = types.get(t as usize);
+                            match signatures::mismatch(import.name, ty) {
+                                None => info.imports.push(name),
+                                Some(why) => unsupported.push(format!("{name} ({why})")),
+                            }
+                        }
+                        TypeRef::Func(_) => unsupported.push(name),
+                        _ => unsupported.push(format!("{name} (not a function)")),
                     }
                 }
             }
@@ -219,10 +204,42 @@ pub fn usable_bytes(memory_mib: u32, module_len: usize) -> u64 {
         .saturating_sub(OVERHEAD_MIB << 20)
 }
 
-/// Where the built-in `dust-wasm` guest is: `$DUST_GUEST_DIR`, next to the running
+/// Where the built-in `dust-wasm` guest is (see [`guest_dirs`]). Found once per process:
+/// services ask on every spawn.
+pub fn find_guest() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Some(p.clone());
+    }
+    let found = search_guest(GUEST)?;
+    Some(FOUND.get_or_init(|| found).clone())
+}
+
+/// The built-in guest for the module at `path`: `dust-component` for a component (see
+/// [`crate::component`]), else `dust-wasm`.
+pub fn find_guest_for(path: &Path) -> Option<PathBuf> {
+    if !crate::component::is_component_file(path) {
+        return find_guest();
+    }
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = FOUND.get() {
+        return Some(p.clone());
+    }
+    let found = search_guest(crate::component::GUEST)?;
+    Some(FOUND.get_or_init(|| found).clone())
+}
+
+fn search_guest(name: &str) -> Option<PathBuf> {
+    guest_dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Where built-in guests are looked for, in order: `$DUST_GUEST_DIR`, next to the running
 /// executable (or its `../lib/dust/guests`), the guest build tree of this checkout, then
 /// `/usr/lib/dust/guests`.
-pub fn find_guest() -> Option<PathBuf> {
+pub fn guest_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(d) = std::env::var_os("DUST_GUEST_DIR") {
         dirs.push(PathBuf::from(d));
@@ -238,17 +255,16 @@ pub fn find_guest() -> Option<PathBuf> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest/target/x86_64-unknown-none/release"),
     );
     dirs.push(PathBuf::from("/usr/lib/dust/guests"));
-    dirs.into_iter()
-        .map(|d| d.join(GUEST))
-        .find(|p| p.is_file())
+    dirs
 }
 
 /// The command-line words that configure the guest: the fuel, and a warm-up run when the
 /// VM is a snapshot template.
 pub fn cmdline(fuel: Option<u64>, snapshot: bool) -> String {
-    let mut words = format!("fuel={}", fuel.unwrap_or(DEFAULT_FUEL));
+    use dust_abi::wasm::cmdline::{FUEL, WARMUP};
+    let mut words = format!("{FUEL}={}", fuel.unwrap_or(DEFAULT_FUEL));
     if snapshot {
-        words.push_str(" warmup=1");
+        words.push_str(&format!(" {WARMUP}=1"));
     }
     words
 }
@@ -257,11 +273,13 @@ pub fn cmdline(fuel: Option<u64>, snapshot: bool) -> String {
 mod tests {
     use super::*;
 
-    /// A module with one import and an exported `_start`, in the binary format.
-    fn module(import_module: &str, import_name: &str) -> Vec<u8> {
+    /// A module with one import of type `ty` (encoded) and an exported `_start`.
+    fn module_with(import_module: &str, import_name: &str, ty: &[u8]) -> Vec<u8> {
         let mut m = b"\0asm\x01\0\0\0".to_vec();
-        // type section: one type () -> ()
-        m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0]);
+        // type section: type 0 = `ty`, type 1 = () -> ()
+        m.extend_from_slice(&[1, 5 + ty.len() as u8, 2, 0x60]);
+        m.extend_from_slice(ty);
+        m.extend_from_slice(&[0x60, 0, 0]);
         // import section: one function of type 0
         let mut imp = vec![1, import_module.len() as u8];
         imp.extend_from_slice(import_module.as_bytes());
@@ -271,8 +289,8 @@ mod tests {
         m.push(2);
         m.push(imp.len() as u8);
         m.extend_from_slice(&imp);
-        // function section: one function of type 0
-        m.extend_from_slice(&[3, 2, 1, 0]);
+        // function section: one function of type 1
+        m.extend_from_slice(&[3, 2, 1, 1]);
         // export section: "_start" = function 1
         m.extend_from_slice(&[7, 10, 1, 6]);
         m.extend_from_slice(b"_start");
@@ -280,6 +298,25 @@ mod tests {
         // code section: one empty body
         m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
         m
+    }
+
+    /// A module importing `import_name` as `(i32, i32, i32, i32) -> i32` (fd_write's type).
+    fn module(import_module: &str, import_name: &str) -> Vec<u8> {
+        module_with(
+            import_module,
+            import_name,
+            &[4, 0x7f, 0x7f, 0x7f, 0x7f, 1, 0x7f],
+        )
+    }
+
+    #[test]
+    fn refuses_a_wasi_import_with_another_signature() {
+        let e = check(&module_with(WASI_MODULE, "fd_write", &[0, 0]), 32).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("fd_write (signature () -> ()"), "{text}");
+        assert!(text.contains("(i32, i32, i32, i32) -> (i32)"), "{text}");
+        let ok = check(&module_with(WASI_MODULE, "proc_exit", &[1, 0x7f, 0]), 32);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
@@ -302,7 +339,15 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_core_module() {
         assert_eq!(check(b"\x7fELF\x02\x01\x01\0", 32), Err(WasmError::NotWasm));
-        assert_eq!(check(b"\0asm\x0d\0\x01\0", 32), Err(WasmError::Component));
+        assert!(
+            matches!(
+                check(b"\0asm\x0d\0\x01\0", 32),
+                Err(WasmError::Component(
+                    crate::component::ComponentError::WrongWorld { .. }
+                ))
+            ),
+            "an empty component is checked as a component"
+        );
         assert_eq!(check(b"\0asm\x02\0\0\0", 32), Err(WasmError::Version(2)));
         let m = module(WASI_MODULE, "fd_write");
         assert!(matches!(

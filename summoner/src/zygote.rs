@@ -1,0 +1,137 @@
+//! The daemon's side of the zygote (docs/security.md, "The zygote"): one `dust worker`
+//! exec'd once, which forks each worker as the daemon's child instead of the daemon
+//! exec'ing it. Started on first use; if it fails or dies, the spawn falls back to an exec
+//! and the next one starts a new zygote.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmm::jail::JailSpec;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::process::{Child, Spawn};
+
+/// How long a fork may take before the zygote is given up on.
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// A zygote, started on first use.
+pub struct Zygote {
+    exe: PathBuf,
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    sock: UnixDatagram,
+    /// Killed and reaped when dropped.
+    _child: Child,
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote").field("exe", &self.exe).finish()
+    }
+}
+
+fn seqpacket_pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two fresh sockets we own; datagram calls work on seqpacket sockets.
+    Ok(unsafe {
+        (
+            UnixDatagram::from_raw_fd(fds[0]),
+            UnixDatagram::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two fresh fds we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl Zygote {
+    /// A zygote of `exe` (`dust`), not started yet.
+    pub fn new(exe: PathBuf) -> Self {
+        Self {
+            exe,
+            running: Mutex::new(None),
+        }
+    }
+
+    fn start(&self) -> io::Result<Running> {
+        let (ours, theirs) = seqpacket_pair()?;
+        let args = ["worker".into()];
+        let (child, stderr) = Child::spawn(&Spawn {
+            exe: &self.exe,
+            args: &args,
+            env: Some((vmm::jail::zygote::ENV, "1".into())),
+            control: theirs.as_raw_fd(),
+            namespaces: false,
+        })?;
+        crate::exit::forward_stderr("zygote".into(), stderr);
+        ours.set_read_timeout(Some(ANSWER))?;
+        Ok(Running {
+            sock: ours,
+            _child: child,
+        })
+    }
+
+    /// Fork a worker jailed as `spec` with `control` as its fd 3; returns it and its stderr.
+    pub fn spawn(&self, spec: Option<&JailSpec>, control: RawFd) -> io::Result<(Child, OwnedFd)> {
+        let request = serde_json::to_vec(&spec).map_err(io::Error::other)?;
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.is_none() {
+            *running = Some(self.start()?);
+        }
+        let Some(z) = running.as_ref() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let (err_r, err_w) = pipe()?;
+        let answer = (|| {
+            z.sock
+                .send_with_fds(&[&request[..]], &[control, err_w.as_raw_fd()])
+                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+            let mut pid = [0u8; 4];
+            if z.sock.recv(&mut pid)? != pid.len() {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            Ok(i32::from_ne_bytes(pid))
+        })();
+        let pid = match answer {
+            Ok(pid) if pid > 0 => pid,
+            Ok(errno) => return Err(io::Error::from_raw_os_error(-errno)),
+            Err(e) => {
+                // A zygote that does not answer is dropped (killed, reaped).
+                *running = None;
+                return Err(e);
+            }
+        };
+        drop(running);
+        Ok((Child::adopt(pid)?, err_r))
+    }
+
+    /// Stop the zygote (the daemon is shutting down).
+    pub fn stop(&self) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}

@@ -1,0 +1,75 @@
+/* The differential corpus of the wasm engines (tests/wasm_engines.rs): one handler whose
+ * paths end in each way a handler can end. Built by scripts/build-examples into
+ * examples/wasm/target/corpus.wasm. Nothing here prints what differs between VMs or
+ * engines (random bytes, VM ids, memory limits), so both engines must answer alike. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int arg(int argc, char **argv, int dflt) { return argc > 1 ? atoi(argv[1]) : dflt; }
+
+static int one(int x) { return x + 1; }
+
+static __attribute__((noinline)) int depth(volatile int n) {
+    if (n <= 0)
+        return 0;
+    volatile int pad[4] = {n, n, n, n};
+    return depth(n - 1) + 1 + (pad[0] - n);
+}
+
+int main(int argc, char **argv) {
+    const char *p = getenv("PATH_INFO");
+    volatile int zero = 0, seven = 7, min = INT_MIN, minus = -1;
+    if (!p)
+        p = "";
+    if (!strcmp(p, "/unreachable"))
+        __builtin_trap();
+    if (!strcmp(p, "/oob"))
+        *(volatile int *)(uintptr_t)0xfffffff0u = 1;
+    if (!strcmp(p, "/div0"))
+        printf("%d", seven / zero);
+    if (!strcmp(p, "/overflow"))
+        printf("%d", min / minus);
+    if (!strcmp(p, "/indirect")) {
+        void *volatile f = (void *)one;
+        printf("%d", ((int (*)(int, int))f)(1, 2));
+    }
+    if (!strcmp(p, "/null")) {
+        int (*volatile f)(int) = 0;
+        printf("%d", f(1));
+    }
+    if (!strcmp(p, "/exit"))
+        exit(arg(argc, argv, 3));
+    if (!strcmp(p, "/loop"))
+        for (volatile unsigned i = 0;; i++) {
+        }
+    if (!strcmp(p, "/recurse")) {
+        int n = arg(argc, argv, 100);
+        printf("Content-Type: text/plain\n\ndepth %d\n", depth(n));
+        return 0;
+    }
+    if (!strcmp(p, "/grow")) {
+        /* memory.grow one page at a time until it fails: the limit is the VM's. */
+        while (__builtin_wasm_memory_grow(0, 1) != (size_t)-1) {
+        }
+        printf("Content-Type: text/plain\n\nmemory.grow failed at the limit\n");
+        return 0;
+    }
+    if (!strcmp(p, "/out")) {
+        /* A body of N bytes (default 1 MiB less the header). */
+        static const char head[] = "Content-Type: text/plain\n\n";
+        static char chunk[65536];
+        int n = arg(argc, argv, (1 << 20) - (int)sizeof head + 1);
+        memset(chunk, 'a', sizeof chunk);
+        fputs(head, stdout);
+        for (int k; n > 0; n -= k) {
+            k = n < (int)sizeof chunk ? n : (int)sizeof chunk;
+            if (fwrite(chunk, 1, (size_t)k, stdout) != (size_t)k)
+                return 1;
+        }
+        return 0;
+    }
+    printf("Content-Type: text/plain\n\ncorpus: %s\n", p);
+    return 0;
+}

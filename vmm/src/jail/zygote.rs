@@ -1,0 +1,134 @@
+//! The zygote: one `dust worker` per daemon, exec'd once, that forks workers instead of the
+//! daemon exec'ing each one (docs/security.md, "The zygote"). An exec of the `dust` binary
+//! and its start-up (dynamic loader, the C library's CPU probing, each `cpuid` an exit on a
+//! nested host, the seccomp filters compiled, the CPUID table read) cost more than a
+//! millisecond; a fork of this small, single-threaded process costs a fraction of it.
+//!
+//! The daemon sends one request per worker on the zygote's socket (fd 3, a seqpacket
+//! socket): the [`JailSpec`] (or none) as JSON, with the worker's control socket and stderr
+//! as SCM_RIGHTS. The zygote clones with `CLONE_PARENT` (and the namespace flags when the
+//! spec asks for them), so the worker is the daemon's child, not the zygote's: the daemon
+//! waits for it, kills it, sees its exit status. It answers with the worker's pid (or
+//! `-errno`). The forked worker then does what an exec'd one does: the jail, the
+//! parent-death signal, the worker protocol.
+
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::JailSpec;
+use crate::worker::protocol::CONTROL_FD;
+
+/// The environment variable that makes `dust worker` a zygote.
+pub const ENV: &str = "DUST_ZYGOTE";
+
+/// The zygote's process name (`/proc/<pid>/comm`, what `ps` shows); its workers are `dust`.
+pub const NAME: &std::ffi::CStr = c"dust-zygote";
+
+fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: a NUL-terminated name that outlives the call.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
+}
+
+/// The largest request (a JailSpec as JSON).
+const MAX_REQUEST: usize = 64 << 10;
+
+/// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
+pub type Run = fn(Option<&JailSpec>) -> u8;
+
+/// Serve fork requests on fd 3 until the daemon hangs up. Must be single-threaded.
+pub fn serve(run: Run) -> u8 {
+    set_name(NAME);
+    // Ahead of every fork: /dev/kvm open and the CPUID table read (its file cache).
+    if let Ok(kvm) = crate::kvm::kvm() {
+        let _ = crate::x86_64::cpuid::supported(kvm);
+    }
+    // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
+    let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
+    let mut buf = vec![0u8; MAX_REQUEST];
+    loop {
+        let mut fds = [-1 as RawFd; 2];
+        let mut iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: the iovec points into `buf`, which any bytes may be written to.
+        let got = unsafe { sock.recv_with_fds(&mut iov, &mut fds) };
+        let (n, nfds) = match got {
+            Ok((0, _)) | Err(_) => return 0,
+            Ok(r) => r,
+        };
+        let answer = match (nfds, serde_json::from_slice::<Option<JailSpec>>(&buf[..n])) {
+            (2, Ok(spec)) => fork(spec.as_ref(), fds[0], fds[1], run),
+            _ => -libc::EINVAL,
+        };
+        for fd in fds.iter().take(nfds) {
+            // SAFETY: our copies of the received fds (the child has its own).
+            unsafe { libc::close(*fd) };
+        }
+        if sock.send(&answer.to_ne_bytes()).is_err() {
+            return 0;
+        }
+    }
+}
+
+/// Fork one worker (the daemon's child); returns its pid or `-errno`.
+fn fork(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> i32 {
+    let mut flags = libc::CLONE_PARENT as u64;
+    if spec.is_some_and(|s| s.namespaces) {
+        flags |= (libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS) as u64;
+    }
+    // SAFETY: clone_args is plain data; zero is "unset" (with CLONE_PARENT the exit signal
+    // must be 0: the child ends with the zygote's, SIGCHLD, to the daemon).
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = flags;
+    // SAFETY: a fork of this single-threaded process (no CLONE_VM): the child may run any
+    // code; it never returns from `child`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if rc == 0 {
+        child(spec, control, stderr, run)
+    }
+    if rc < 0 {
+        return -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+    }
+    i32::try_from(rc).unwrap_or(-libc::EOVERFLOW)
+}
+
+/// In the forked worker: its fds in place (the zygote's socket at fd 3 is replaced by the
+/// control socket), then the same path as an exec'd worker.
+fn child(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> ! {
+    // SAFETY: fd calls on fds valid in this process; prctl/poll as in `die_with_daemon`.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::dup2(control, CONTROL_FD) < 0 || libc::dup2(stderr, 2) < 0 {
+            libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
+        }
+        // Nothing but fds 0-4 and /dev/kvm (the received fds, anything else).
+        let kvm = crate::kvm::kvm().map_or(-1, |k| k.as_raw_fd());
+        if kvm > 4 {
+            libc::syscall(libc::SYS_close_range, 5, kvm - 1, 0);
+            libc::syscall(libc::SYS_close_range, kvm + 1, u32::MAX, 0);
+        } else {
+            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
+        }
+        let _ = (control, stderr);
+    }
+    set_name(c"dust");
+    super::die_with_daemon_keep_fd();
+    let code = run(spec);
+    // SAFETY: ends the worker; nothing of the zygote's loop runs in it.
+    unsafe { libc::_exit(i32::from(code)) }
+}
