@@ -431,6 +431,10 @@ fn health_is_503_while_a_pool_cannot_build_and_while_draining() {
     until("health notices the failing pool", || health(probe).0 == 503);
     let (_, why) = health(probe);
     assert!(why.starts_with("service hello: cannot build VMs"), "{why}");
+    assert!(
+        why.contains("its image file is missing"),
+        "the real cause: {why}"
+    );
     // Put back, the pool refills and the host is healthy again.
     std::fs::copy(guest("http-hello"), &image).unwrap();
     until("health recovers", || health(probe).0 == 200);

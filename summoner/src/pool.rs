@@ -131,7 +131,7 @@ impl Pool {
                 }
                 Err(e) => {
                     tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
-                    self.set_failure(Some(e.to_string()));
+                    self.set_failure(Some(self.cause(&e)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -156,6 +156,22 @@ impl Pool {
     /// Whether shells are restored from a snapshot.
     pub fn snapshot_mode(&self) -> bool {
         self.template.is_some()
+    }
+
+    /// Why a shell could not be built, as an operator needs it: a worker that died early
+    /// often died of a file the service needs being gone, which the worker cannot say.
+    fn cause(&self, e: &WorkerError) -> String {
+        let missing = match &self.template {
+            Some(t) if !t.dir().join(vmm::snapshot::STATE_FILE).exists() => {
+                Some("its snapshot template")
+            }
+            None if !self.config.image_path().is_file() => Some("its image file"),
+            _ => None,
+        };
+        match missing {
+            Some(what) => format!("{what} is missing ({e})"),
+            None => e.to_string(),
+        }
     }
 
     fn set_failure(&self, why: Option<String>) {

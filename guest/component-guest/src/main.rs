@@ -149,7 +149,7 @@ fn request(req: &Request) -> dust_component::Request {
         .unwrap_or("localhost");
     dust_component::Request {
         method: req.method().into(),
-        path_with_query: req.path().into(),
+        path_with_query: req.target().into(),
         scheme: "http".into(),
         authority: authority.into(),
         headers,

@@ -48,11 +48,44 @@ impl Metrics {
         self.durations.remove(&label);
         self.running.remove(&label);
         self.idle.remove(&label);
+        self.pool_waits.remove(&label);
         for start in ["boot", "snapshot"].map(String::from) {
-            self.start.remove(&StartLabels {
+            let labels = StartLabels {
                 service: service(),
                 start,
-            });
+            };
+            self.start.remove(&labels);
+            self.shells.remove(&labels);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::{Format, Metrics, Outcome, Phase};
+
+    #[test]
+    fn a_forgotten_service_leaves_no_series_in_any_family() {
+        let m = Arc::new(Metrics::default());
+        for (name, snapshot) in [("gone", true), ("kept", false)] {
+            m.set_start_mode(name, snapshot);
+            let s = m.service(name);
+            s.request(Outcome::ok);
+            s.phase(Phase::boot, Duration::from_millis(3));
+            s.request_duration(Duration::from_millis(9));
+            s.vm_started();
+            s.set_idle(2);
+            s.shell_built(snapshot, Duration::from_micros(900));
+            s.pool_wait();
+        }
+        m.forget("gone");
+        for format in [Format::Prometheus, Format::OpenMetrics] {
+            let text = m.render(format);
+            assert!(!text.contains("service=\"gone\""), "{text}");
+            assert!(text.contains("service=\"kept\""), "{text}");
         }
     }
 }
