@@ -14,20 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{child_pids, read_reply, root, HttpReply, TempDir};
+use common::{child_pids, example, read_reply, root, HttpReply, TempDir};
 use summoner::{ServiceConfig, Summoner};
-
-fn component(name: &str) -> PathBuf {
-    let p = root()
-        .join("examples/wasm/target")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/build-examples",
-        p.display()
-    );
-    p
-}
 
 /// `wasmtime serve -Scli` on a free loopback port, killed when dropped.
 struct Wasmtime(Child, SocketAddr);
@@ -181,7 +169,7 @@ async fn example_components_answer_as_wasmtime_serve_does() {
     let tmp = TempDir::new("cpeer");
     let s = summoner(&tmp);
     for (name, file) in [("wasi", "hello-component"), ("wstd", "hello-wstd")] {
-        let wasm = component(file);
+        let wasm = example(file);
         let log = tmp.path().join(format!("{name}.log"));
         let peer = Wasmtime::serve(&wasm);
         let addr = s.add(service(name, &wasm, &log)).await.unwrap();
@@ -198,7 +186,7 @@ async fn each_request_gets_a_fresh_instance_and_failures_are_502_or_504() {
     let s = summoner(&tmp);
     let log = tmp.path().join("state.log");
     let addr = s
-        .add(service("state", &component("hello-component"), &log))
+        .add(service("state", &example("hello-component"), &log))
         .await
         .unwrap();
     let mut randoms = HashSet::new();

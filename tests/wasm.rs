@@ -12,23 +12,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{child_pids, dust, guest, http_get, read_reply, root, HttpReply, TempDir};
+use common::{child_pids, dust, example, guest, http_get, read_reply, HttpReply, TempDir};
 use summoner::config::{Engine, Workload};
 use summoner::{ServiceConfig, Summoner};
 
 const VMM_ERROR: i32 = 243;
-
-fn handler(name: &str) -> PathBuf {
-    let p = root()
-        .join("examples/wasm/target")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/build-examples (scripts/test does)",
-        p.display()
-    );
-    p
-}
 
 /// `dust run ARGS` with compiled images cached in `cache`.
 fn dust_run(cache: &Path, args: &[&str]) -> std::process::Output {
@@ -188,7 +176,7 @@ async fn example_handlers_serve_wagi_requests_in_fresh_vms() {
             // Short: the jailed worker's vsock path holds the VM id twice (SUN_LEN).
             let service = format!("{}-{}", &name[6..], &engine.to_string()[..1]);
             let mut c =
-                ServiceConfig::wasm(&service, "127.0.0.1:0".parse().unwrap(), handler(name));
+                ServiceConfig::wasm(&service, "127.0.0.1:0".parse().unwrap(), example(name));
             let Workload::Wasm(w) = &mut c.workload else {
                 unreachable!("a wasm service")
             };
@@ -250,7 +238,7 @@ async fn bad_modules_are_refused_at_creation_and_the_daemon_keeps_serving() {
     let s = summoner(&tmp);
     let hello = ServiceConfig::new("hello", "127.0.0.1:0".parse().unwrap(), guest("http-hello"));
     let addr = s.add(hello).await.unwrap();
-    let rust = std::fs::read(handler("hello-rust")).unwrap();
+    let rust = std::fs::read(example("hello-rust")).unwrap();
     let cases: [(&str, Vec<u8>, &[&str]); 4] = [
         (
             "imports",
@@ -300,7 +288,7 @@ fn dust_run_wasm_runs_one_request_and_prints_the_response() {
         tmp.path(),
         &[
             "--wasm",
-            handler("hello-c").to_str().unwrap(),
+            example("hello-c").to_str().unwrap(),
             "--env",
             "PATH_INFO=/form",
             "--env",

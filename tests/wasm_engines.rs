@@ -13,19 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{dust, guest, http_get, root, TempDir};
+use common::{dust, example, guest, http_get, root, TempDir};
 use summoner::config::{Engine, Workload};
 use summoner::{ServiceConfig, Summoner};
-
-fn handler(name: &str) -> PathBuf {
-    let p = root().join(format!("examples/wasm/target/{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/build-examples",
-        p.display()
-    );
-    p
-}
 
 /// `dust run --wasm` of `module` for `path?query` with `engine`, caching images in `cache`.
 fn run(engine: &str, module: &Path, path: &str, query: &str, cache: &Path) -> Output {
@@ -88,7 +78,7 @@ fn both_engines_answer_every_corpus_request_byte_for_byte_alike() {
         ("compute", "/", "2000+2", "200", ""),
     ];
     for &(module, path, query, status, says) in cases {
-        let m = handler(module);
+        let m = example(module);
         let aot = run("aot", &m, path, query, &cache);
         let interp = run("interpreter", &m, path, query, &cache);
         let what = format!("{module} {path}?{query}");
@@ -143,7 +133,7 @@ fn a_looping_handler_ends_at_the_timeout_with_exit_242() {
         .args([
             "run",
             "--wasm",
-            handler("corpus").to_str().unwrap(),
+            example("corpus").to_str().unwrap(),
             "--timeout",
             "3s",
         ])
@@ -215,7 +205,7 @@ async fn compiler_failures_are_clear_and_the_cache_is_reused() {
     assert_eq!(get(hello, "/").await.unwrap().status, 200);
 
     // Two services of one module: one compile, one image.
-    let module = handler("hello-c");
+    let module = example("hello-c");
     let a = s.add(aot_service("a", &module)).await.unwrap();
     let image = |dir: &Path| {
         let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -256,7 +246,7 @@ async fn compiler_failures_are_clear_and_the_cache_is_reused() {
 fn the_daemon_log_says_when_a_second_service_reuses_the_compiled_image() {
     require_kvm!();
     let tmp = TempDir::new("wasm-aot-log");
-    let module = handler("hello-c");
+    let module = example("hello-c");
     let mut toml = format!(
         "run_dir = \"{0}/run\"\nlog_dir = \"{0}/log\"\nstate_dir = \"{0}/state\"\n[api]\nsocket = \"{0}/api.sock\"\n",
         tmp.path().display()

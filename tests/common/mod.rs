@@ -58,6 +58,17 @@ pub fn guest(name: &str) -> PathBuf {
     p
 }
 
+/// A built example WebAssembly handler, e.g. `example("hello-rust")`.
+pub fn example(name: &str) -> PathBuf {
+    let p = root().join(format!("examples/wasm/target/{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-examples (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
 /// The `dust` binary under test.
 pub fn dust() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dust"))
