@@ -42,6 +42,24 @@ unsafe impl Sync for Heap {}
 
 static READY: Global<bool> = Global::new(false);
 
+/// Largest block served by the size classes.
+const SMALL_MAX: usize = 512;
+/// Size-class granularity and the alignment every small block has.
+const CLASS: usize = 16;
+/// Bytes taken from the free list at a time for new small blocks.
+const CHUNK: usize = 8192;
+/// Head of each class's list of freed blocks (the next pointer lives in the block).
+static FREE: [Global<usize>; SMALL_MAX / CLASS] = [const { Global::new(0) }; SMALL_MAX / CLASS];
+/// The chunk small blocks are cut from: next free byte and end.
+static BUMP: Global<usize> = Global::new(0);
+static BUMP_END: Global<usize> = Global::new(0);
+
+/// The size class of `layout` (index into [`FREE`]), if it is small.
+fn class(layout: Layout) -> Option<usize> {
+    (layout.size() <= SMALL_MAX && layout.align() <= CLASS)
+        .then(|| layout.size().max(1).div_ceil(CLASS) - 1)
+}
+
 impl Heap {
     #[allow(clippy::mut_from_ref)] // one vCPU, no interrupts, never re-entered
     fn list(&self) -> &mut linked_list_allocator::Heap {
@@ -64,6 +82,29 @@ impl Heap {
         list
     }
 
+    /// A block of size class `c`: a freed one, else cut from the chunk.
+    fn small(&self, c: usize) -> *mut u8 {
+        let head = FREE[c].get();
+        if head != 0 {
+            // SAFETY: a freed block of this class; its first word is the next one.
+            FREE[c].set(unsafe { *(head as *const usize) });
+            return head as *mut u8;
+        }
+        let size = (c + 1) * CLASS;
+        if BUMP.get() + size > BUMP_END.get() {
+            // The rest of the old chunk (under SMALL_MAX bytes) is not used again.
+            let chunk = self.allocate(Layout::from_size_align(CHUNK, CLASS).unwrap());
+            if chunk.is_null() {
+                return chunk;
+            }
+            BUMP.set(chunk as usize);
+            BUMP_END.set(chunk as usize + CHUNK);
+        }
+        let ptr = BUMP.get();
+        BUMP.set(ptr + size);
+        ptr as *mut u8
+    }
+
     fn allocate(&self, layout: Layout) -> *mut u8 {
         let ptr = self
             .list()
@@ -81,17 +122,53 @@ impl Heap {
 // been written before (see the module docs).
 unsafe impl GlobalAlloc for Heap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.allocate(layout)
+        match class(layout) {
+            Some(c) => self.small(c),
+            None => self.allocate(layout),
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(ptr) = NonNull::new(ptr) {
+        if let Some(c) = class(layout) {
+            // SAFETY: a block of class `c` (allocated with this layout), at least 16 bytes
+            // and 16-aligned; the caller no longer uses it.
+            unsafe { *(ptr as *mut usize) = FREE[c].get() };
+            FREE[c].set(ptr as usize);
+        } else if let Some(ptr) = NonNull::new(ptr) {
             // SAFETY: allocated by `alloc` with this layout (the caller's contract).
             unsafe { self.list().deallocate(ptr, layout) }
         }
     }
 
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc`: `new_size` with this alignment is a
+        // valid layout.
+        let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if let (Some(a), Some(b)) = (class(layout), class(new)) {
+            if a == b {
+                return ptr;
+            }
+        }
+        // SAFETY: as for `alloc` and `dealloc`; the blocks do not overlap.
+        unsafe {
+            let to = self.alloc(new);
+            if !to.is_null() {
+                core::ptr::copy_nonoverlapping(ptr, to, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            to
+        }
+    }
+
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if let Some(c) = class(layout) {
+            let ptr = self.small(c);
+            if !ptr.is_null() {
+                // SAFETY: the block just allocated is at least `layout.size()` bytes.
+                unsafe { ptr.write_bytes(0, layout.size()) };
+            }
+            return ptr;
+        }
         // Where the never-written memory began before this allocation (set the heap up
         // first, on the first allocation, so that the mark is meaningful).
         let _ = self.list();

@@ -1,7 +1,6 @@
 //! The WAGI convention (CGI/1.1, RFC 3875, over WASI): a request becomes the handler's
 //! environment, argv and stdin; the handler's stdout becomes the response.
 
-use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
@@ -36,39 +35,66 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
         .and_then(|h| core::str::from_utf8(h).ok())
         .and_then(|h| h.split(',').next())
         .map_or("0.0.0.0", str::trim);
-    let mut env: Vec<Vec<u8>> = Vec::new();
-    let mut set = |k: &str, v: &[u8]| {
-        let mut e = Vec::with_capacity(k.len() + 1 + v.len());
-        e.extend_from_slice(k.as_bytes());
+    // Built from byte slices, without `core::fmt`, and each entry allocated once: in a
+    // restored VM on an emulating KVM every instruction counts (docs/benchmarks.md,
+    // "guestcost").
+    let mut env: Vec<Vec<u8>> = Vec::with_capacity(14 + req.headers().count() + extra.len());
+    let mut set = |k: &[&[u8]], v: &[&[u8]]| {
+        let mut len = 1;
+        for p in k.iter().chain(v) {
+            len += p.len();
+        }
+        let mut e = Vec::with_capacity(len);
+        for p in k {
+            e.extend_from_slice(p);
+        }
         e.push(b'=');
-        e.extend_from_slice(v);
+        for p in v {
+            e.extend_from_slice(p);
+        }
         env.push(e);
     };
-    set("GATEWAY_INTERFACE", b"CGI/1.1");
-    set("REQUEST_METHOD", req.method().as_bytes());
-    set("SCRIPT_NAME", b"");
-    set("PATH_INFO", path.as_bytes());
-    set("QUERY_STRING", query.as_bytes());
-    set("CONTENT_TYPE", req.header("content-type").unwrap_or(b""));
-    set("CONTENT_LENGTH", req.body().len().to_string().as_bytes());
-    set("SERVER_NAME", server.as_bytes());
-    set("SERVER_PORT", port.as_bytes());
-    let protocol = format!("HTTP/1.{}", req.minor_version());
-    set("SERVER_PROTOCOL", protocol.as_bytes());
-    set("SERVER_SOFTWARE", b"dust");
-    set("REMOTE_ADDR", remote.as_bytes());
-    set("X_FULL_URL", format!("http://{host}{target}").as_bytes());
-    set("X_DUST_VM", vm.as_bytes());
+    let mut digits = [0u8; 20];
+    set(&[b"GATEWAY_INTERFACE"], &[b"CGI/1.1"]);
+    set(&[b"REQUEST_METHOD"], &[req.method().as_bytes()]);
+    set(&[b"SCRIPT_NAME"], &[]);
+    set(&[b"PATH_INFO"], &[path.as_bytes()]);
+    set(&[b"QUERY_STRING"], &[query.as_bytes()]);
+    set(
+        &[b"CONTENT_TYPE"],
+        &[req.header("content-type").unwrap_or(b"")],
+    );
+    let length = dust_abi::decimal(req.body().len() as u64, &mut digits);
+    set(&[b"CONTENT_LENGTH"], &[length]);
+    set(&[b"SERVER_NAME"], &[server.as_bytes()]);
+    set(&[b"SERVER_PORT"], &[port.as_bytes()]);
+    let minor = dust_abi::decimal(req.minor_version().into(), &mut digits);
+    set(&[b"SERVER_PROTOCOL"], &[b"HTTP/1.", minor]);
+    set(&[b"SERVER_SOFTWARE"], &[b"dust"]);
+    set(&[b"REMOTE_ADDR"], &[remote.as_bytes()]);
+    let url: [&[u8]; 3] = [b"http://", host.as_bytes(), target.as_bytes()];
+    set(&[b"X_FULL_URL"], &url);
+    set(&[b"X_DUST_VM"], &[vm.as_bytes()]);
     for (name, value) in req.headers() {
-        let mut k = String::from("HTTP_");
-        k.extend(name.chars().map(|c| match c {
-            '-' => '_',
-            c => c.to_ascii_uppercase(),
-        }));
-        set(&k, value);
+        let mut k = [0u8; 64];
+        let mut long = Vec::new();
+        let upper = match k.get_mut(..name.len()) {
+            Some(k) => k,
+            None => {
+                long.resize(name.len(), 0);
+                &mut long[..]
+            }
+        };
+        for (u, c) in upper.iter_mut().zip(name.bytes()) {
+            *u = match c {
+                b'-' => b'_',
+                c => c.to_ascii_uppercase(),
+            };
+        }
+        set(&[b"HTTP_", upper], &[value]);
     }
     for (k, v) in extra {
-        set(k, v.as_bytes());
+        set(&[k.as_bytes()], &[v.as_bytes()]);
     }
     let mut args = alloc::vec![PROGRAM.as_bytes().to_vec()];
     if !query.is_empty() {

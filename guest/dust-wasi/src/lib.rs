@@ -11,9 +11,13 @@ pub mod cgi;
 pub mod wasi;
 
 use alloc::format;
+use alloc::vec::Vec;
 
 use dust_guest::http::{Request, Response};
 pub use wasi::Ctx;
+
+/// Bytes of stdout reserved before a run.
+const STDOUT_START: usize = 4096;
 
 /// How one run of the handler ended, as the engine saw it.
 pub enum End<'a> {
@@ -43,7 +47,10 @@ pub fn context(req: &Request, vm: &str, extra: &[(&str, &str)], quiet: bool) -> 
         args: inv.args,
         env: inv.env,
         stdin: req.body().to_vec(),
-        log_prefix: format!("[{vm}] "),
+        // Room for a typical response, so that writing it moves no bytes (each copy is
+        // emulated step by step here).
+        stdout: Vec::with_capacity(STDOUT_START),
+        log_prefix: ["[", vm, "] "].concat(),
         quiet,
         ..Default::default()
     }
