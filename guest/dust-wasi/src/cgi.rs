@@ -38,7 +38,7 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
     // Built from byte slices, without `core::fmt`, and each entry allocated once: in a
     // restored VM on an emulating KVM every instruction counts (docs/benchmarks.md,
     // "guestcost").
-    let mut env: Vec<Vec<u8>> = Vec::with_capacity(14 + req.headers().count() + extra.len());
+    let mut env: Vec<Vec<u8>> = Vec::with_capacity(24 + extra.len());
     let mut set = |k: &[&[u8]], v: &[&[u8]]| {
         let mut len = 1;
         for p in k.iter().chain(v) {
@@ -203,20 +203,16 @@ fn split_head(out: &[u8]) -> Option<(&[u8], &[u8])> {
     {
         return Some((&[], body));
     }
-    let mut i = 0;
-    while i < out.len() {
-        if out[i] == b'\n' {
-            match out.get(i + 1) {
-                Some(b'\n') => return Some((&out[..i], &out[i + 2..])),
-                Some(b'\r') if out.get(i + 2) == Some(&b'\n') => {
-                    return Some((&out[..i], &out[i + 3..]));
-                }
-                _ => {}
-            }
+    // From one line feed to the next (a tight search: each byte is an emulated step here).
+    let mut i = out.iter().position(|&b| b == b'\n')?;
+    loop {
+        let rest = &out[i + 1..];
+        match rest {
+            [b'\n', ..] => return Some((&out[..i], &out[i + 2..])),
+            [b'\r', b'\n', ..] => return Some((&out[..i], &out[i + 3..])),
+            _ => i += 1 + rest.iter().position(|&b| b == b'\n')?,
         }
-        i += 1;
     }
-    None
 }
 
 #[cfg(test)]
