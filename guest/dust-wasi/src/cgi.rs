@@ -6,12 +6,14 @@ use alloc::vec::Vec;
 
 use dust_guest::http::{Request, Response};
 
+use crate::strings::Strings;
+
 /// The handler's view of one request.
 pub struct Invocation {
     /// argv: the module name, then the query's `+`-separated words, percent-decoded.
     pub args: Vec<Vec<u8>>,
     /// `NAME=value` entries.
-    pub env: Vec<Vec<u8>>,
+    pub env: Strings,
 }
 
 /// argv[0] of every handler.
@@ -38,21 +40,13 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
     // Built from byte slices, without `core::fmt`, and each entry allocated once: in a
     // restored VM on an emulating KVM every instruction counts (docs/benchmarks.md,
     // "guestcost").
-    let mut env: Vec<Vec<u8>> = Vec::with_capacity(24 + extra.len());
+    let mut env = Strings::with_capacity(24 + extra.len(), 1024);
     let mut set = |k: &[&[u8]], v: &[&[u8]]| {
-        let mut len = 1;
-        for p in k.iter().chain(v) {
-            len += p.len();
-        }
-        let mut e = Vec::with_capacity(len);
-        for p in k {
-            e.extend_from_slice(p);
-        }
-        e.push(b'=');
-        for p in v {
-            e.extend_from_slice(p);
-        }
-        env.push(e);
+        let mut parts: [&[u8]; 6] = [b""; 6];
+        parts[..k.len()].copy_from_slice(k);
+        parts[k.len()] = b"=";
+        parts[k.len() + 1..k.len() + 1 + v.len()].copy_from_slice(v);
+        env.push(&parts[..k.len() + 1 + v.len()]);
     };
     let mut digits = [0u8; 20];
     set(&[b"GATEWAY_INTERFACE"], &[b"CGI/1.1"]);

@@ -8,6 +8,7 @@
 extern crate alloc;
 
 pub mod cgi;
+pub mod strings;
 pub mod wasi;
 
 use alloc::format;

@@ -34,8 +34,8 @@ const ESPIPE: i32 = 70;
 pub struct Ctx {
     /// argv, each without its NUL.
     pub args: Vec<Vec<u8>>,
-    /// `NAME=value` entries, each without its NUL.
-    pub env: Vec<Vec<u8>>,
+    /// `NAME=value` entries.
+    pub env: crate::strings::Strings,
     /// The request body.
     pub stdin: Vec<u8>,
     /// How much of it was read.
@@ -259,13 +259,19 @@ impl Ctx {
 
     /// `environ_sizes_get`.
     pub fn environ_sizes_get(&self, mem: &mut [u8], n: i32, size: i32) -> i32 {
-        let (count, bytes) = sizes(&self.env);
+        let (count, bytes) = (self.env.len() as u32, self.env.with_nuls().len() as u32);
         errno(put(mem, n, &count.to_le_bytes()).and_then(|()| put(mem, size, &bytes.to_le_bytes())))
     }
 
     /// `environ_get`.
     pub fn environ_get(&self, mem: &mut [u8], ptrs: i32, buf: i32) -> i32 {
-        errno(strings(mem, &self.env, ptrs, buf))
+        errno((|| {
+            for (i, &start) in self.env.starts().iter().enumerate() {
+                let at = (buf as u32).wrapping_add(start);
+                put(mem, ptrs.wrapping_add(4 * i as i32), &at.to_le_bytes())?;
+            }
+            put(mem, buf, self.env.with_nuls())
+        })())
     }
 
     /// `fd_read`: stdin only.
