@@ -93,7 +93,8 @@ impl Heap {
         let size = (c + 1) * CLASS;
         if BUMP.get() + size > BUMP_END.get() {
             // The rest of the old chunk (under SMALL_MAX bytes) is not used again.
-            let chunk = self.allocate(Layout::from_size_align(CHUNK, CLASS).unwrap());
+            // SAFETY: CHUNK is a multiple of CLASS, a power of two, far below isize::MAX.
+            let chunk = self.allocate(unsafe { Layout::from_size_align_unchecked(CHUNK, CLASS) });
             if chunk.is_null() {
                 return chunk;
             }
@@ -144,10 +145,10 @@ unsafe impl GlobalAlloc for Heap {
         // SAFETY: the caller's contract for `realloc`: `new_size` with this alignment is a
         // valid layout.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if let (Some(a), Some(b)) = (class(layout), class(new)) {
-            if a == b {
-                return ptr;
-            }
+        if let (Some(a), Some(b)) = (class(layout), class(new))
+            && a == b
+        {
+            return ptr;
         }
         // SAFETY: as for `alloc` and `dealloc`; the blocks do not overlap.
         unsafe {
