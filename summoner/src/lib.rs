@@ -17,6 +17,8 @@ pub mod component;
 pub mod config;
 pub mod conn;
 pub mod exit;
+#[cfg(feature = "fake-worker")]
+pub mod fake_worker;
 pub mod health;
 pub mod http;
 pub mod jail;

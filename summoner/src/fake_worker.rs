@@ -2,9 +2,13 @@
 //! (`vmm::worker::protocol`) on fd 3 and, once "started", answers the hybrid-vsock `CONNECT`
 //! on the VM's socket itself with a canned HTTP reply (its body is the VM id).
 //!
-//! It is this test binary run again (see [`args`]): the test [`CHILD_TEST`] serves the
+//! It is the calling test binary run again (see [`args`]): the test [`CHILD_TEST`] serves the
 //! protocol when the [`MARKER`] argument is present. What it does is picked by a
 //! `fake=<behaviour>` word in the service's command line, which reaches it in the VM config.
+//!
+//! Test support only, behind the `fake-worker` feature: summoner's and api's integration
+//! tests enable it as a dev-dependency; the daemon never builds it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is a failure
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -102,8 +106,8 @@ fn crash_exit() -> Event {
 
 /// The fake worker does not enter the jail the real one does, so the summoner must not
 /// prepare one for it.
-pub fn no_jail() -> summoner::jail::JailConfig {
-    summoner::jail::JailConfig {
+pub fn no_jail() -> crate::jail::JailConfig {
+    crate::jail::JailConfig {
         enabled: false,
         ..Default::default()
     }
