@@ -46,7 +46,8 @@ pub use config::{
 pub use kvm::KvmError;
 pub use loader::{check_image, ImageError};
 pub use memory::MemoryError;
+pub use snapshot::restore;
 pub use snapshot::SnapshotError;
 pub use timings::Timings;
 pub use vcpu::VmExit;
-pub use vm::{build, restore, BuildError, Killer, Vm, VmHandle, VmReport};
+pub use vm::{build, BuildError, Killer, Vm, VmHandle, VmReport};

@@ -24,7 +24,7 @@ use crate::timings::{since, Timings};
 use crate::vcpu::Vcpu;
 use crate::x86_64::{cpuid, gdt, mptable, paging, pvh, regs, zero_page};
 
-pub(super) fn mem_err(
+pub(crate) fn mem_err(
     what: &'static str,
 ) -> impl FnOnce(vm_memory::GuestMemoryError) -> BuildError {
     move |source| BuildError::GuestMemory { what, source }
@@ -131,7 +131,7 @@ fn create_irqchip(vm_fd: &VmFd) -> Result<(), BuildError> {
     Ok(vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?)
 }
 
-pub(super) fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
+pub(crate) fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,

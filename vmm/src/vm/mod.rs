@@ -1,10 +1,10 @@
 //! One VM: assembled by [`build`] (`build.rs`, devices in `platform.rs`) into a [`Vm`] shell
 //! that has never run guest code, then run by [`Vm::start`] and ended through [`VmHandle`]
-//! (`run.rs`).
+//! (`run.rs`). A snapshot's restore (`crate::snapshot::restore`) assembles the same shell
+//! from the same steps, which is why they and [`Vm`]'s parts are visible to the crate.
 
 mod build;
 mod platform;
-mod restore;
 mod run;
 
 use std::sync::{Arc, Mutex};
@@ -23,9 +23,10 @@ use crate::timings::Timings;
 use crate::vcpu::Vcpu;
 
 pub use build::build;
-pub use restore::restore;
-pub(crate) use run::Resources;
+pub(crate) use build::{mem_err, register_memory};
+pub(crate) use platform::{create_devices, Devices};
 pub use run::{Killer, VmHandle, VmReport};
+pub(crate) use run::{Resources, VcpuThreads};
 
 /// Why a VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -107,17 +108,17 @@ impl Vm {
 
 /// A built VM that has not run any guest code yet.
 pub struct Vm {
-    vm_fd: VmFd,
-    mem: GuestMem,
-    vcpus: Vec<Vcpu>,
-    threads: run::VcpuThreads,
-    state: Arc<RunState>,
-    serial: Arc<Mutex<Serial>>,
-    events: Option<EventLoop>,
-    timeout: Option<Duration>,
-    timings: Timings,
+    pub(crate) vm_fd: VmFd,
+    pub(crate) mem: GuestMem,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) threads: run::VcpuThreads,
+    pub(crate) state: Arc<RunState>,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) events: Option<EventLoop>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) timings: Timings,
     /// The vsock device's transport (saved into a snapshot).
-    vsock: Option<Arc<Mutex<::devices::virtio::MmioTransport>>>,
+    pub(crate) vsock: Option<Arc<Mutex<::devices::virtio::MmioTransport>>>,
     /// Restored from a snapshot: the guest is past ready.
-    restored: bool,
+    pub(crate) restored: bool,
 }

@@ -151,10 +151,10 @@ struct Launch {
 /// vCPU threads started ahead of their vCPUs. Dropped before the VM starts (a failed build,
 /// a VM never started), their channels close, the threads end and are joined.
 #[derive(Default)]
-pub(super) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
+pub(crate) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
 
 impl VcpuThreads {
-    pub(super) fn spawn(count: u8) -> Result<Self, BuildError> {
+    pub(crate) fn spawn(count: u8) -> Result<Self, BuildError> {
         let mut this = Self::default();
         for id in 0..count {
             let (go, wait) = mpsc::channel::<Launch>();
