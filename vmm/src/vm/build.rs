@@ -8,11 +8,11 @@ use devices::EventFdInterrupt;
 use dust_abi::devices as dev;
 use dust_abi::layout::{CMDLINE, CMDLINE_MAX};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::platform::create_devices;
+use super::platform::{create_devices, Devices};
 use super::run::VcpuThreads;
 use super::{BuildError, Vm};
 use crate::config::{BootProtocol, VmConfig};
@@ -71,7 +71,35 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     timings.devices_us = since(t);
 
     let t = Instant::now();
-    let seg = gdt::write_gdt(&mem).map_err(mem_err("the GDT"))?;
+    let vcpus = create_vcpus(kvm, &vm_fd, config, &mem, &devs, entry)?;
+    timings.vcpu_setup_us = since(t);
+
+    Ok(Vm {
+        vm_fd,
+        mem,
+        vcpus,
+        threads,
+        state,
+        serial: devs.serial,
+        events: devs.events,
+        timeout: config.timeout,
+        timings,
+        vsock: devs.vsock,
+        restored: false,
+    })
+}
+
+/// The vCPUs with their CPUID and MSRs; the boot vCPU also gets the registers that enter the
+/// image at `entry` by `config.boot`'s protocol.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    mem: &GuestMem,
+    devs: &Devices,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let seg = gdt::write_gdt(mem).map_err(mem_err("the GDT"))?;
     let base_cpuid = cpuid::supported(kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
@@ -103,21 +131,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             irqchip: config.irqchip,
         });
     }
-    timings.vcpu_setup_us = since(t);
-
-    Ok(Vm {
-        vm_fd,
-        mem,
-        vcpus,
-        threads,
-        state,
-        serial: devs.serial,
-        events: devs.events,
-        timeout: config.timeout,
-        timings,
-        vsock: devs.vsock,
-        restored: false,
-    })
+    Ok(vcpus)
 }
 
 fn create_irqchip(vm_fd: &VmFd) -> Result<(), BuildError> {

@@ -1,6 +1,7 @@
 //! `dust worker`: serve the [`protocol`](super::protocol) on fd 3 for one VM, then exit.
 
 use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -58,52 +59,9 @@ pub fn serve() -> u8 {
                 continue;
             }
         };
-        state = match (cmd, state) {
-            (Command::Build { vm_id: _, config }, State::Empty) => {
-                let vm = crate::build(&config).map_err(|e| e.to_string());
-                match shell(vm, &config.cmdline, &out) {
-                    Some(s) => s,
-                    None => return dust_abi::status::VMM_ERROR,
-                }
-            }
-            (Command::Restore { config }, State::Empty) => {
-                let vm = crate::restore(&config).map_err(|e| e.to_string());
-                match shell(vm, "", &out) {
-                    Some(s) => s,
-                    None => return dust_abi::status::VMM_ERROR,
-                }
-            }
-            (Command::Snapshot { config, dir }, State::Empty) => {
-                return match crate::snapshot::take(&config, &dir) {
-                    Ok(info) => {
-                        send(&out, &Event::Snapshotted { info });
-                        0
-                    }
-                    Err(e) => {
-                        send_error(&out, e.to_string());
-                        dust_abi::status::VMM_ERROR
-                    }
-                };
-            }
-            (Command::Start, State::Built(vm)) => match start(*vm, &out) {
-                Ok((killer, waiter)) => State::Running { killer, waiter },
-                Err(e) => {
-                    send_error(&out, e.to_string());
-                    return dust_abi::status::VMM_ERROR;
-                }
-            },
-            (Command::Stats, s) => {
-                let guest_us = match &s {
-                    State::Running { killer, .. } => killer.guest_us(),
-                    _ => 0,
-                };
-                send(&out, &Event::Stats { guest_us });
-                s
-            }
-            (cmd, s) => {
-                send_error(&out, format!("{cmd:?} is not valid now"));
-                s
-            }
+        state = match step(cmd, state, &out) {
+            ControlFlow::Continue(next) => next,
+            ControlFlow::Break(status) => return status,
         };
     }
     // The summoner went away: do not leave a guest running without an owner. The waiter
@@ -113,6 +71,56 @@ pub fn serve() -> u8 {
         let _ = waiter.join();
     }
     dust_abi::status::KILLED
+}
+
+/// One command in the VM's current state: the next state, or the worker's exit status once it
+/// must end (a snapshot taken, a shell or a start that failed).
+fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
+    let next = match (cmd, state) {
+        (Command::Build { vm_id: _, config }, State::Empty) => {
+            let vm = crate::build(&config).map_err(|e| e.to_string());
+            shell(vm, &config.cmdline, out).ok_or(dust_abi::status::VMM_ERROR)
+        }
+        (Command::Restore { config }, State::Empty) => {
+            let vm = crate::restore(&config).map_err(|e| e.to_string());
+            shell(vm, "", out).ok_or(dust_abi::status::VMM_ERROR)
+        }
+        (Command::Snapshot { config, dir }, State::Empty) => {
+            return ControlFlow::Break(match crate::snapshot::take(&config, &dir) {
+                Ok(info) => {
+                    send(out, &Event::Snapshotted { info });
+                    0
+                }
+                Err(e) => {
+                    send_error(out, e.to_string());
+                    dust_abi::status::VMM_ERROR
+                }
+            });
+        }
+        (Command::Start, State::Built(vm)) => match start(*vm, out) {
+            Ok((killer, waiter)) => Ok(State::Running { killer, waiter }),
+            Err(e) => {
+                send_error(out, e.to_string());
+                Err(dust_abi::status::VMM_ERROR)
+            }
+        },
+        (Command::Stats, s) => {
+            let guest_us = match &s {
+                State::Running { killer, .. } => killer.guest_us(),
+                _ => 0,
+            };
+            send(out, &Event::Stats { guest_us });
+            Ok(s)
+        }
+        (cmd, s) => {
+            send_error(out, format!("{cmd:?} is not valid now"));
+            Ok(s)
+        }
+    };
+    match next {
+        Ok(state) => ControlFlow::Continue(state),
+        Err(status) => ControlFlow::Break(status),
+    }
 }
 
 /// A shell was built or restored (or not): filter this thread before the shell is reported
