@@ -232,14 +232,7 @@ pub async fn handle(
     let mut req = req;
     to_http1(&mut req);
     if head_too_large(&req) {
-        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        refused_log(
-            &svc,
-            (method.as_str(), &path),
-            status,
-            "head over the guest's limits",
-        );
-        return Ok(text(status, "request header block too large".into()));
+        return Ok(refuse_large_head(&svc, (method.as_str(), &path)));
     }
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
@@ -254,11 +247,7 @@ pub async fn handle(
     let t = Instant::now();
     let result =
         tokio::time::timeout_at(deadline.into(), forward(&mut vm, summoned.stream, req)).await;
-    let resp = match result {
-        Err(_) => Err(SummonError::Timeout),
-        Ok(r) => r,
-    };
-    let resp = match resp {
+    let resp = match result.unwrap_or(Err(SummonError::Timeout)) {
         Ok(r) => r,
         Err(e) => {
             let f = Failure::of_vm(e, &vm);
@@ -273,23 +262,9 @@ pub async fn handle(
     svc.metrics.request_duration(total);
     outcome.settle(Outcome::ok);
 
+    let timing = server_timing(&svc, &phases, respond, guest, total);
     let (mut parts, body) = resp.into_parts();
     for_client(&mut parts.headers, version);
-    let timing = format!(
-        "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
-        ms(phases.queue),
-        ms(phases.spawn),
-        match (svc.pool.snapshot_mode(), phases.warm) {
-            (true, _) => "snapshot",
-            (false, true) => "warm",
-            (false, false) => "cold",
-        },
-        ms(phases.boot),
-        ms(phases.connect),
-        ms(respond),
-        ms(guest),
-        ms(total)
-    );
     let req = (&method, path.as_str());
     let (vm_id, done) = (Some(vm.vm_id.as_str()), crate::metrics::Outcome::ok);
     access_log(&svc, vm_id, req, parts.status, done, &timing);
@@ -305,6 +280,39 @@ pub async fn handle(
         deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
     };
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// 431 for a head the guest could not take, answered without a VM (and logged).
+fn refuse_large_head(svc: &ServiceInner, req: (&str, &str)) -> Response<RespBody> {
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    refused_log(svc, req, status, "head over the guest's limits");
+    text(status, "request header block too large".into())
+}
+
+/// The `Server-Timing` value of an answered request: each phase, how the shell was made
+/// (snapshot, warm, cold), the guest's CPU time and the total.
+fn server_timing(
+    svc: &ServiceInner,
+    phases: &summon::Phases,
+    respond: Duration,
+    guest: Duration,
+    total: Duration,
+) -> String {
+    format!(
+        "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
+        ms(phases.queue),
+        ms(phases.spawn),
+        match (svc.pool.snapshot_mode(), phases.warm) {
+            (true, _) => "snapshot",
+            (false, true) => "warm",
+            (false, false) => "cold",
+        },
+        ms(phases.boot),
+        ms(phases.connect),
+        ms(respond),
+        ms(guest),
+        ms(total)
+    )
 }
 
 /// Send the request to the guest; a guest that dies first is a 502.
