@@ -18,7 +18,9 @@ use crate::memory::GuestMem;
 use crate::run_state::RunState;
 use crate::timings::{since, Timings};
 use crate::vcpu::Vcpu;
-use crate::vm::{create_devices, mem_err, register_memory, BuildError, Devices, VcpuThreads, Vm};
+use crate::vm::{
+    create_devices, mem_err, register_memory, BuildError, Devices, Parts, VcpuThreads, Vm,
+};
 use crate::x86_64::cpuid;
 
 fn build_err(e: impl Into<BuildError>) -> SnapshotError {
@@ -58,19 +60,18 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
     let vcpu = restore_vcpu(kvm, &vm_fd, &config, &mem, &devs, &loaded)?;
     timings.vcpu_setup_us = since(t);
 
-    Ok(Vm {
+    let (vcpus, timeout) = (vec![vcpu], config.timeout);
+    let parts = Parts {
         vm_fd,
         mem,
-        vcpus: vec![vcpu],
+        vcpus,
         threads,
         state,
-        serial: devs.serial,
-        events: devs.events,
-        timeout: config.timeout,
+        devs,
+        timeout,
         timings,
-        vsock: devs.vsock,
-        restored: true,
-    })
+    };
+    Ok(Vm::assemble(parts, true))
 }
 
 /// The template's config with the restored VM's own id, vsock socket, serial and timeout;

@@ -14,7 +14,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::platform::{create_devices, Devices};
 use super::run::VcpuThreads;
-use super::{BuildError, Vm};
+use super::{BuildError, Parts, Vm};
 use crate::config::{BootProtocol, VmConfig};
 use crate::kvm::{kvm, kvm_err};
 use crate::loader;
@@ -74,19 +74,18 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     let vcpus = create_vcpus(kvm, &vm_fd, config, &mem, &devs, entry)?;
     timings.vcpu_setup_us = since(t);
 
-    Ok(Vm {
+    let timeout = config.timeout;
+    let parts = Parts {
         vm_fd,
         mem,
         vcpus,
         threads,
         state,
-        serial: devs.serial,
-        events: devs.events,
-        timeout: config.timeout,
+        devs,
+        timeout,
         timings,
-        vsock: devs.vsock,
-        restored: false,
-    })
+    };
+    Ok(Vm::assemble(parts, false))
 }
 
 /// The vCPUs with their CPUID and MSRs; the boot vCPU also gets the registers that enter the

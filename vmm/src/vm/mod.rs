@@ -1,7 +1,7 @@
 //! One VM: assembled by [`build`] (`build.rs`, devices in `platform.rs`) into a [`Vm`] shell
 //! that has never run guest code, then run by [`Vm::start`] and ended through [`VmHandle`]
 //! (`run.rs`). A snapshot's restore (`crate::snapshot::restore`) assembles the same shell
-//! from the same steps, which is why they and [`Vm`]'s parts are visible to the crate.
+//! from the same steps ([`Parts`]), which is why they are visible to the crate.
 
 mod build;
 mod platform;
@@ -99,7 +99,37 @@ pub enum BuildError {
     Thread(std::io::Error),
 }
 
+/// What a shell is made of, whether booted ([`build`]) or restored from a snapshot
+/// (`crate::snapshot::restore`).
+pub(crate) struct Parts {
+    pub vm_fd: VmFd,
+    pub mem: GuestMem,
+    pub vcpus: Vec<Vcpu>,
+    pub threads: VcpuThreads,
+    pub state: Arc<RunState>,
+    pub devs: Devices,
+    pub timeout: Option<Duration>,
+    pub timings: Timings,
+}
+
 impl Vm {
+    /// The shell of `parts`; `restored`: its guest is past ready.
+    pub(crate) fn assemble(parts: Parts, restored: bool) -> Self {
+        Self {
+            vm_fd: parts.vm_fd,
+            mem: parts.mem,
+            vcpus: parts.vcpus,
+            threads: parts.threads,
+            state: parts.state,
+            serial: parts.devs.serial,
+            events: parts.devs.events,
+            timeout: parts.timeout,
+            timings: parts.timings,
+            vsock: parts.devs.vsock,
+            restored,
+        }
+    }
+
     /// The state its threads will share.
     pub(crate) fn run_state_ref(&self) -> &Arc<RunState> {
         &self.state
@@ -108,17 +138,17 @@ impl Vm {
 
 /// A built VM that has not run any guest code yet.
 pub struct Vm {
-    pub(crate) vm_fd: VmFd,
-    pub(crate) mem: GuestMem,
-    pub(crate) vcpus: Vec<Vcpu>,
-    pub(crate) threads: run::VcpuThreads,
-    pub(crate) state: Arc<RunState>,
-    pub(crate) serial: Arc<Mutex<Serial>>,
-    pub(crate) events: Option<EventLoop>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) timings: Timings,
+    vm_fd: VmFd,
+    mem: GuestMem,
+    vcpus: Vec<Vcpu>,
+    threads: VcpuThreads,
+    state: Arc<RunState>,
+    serial: Arc<Mutex<Serial>>,
+    events: Option<EventLoop>,
+    timeout: Option<Duration>,
+    timings: Timings,
     /// The vsock device's transport (saved into a snapshot).
-    pub(crate) vsock: Option<Arc<Mutex<::devices::virtio::MmioTransport>>>,
+    vsock: Option<Arc<Mutex<::devices::virtio::MmioTransport>>>,
     /// Restored from a snapshot: the guest is past ready.
-    pub(crate) restored: bool,
+    restored: bool,
 }
