@@ -135,25 +135,7 @@ pub fn serve() -> ! {
                 let timings = Timings::default();
                 send(&out, &Event::Built { timings });
             }
-            Command::Snapshot { config, dir } => {
-                // A "template": the behaviour goes into the snapshot directory, which the
-                // restored shells read back.
-                let behaviour = Behaviour::from_cmdline(&config.cmdline);
-                if behaviour == Behaviour::BuildFails || behaviour == Behaviour::Crashes {
-                    let message = "fake: the guest did not reach ready".to_string();
-                    send(&out, &Event::Error { message });
-                    std::process::exit(i32::from(dust_abi::status::VMM_ERROR));
-                }
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("snapshot"), &config.cmdline).unwrap();
-                let info = vmm::snapshot::SnapshotInfo {
-                    guest_us: GUEST_US,
-                    total_us: GUEST_US,
-                    memory_bytes: 4096,
-                };
-                send(&out, &Event::Snapshotted { info });
-                std::process::exit(0);
-            }
+            Command::Snapshot { config, dir } => template(&config.cmdline, &dir, &out),
             Command::Restore { config } => {
                 let cmdline = std::fs::read_to_string(config.snapshot.join("snapshot")).unwrap();
                 let behaviour = Behaviour::from_cmdline(&cmdline);
@@ -162,26 +144,48 @@ pub fn serve() -> ! {
                 let timings = Timings::default();
                 send(&out, &Event::Built { timings });
             }
-            Command::Start => {
-                let (vm_id, behaviour, listener) = vm.take().unwrap();
-                match behaviour {
-                    Behaviour::Crashes => {
-                        send(&out, &crash_exit());
-                        std::process::exit(i32::from(dust_abi::status::GUEST_CRASH));
-                    }
-                    Behaviour::NeverReady => {}
-                    _ => {
-                        send(&out, &Event::Ready { since_start_us: 1 });
-                        let out = out.clone();
-                        std::thread::spawn(move || guest(&vm_id, behaviour, &listener, &out));
-                    }
-                }
-            }
+            Command::Start => start(vm.take().unwrap(), &out),
             Command::Stats => send(&out, &Event::Stats { guest_us: GUEST_US }),
         }
     }
     // The summoner went away: the VM dies with it.
     std::process::exit(i32::from(dust_abi::status::KILLED));
+}
+
+/// A "template": the behaviour goes into the snapshot directory, which the restored
+/// shells read back. The worker then exits, as a real one does after a snapshot.
+fn template(cmdline: &str, dir: &std::path::Path, out: &Out) -> ! {
+    let behaviour = Behaviour::from_cmdline(cmdline);
+    if behaviour == Behaviour::BuildFails || behaviour == Behaviour::Crashes {
+        let message = "fake: the guest did not reach ready".to_string();
+        send(out, &Event::Error { message });
+        std::process::exit(i32::from(dust_abi::status::VMM_ERROR));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("snapshot"), cmdline).unwrap();
+    let info = vmm::snapshot::SnapshotInfo {
+        guest_us: GUEST_US,
+        total_us: GUEST_US,
+        memory_bytes: 4096,
+    };
+    send(out, &Event::Snapshotted { info });
+    std::process::exit(0);
+}
+
+/// Start the built shell: crash, never get ready, or get ready and serve as a guest.
+fn start((vm_id, behaviour, listener): (String, Behaviour, UnixListener), out: &Out) {
+    match behaviour {
+        Behaviour::Crashes => {
+            send(out, &crash_exit());
+            std::process::exit(i32::from(dust_abi::status::GUEST_CRASH));
+        }
+        Behaviour::NeverReady => {}
+        _ => {
+            send(out, &Event::Ready { since_start_us: 1 });
+            let out = out.clone();
+            std::thread::spawn(move || guest(&vm_id, behaviour, &listener, &out));
+        }
+    }
 }
 
 /// The fake guest behind the vsock socket.
