@@ -1,7 +1,7 @@
 //! `dust worker`: serve the [`protocol`](super::protocol) on fd 3 for one VM, then exit.
 
 use std::io::{BufRead, BufReader, Write};
-use std::ops::ControlFlow;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -60,8 +60,8 @@ pub fn serve() -> u8 {
             }
         };
         state = match step(cmd, state, &out) {
-            ControlFlow::Continue(next) => next,
-            ControlFlow::Break(status) => return status,
+            Continue(next) => next,
+            Break(status) => return status,
         };
     }
     // The summoner went away: do not leave a guest running without an owner. The waiter
@@ -74,34 +74,23 @@ pub fn serve() -> u8 {
 }
 
 /// One command in the VM's current state: the next state, or the worker's exit status once it
-/// must end (a snapshot taken, a shell or a start that failed).
+/// must end (a snapshot taken or failed, a shell or a start that failed).
 fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
-    let next = match (cmd, state) {
+    match (cmd, state) {
         (Command::Build { vm_id: _, config }, State::Empty) => {
             let vm = crate::build(&config).map_err(|e| e.to_string());
-            shell(vm, &config.cmdline, out).ok_or(dust_abi::status::VMM_ERROR)
+            shell(vm, &config.cmdline, out).map_or(Break(dust_abi::status::VMM_ERROR), Continue)
         }
         (Command::Restore { config }, State::Empty) => {
             let vm = crate::restore(&config).map_err(|e| e.to_string());
-            shell(vm, "", out).ok_or(dust_abi::status::VMM_ERROR)
+            shell(vm, "", out).map_or(Break(dust_abi::status::VMM_ERROR), Continue)
         }
-        (Command::Snapshot { config, dir }, State::Empty) => {
-            return ControlFlow::Break(match crate::snapshot::take(&config, &dir) {
-                Ok(info) => {
-                    send(out, &Event::Snapshotted { info });
-                    0
-                }
-                Err(e) => {
-                    send_error(out, e.to_string());
-                    dust_abi::status::VMM_ERROR
-                }
-            });
-        }
+        (Command::Snapshot { config, dir }, State::Empty) => Break(snapshot(&config, &dir, out)),
         (Command::Start, State::Built(vm)) => match start(*vm, out) {
-            Ok((killer, waiter)) => Ok(State::Running { killer, waiter }),
+            Ok((killer, waiter)) => Continue(State::Running { killer, waiter }),
             Err(e) => {
                 send_error(out, e.to_string());
-                Err(dust_abi::status::VMM_ERROR)
+                Break(dust_abi::status::VMM_ERROR)
             }
         },
         (Command::Stats, s) => {
@@ -110,16 +99,26 @@ fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
                 _ => 0,
             };
             send(out, &Event::Stats { guest_us });
-            Ok(s)
+            Continue(s)
         }
         (cmd, s) => {
             send_error(out, format!("{cmd:?} is not valid now"));
-            Ok(s)
+            Continue(s)
         }
-    };
-    match next {
-        Ok(state) => ControlFlow::Continue(state),
-        Err(status) => ControlFlow::Break(status),
+    }
+}
+
+/// Take a template into `dir` and report it; returns the worker's exit status.
+fn snapshot(config: &crate::VmConfig, dir: &std::path::Path, out: &Out) -> u8 {
+    match crate::snapshot::take(config, dir) {
+        Ok(info) => {
+            send(out, &Event::Snapshotted { info });
+            0
+        }
+        Err(e) => {
+            send_error(out, e.to_string());
+            dust_abi::status::VMM_ERROR
+        }
     }
 }
 
