@@ -162,9 +162,14 @@ async fn same_as_wasmtime(name: &str, dust: SocketAddr, peer: SocketAddr, log: &
     assert_eq!(r.status, 418, "{name}");
 }
 
+/// Serialises the tests that count this process's children: a peer or a VM of another
+/// test would be counted too.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_components_answer_as_wasmtime_serve_does() {
     require_kvm!();
+    let _one = ONE_AT_A_TIME.lock().await;
     // Short names: a VM's vsock socket path (run dir, service and VM id) must fit SUN_LEN.
     let tmp = TempDir::new("cpeer");
     let s = summoner(&tmp);
@@ -182,6 +187,7 @@ async fn example_components_answer_as_wasmtime_serve_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_gets_a_fresh_instance_and_failures_are_502_or_504() {
     require_kvm!();
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = TempDir::new("cstate");
     let s = summoner(&tmp);
     let log = tmp.path().join("state.log");
