@@ -4,8 +4,8 @@
 //! calls `wasi:http/incoming-handler.handle` on an instance no request used before, which
 //! is freed only after the answer went out.
 //!
-//! `warmup=1` (snapshot templates): the core modules are translated whole (up to 1 MiB of
-//! component; lazily otherwise) and, as in `dust-wasm`, a `GET /` is answered on a
+//! `warmup=1` (snapshot templates): the core modules are translated whole (up to 512 KiB
+//! of component; lazily otherwise) and, as in `dust-wasm`, a `GET /` is answered on a
 //! throwaway instance before the snapshot;
 //! `fuel=N` per request (out of fuel answers 504); a trap, an exit or a handler that sets
 //! no response answers 502, with the reason in the serial log prefixed with the VM id.
@@ -28,9 +28,9 @@ dust_guest::entry!(main);
 /// vsock port.
 const PORT: u32 = 80;
 /// The largest component translated whole before the snapshot (about 30 KB a second
-/// here: an 87 KB component adds ~3 s to the template's start; the translated code of a
-/// bigger one would crowd [`OVERHEAD`]).
-const EAGER_MAX: usize = 1 << 20;
+/// here: an 87 KB component adds ~3 s to the template's start, which has 120 s; the
+/// translated code of a much bigger one would also crowd [`OVERHEAD`]).
+const EAGER_MAX: usize = 512 << 10;
 /// Extra fuel of the warm-up run per byte of component, for translating functions.
 const WARMUP_FUEL_PER_BYTE: u64 = 8;
 /// Guest memory kept for the runtime, the compiled code and the request.
