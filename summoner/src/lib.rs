@@ -12,11 +12,9 @@
 //! - [`listen`]: sockets inherited through systemd socket activation, or bound.
 
 pub mod admission;
-pub mod cgroup;
 pub mod component;
 pub mod config;
 pub mod conn;
-pub mod exit;
 pub mod health;
 pub mod http;
 pub mod jail;
@@ -24,7 +22,6 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
-pub mod process;
 mod refuse;
 pub mod registry;
 pub mod rundir;
@@ -35,7 +32,6 @@ pub mod tcp;
 pub mod template;
 pub mod wasm;
 pub mod worker;
-pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -162,7 +158,7 @@ impl Summoner {
         }
         // `dust worker` forks workers as a zygote; stand-ins may not.
         let zygote = (args.len() == 1 && args[0] == "worker" && !no_zygote())
-            .then(|| Arc::new(zygote::Zygote::new(exe.clone())));
+            .then(|| Arc::new(dust_jail::zygote::Zygote::new(exe.clone())));
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
@@ -471,7 +467,9 @@ impl Summoner {
         }
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
-        jail::released(Duration::from_secs(5)).await;
+        if let Some(j) = &self.spawner.jail {
+            j.released(Duration::from_secs(5)).await;
+        }
         if let Some(z) = &self.spawner.zygote {
             z.stop();
         }

@@ -168,7 +168,7 @@ fn start(args: ServeArgs) -> Result<ExitCode, Stop> {
     // Before the runtime starts threads: this edits the environment.
     balancer::adopt_sockets()?;
     // Before the runtime starts a thread, so that all of them inherit it (security.md).
-    vmm::seccomp::apply_daemon()?;
+    dust_jail::seccomp::apply_daemon()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Timings, VmConfig, VmExit};
 
-/// The fd the worker's control socket is on.
-pub const CONTROL_FD: i32 = 3;
+/// The fd the worker's control socket is on (the jail's: its seccomp trap reports there).
+pub const CONTROL_FD: i32 = dust_jail::CONTROL_FD;
 
 /// Summoner -> worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]

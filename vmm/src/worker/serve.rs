@@ -125,7 +125,7 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
             return None;
         }
     };
-    if let Err(e) = crate::seccomp::worker_built(cmdline) {
+    if let Err(e) = dust_jail::seccomp::worker_built(cmdline) {
         send_error(out, e.to_string());
         return None;
     }
@@ -136,7 +136,7 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
 
 /// Start the VM; a waiter thread reports its end and exits the process.
 fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
-    crate::seccomp::worker_starting();
+    dust_jail::seccomp::worker_starting();
     let t0 = Instant::now();
     let ready_out = out.clone();
     vm.on_ready(move |at| {
