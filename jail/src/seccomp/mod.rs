@@ -17,12 +17,16 @@ use std::sync::OnceLock;
 
 use seccompiler::{BpfMap, BpfProgram, TargetArch};
 
+mod prefilter;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 mod trap;
 
 /// The allowlists, one per thread kind.
 const ALLOWLIST: &str = include_str!("allowlist.json");
+
+/// The x86_64 syscall names, line n = syscall n (seccompiler's table).
+const NAMES: &str = include_str!("syscalls_x86_64.txt");
 
 /// Why filtering could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,13 @@ struct Filters {
     vcpu: BpfProgram,
     events: BpfProgram,
     no_clone3: BpfProgram,
+    /// Each allowlist's [`prefilter`], installed just before it (`None`: an allowlist the
+    /// prefilter cannot express; it is then installed alone, only slower).
+    pre: [Option<BpfProgram>; 3],
+}
+
+fn pre(kind: ThreadKind) -> Option<BpfProgram> {
+    prefilter::named(ALLOWLIST, kind.key(), NAMES).and_then(|nrs| prefilter::build(&nrs))
 }
 
 static FILTERS: OnceLock<Filters> = OnceLock::new();
@@ -93,6 +104,11 @@ pub fn enable() -> Result<(), SeccompError> {
         vcpu: take(&mut map, "vcpu")?,
         events: take(&mut map, "events")?,
         no_clone3: take(&mut map, "no_clone3")?,
+        pre: [
+            pre(ThreadKind::Main),
+            pre(ThreadKind::Vcpu),
+            pre(ThreadKind::Events),
+        ],
     };
     trap::install().map_err(SeccompError::Handler)?;
     let _ = FILTERS.set(filters);
@@ -144,7 +160,7 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     let Some(f) = FILTERS.get() else {
         return Ok(());
     };
-    let prog = match kind {
+    let (prog, pre) = match kind {
         ThreadKind::Main => {
             // glibc starts threads with clone3, whose flags a filter cannot read: make it
             // fail with ENOSYS so that glibc falls back to clone, whose flags the main
@@ -153,12 +169,18 @@ pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
                 what: "no_clone3",
                 source,
             })?;
-            &f.main
+            (&f.main, &f.pre[0])
         }
-        ThreadKind::Vcpu => &f.vcpu,
-        ThreadKind::Events => &f.events,
+        ThreadKind::Vcpu => (&f.vcpu, &f.pre[1]),
+        ThreadKind::Events => (&f.events, &f.pre[2]),
     };
     trap::set_kind(kind.key());
+    if let Some(pre) = pre {
+        seccompiler::apply_filter(pre).map_err(|source| SeccompError::Install {
+            what: kind.key(),
+            source,
+        })?;
+    }
     seccompiler::apply_filter(prog).map_err(|source| SeccompError::Install {
         what: kind.key(),
         source,

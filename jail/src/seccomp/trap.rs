@@ -9,7 +9,7 @@ use std::cell::Cell;
 use libc::{c_int, c_void, siginfo_t};
 
 /// Syscall names by number, one a line (from the kernel's `asm/unistd_64.h`).
-const NAMES: &str = include_str!("syscalls_x86_64.txt");
+use super::NAMES;
 
 thread_local! {
     /// The calling thread's filter, for the report.
