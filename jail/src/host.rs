@@ -225,9 +225,6 @@ impl Jail {
             .chroot_base
             .clone()
             .unwrap_or_else(|| run_dir.to_path_buf());
-        if privileged {
-            sweep_roots(&base);
-        }
         Self {
             base,
             config,
@@ -308,27 +305,49 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Remove per-VM roots a daemon that did not shut down cleanly left in `base` (a
-/// directory holding exactly what [`make_root`] makes: an `image` file and a `run/`).
+/// Remove per-VM roots a daemon that did not shut down cleanly left in `base`: directories
+/// holding nothing but what [`make_root`] makes (`image`, `initrd`, `serial`, `run/`,
+/// `snapshot/`), so also one it was killed in the middle of making. Template snapshot
+/// directories (`.snap`) are the run dir's own sweep.
 fn sweep_roots(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
+    let made = [
+        crate::IMAGE,
+        crate::INITRD,
+        crate::SERIAL,
+        crate::RUN,
+        crate::SNAPSHOT,
+    ];
     for e in entries.flatten() {
         let p = e.path();
-        if p.join(&crate::IMAGE[1..]).is_file() && p.join(&crate::RUN[1..]).is_dir() {
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || p.extension().is_some_and(|x| x == "snap") {
+            continue;
+        }
+        let Ok(inside) = std::fs::read_dir(&p) else {
+            continue;
+        };
+        let ours = inside
+            .flatten()
+            .all(|f| made.iter().any(|m| f.file_name().as_os_str() == &m[1..]));
+        if ours {
             let _ = std::fs::remove_dir_all(&p);
         }
     }
 }
 
 impl Jail {
-    /// This daemon holds the run dir, so every VM cgroup under its cgroup directory is a
-    /// dead predecessor's: kill what still runs there (workers still exiting) and remove
-    /// them.
+    /// This daemon holds the run dir, so every VM cgroup under its cgroup directory and
+    /// every per-VM root in its base is a dead predecessor's: kill what still runs there
+    /// (workers still exiting), remove the cgroups, then the roots.
     pub fn reclaim(&self) {
         if let Some(h) = &self.cgroups {
             h.reclaim(&self.cgroup_dir);
+        }
+        if self.privileged {
+            sweep_roots(&self.base);
         }
     }
 
