@@ -401,3 +401,56 @@ fn make_root(root: &Path, uid: u32, gid: u32, files: &VmFiles) -> io::Result<()>
         ctx(e)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_vm_jail_owns_its_root_and_cgroups_and_removes_them() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("*** SKIPPED: the jail's roots and cgroups need root ***");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("dust-vmjail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("image.elf");
+        std::fs::write(&image, b"x").unwrap();
+        let config = JailConfig {
+            cgroup_parent: "dust-unit-vmjail".into(),
+            ..JailConfig::default()
+        };
+        let jail = Jail::new(config, &dir.join("run"));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let files = VmFiles {
+            image: image.clone(),
+            initrd: None,
+            serial: None,
+            snapshot: None,
+            memory_mib: 16,
+            memory_limit_mib: None,
+        };
+        let a = jail.prepare("vm-a", files.clone()).unwrap();
+        let b = jail.prepare("vm-b", files).unwrap();
+        let root = dir.join("run/vm-a");
+        assert!(a.own_root() && root.join("image").is_file() && root.join("run").is_dir());
+        assert_eq!(a.vsock(), Some(root.join("run/vm.vsock")));
+        assert_eq!(a.spec().image, image);
+        let cgroups = a.spec().cgroups.clone();
+        assert_eq!(cgroups.is_empty(), jail.cgroups.is_none());
+        assert!(cgroups.iter().all(|c| c.is_dir()), "{cgroups:?}");
+        a.release();
+        assert!(!root.exists());
+        assert!(cgroups.iter().all(|c| !c.exists()), "{cgroups:?}");
+        // Dropping one releases it too; then nothing is left to wait for.
+        let b_root = dir.join("run/vm-b");
+        assert!(b_root.is_dir());
+        drop(b);
+        assert!(!b_root.exists());
+        assert_eq!(jail.live.load(Ordering::SeqCst), 0);
+        jail.released(std::time::Duration::from_secs(5)).await;
+        jail.finish();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
