@@ -290,7 +290,11 @@ fn service_details(s: &Service) -> String {
         ("listen", c.listen.to_string()),
         ("address", s.address.to_string()),
         ("mode", c.mode.to_string()),
-        ("runs", runs(c)),
+        ("runs", runs(s)),
+        (
+            "engine_running",
+            or_default(s.engine_running.map(|e| e.to_string()), "-"),
+        ),
         ("cmdline", format!("{:?}", c.cmdline)),
         ("memory_mib", c.memory_mib.to_string()),
         (
@@ -337,11 +341,17 @@ fn service_details(s: &Service) -> String {
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
-/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`.
-fn runs(c: &ServiceConfig) -> String {
-    match &c.workload {
+/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`, the engine
+/// that runs it (and the one asked for when that differs: a component on the interpreter).
+fn runs(s: &Service) -> String {
+    match &s.config.workload {
         Workload::Image(i) => i.display().to_string(),
-        Workload::Wasm(w) => format!("wasm:{} ({})", w.module.display(), w.engine),
+        Workload::Wasm(w) => match s.engine_running {
+            Some(e) if e != w.engine => {
+                format!("wasm:{} ({e}; {} asked)", w.module.display(), w.engine)
+            }
+            _ => format!("wasm:{} ({})", w.module.display(), w.engine),
+        },
     }
 }
 
@@ -379,7 +389,7 @@ fn service_table(services: &[Service]) -> String {
             s.stats.running,
             s.stats.idle,
             s.stats.waiting,
-            runs(&s.config)
+            runs(s)
         );
     }
     out

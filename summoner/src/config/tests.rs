@@ -291,6 +291,7 @@ fn counts_past_max_count_and_zero_fuel_are_refused() {
         engine: Engine::Interpreter,
         fuel: Some(0),
         compiled: None,
+        interpreter: None,
     });
     assert!(matches!(
         c.validate(),
@@ -314,6 +315,7 @@ fn a_service_runs_an_image_or_a_module_never_both() {
         engine: Engine::Interpreter,
         fuel: Some(5),
         compiled: None,
+        interpreter: None,
     };
     assert_eq!(
         (c.workload.clone(), c.snapshot),
