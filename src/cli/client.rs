@@ -478,11 +478,18 @@ async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError>
     let name = a.name.clone();
     let cfg = a.config(conn).await?;
     let body = serde_json::to_string(&cfg).map_err(|e| CliError::new("internal", e.to_string()))?;
+    // Creating a wasm service compiles it and takes a snapshot: seconds, with a spinner.
+    let doing = if replace { "replacing" } else { "adding" };
+    let waiting = super::progress::spinner(format!("dust: {doing} {name}"));
     let r = if replace {
-        request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await?
+        request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await
     } else {
-        request(conn, "POST", "/v1/services", Some(body)).await?
+        request(conn, "POST", "/v1/services", Some(body)).await
     };
+    if let Some(w) = waiting {
+        w.finish_and_clear();
+    }
+    let r = r?;
     let verb = match r.status {
         201 => "added",
         200 if replace => "replaced",
@@ -492,6 +499,10 @@ async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError>
         return Ok(text(&r.body));
     }
     let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+    // What the creation did, on stderr: stdout stays the one line scripts read.
+    for step in &s.creation {
+        eprintln!("{}", super::progress::line(&name, step));
+    }
     Ok(format!("{verb} {name} on {}\n", s.address))
 }
 
