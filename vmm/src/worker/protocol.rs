@@ -115,3 +115,33 @@ pub enum Event {
         message: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_output_travels_with_the_exit_and_may_be_absent() {
+        let exited = Event::Exited {
+            exit: VmExit::Crash("triple fault".into()),
+            timings: Timings::default(),
+            output: Output {
+                text: "[vm-1] handler trapped: unreachable\n".into(),
+                dropped: 3,
+            },
+        };
+        let line = serde_json::to_string(&exited).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Event>(&line).ok(), Some(exited));
+        // A worker that wrote nothing sends no output; one from before it existed reads.
+        let quiet = Event::Exited {
+            exit: VmExit::Crash("x".into()),
+            timings: Timings::default(),
+            output: Output::default(),
+        };
+        let line = serde_json::to_string(&quiet).unwrap_or_default();
+        assert!(!line.contains("output"), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).ok(), Some(quiet));
+        let asked = serde_json::from_str::<Command>(r#"{"op":"output"}"#);
+        assert!(matches!(asked, Ok(Command::Output)));
+    }
+}
