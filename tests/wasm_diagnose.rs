@@ -51,6 +51,11 @@ fn a_trapping_handler_says_why_in_the_daemon_log_without_a_serial_file() {
         api.clone().into(),
     ];
     let (d, addr) = start(dir, api, &args);
+    // Creating it said what it did, with durations (plain lines: stderr is a pipe).
+    let started = log_line(&d, &["dust: diag: booting the template VM"]);
+    assert!(started.ends_with("..."), "{started}");
+    let took = log_line(&d, &["dust: diag: template "]);
+    assert!(took.contains(" s (") && took.contains("snapshot"), "{took}");
 
     let r = http_get(addr, "/trap").unwrap();
     assert_eq!(r.status, 502);
