@@ -155,6 +155,10 @@ fn cli_add_replace_show_and_json_answers() {
     let web = d.json("/v1/services/web");
     let address = web["address"].as_str().unwrap().to_string();
     assert!(!address.ends_with(":0"), "{web}");
+    assert!(
+        web.get("engine_running").is_none(),
+        "an image service: {web}"
+    );
     assert_eq!(out, format!("added web on {address}\n"));
     assert_eq!(
         web["image"].as_str().unwrap(),
@@ -187,6 +191,7 @@ fn cli_add_replace_show_and_json_answers() {
         "memory_limit_mib  200".to_string(),
         "cmdline           \"greeting=hi\"".to_string(),
         "serial            stdout".to_string(),
+        "engine_running    -".to_string(),
         "idle_timeout      1m 30s".to_string(),
         "max_connections   7".to_string(),
     ] {
