@@ -31,6 +31,18 @@ fn log_line(d: &Daemon, needles: &[&str]) -> String {
 #[test]
 fn a_trapping_handler_says_why_in_the_daemon_log_without_a_serial_file() {
     require_kvm!();
+    // The interpreter needs no compiler toolchain, and its template step shows.
+    trap_is_diagnosed("interpreter");
+}
+
+#[test]
+fn a_trapping_compiled_handler_says_why_too() {
+    require_kvm!();
+    trap_is_diagnosed("aot");
+}
+
+/// Serve hello-rust on `engine` with no serial file; `/trap` must be diagnosable.
+fn trap_is_diagnosed(engine: &str) {
     let dir = TempDir::new("wasm-diagnose");
     let api = dir.path().join("api.sock");
     let wasm = example("hello-rust");
@@ -42,9 +54,8 @@ fn a_trapping_handler_says_why_in_the_daemon_log_without_a_serial_file() {
         "diag".into(),
         "--wasm".into(),
         wasm.into(),
-        // The interpreter needs no compiler toolchain; both engines report alike.
         "--engine".into(),
-        "interpreter".into(),
+        engine.into(),
         "--request-deadline".into(),
         "60s".into(),
         "--api-socket".into(),
@@ -56,6 +67,13 @@ fn a_trapping_handler_says_why_in_the_daemon_log_without_a_serial_file() {
     assert!(started.ends_with("..."), "{started}");
     let took = log_line(&d, &["dust: diag: template "]);
     assert!(took.contains(" s (") && took.contains("snapshot"), "{took}");
+    if engine == "aot" {
+        let compiled = log_line(&d, &["dust: diag: compile "]);
+        assert!(
+            compiled.contains("KB of C") || compiled.contains("cached image"),
+            "{compiled}"
+        );
+    }
 
     let r = http_get(addr, "/trap").unwrap();
     assert_eq!(r.status, 502);
