@@ -344,3 +344,38 @@ fn creating_a_snapshot_service_tells_its_steps_with_durations() {
     let log = d.log.lock().unwrap().join("\n");
     assert!(log.contains("creating the service: template done"), "{log}");
 }
+
+#[test]
+fn a_template_that_fails_leaves_its_guest_output_in_the_log() {
+    require_kvm!();
+    let (d, _) = daemon("base", "spin", &["--pool", "0"]);
+    let o = dust()
+        .args(["services", "add", "boom", "--image"])
+        .arg(guest("crash"))
+        .args(["--listen", "127.0.0.1:0", "--snapshot", "--socket"])
+        .arg(&d.api)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the daemon's log has the guest's last serial output"),
+        "{err}"
+    );
+    // No serial file: the daemon's log has what the guest said before it died.
+    let t = Instant::now();
+    let line = loop {
+        let log = d.log.lock().unwrap();
+        let found = log
+            .iter()
+            .find(|l| l.contains("dust::guest") && l.contains("service=\"boom\""))
+            .cloned();
+        drop(log);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no dust::guest line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains("crash: triple faulting"), "{line}");
+}

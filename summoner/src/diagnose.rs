@@ -4,7 +4,8 @@
 //! handler's stderr) are logged with the service and VM id, whether or not the service has
 //! a serial file. The worker keeps those bytes in a bounded buffer
 //! (`devices::legacy::TAIL_BYTES`); the log lines are rate-limited per service, so a
-//! failing service cannot flood the log either.
+//! failing service cannot flood the log either. A snapshot template that fails before it is
+//! saved has its output logged the same way.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -78,6 +79,22 @@ impl GuestLog {
             "request failed; the guest's last serial output"
         );
     }
+}
+
+/// Log what the template VM `vm` of `service` wrote last, its creation having failed (a
+/// warm-up that trapped, a guest that panicked before ready). Creations are rare: no limit.
+pub fn template_failed(service: &str, vm: &str, output: &Output) {
+    if output.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        target: "dust::guest",
+        service,
+        vm,
+        dropped = output.dropped,
+        output = ?output.text,
+        "service creation failed; the template guest's last serial output"
+    );
 }
 
 #[cfg(test)]

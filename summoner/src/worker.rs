@@ -264,13 +264,14 @@ impl Spawner {
     }
 
     /// A template: a worker boots `config` to its guest's ready and saves it into `dir`
-    /// (created here), then exits. Returns the worker's one answer.
+    /// (created here), then exits. Returns the worker's answer, and the guest's last serial
+    /// output if the worker sent it (a template that failed).
     pub async fn snapshot(
         &self,
         vm_id: String,
         config: VmConfig,
         dir: &Path,
-    ) -> Result<Event, WorkerError> {
+    ) -> Result<(Event, Option<Output>), WorkerError> {
         std::fs::create_dir_all(dir)?;
         let mount = vmm::jail::SnapshotMount {
             dir: dir.to_path_buf(),
@@ -289,7 +290,13 @@ impl Spawner {
         };
         let mut proc = self.start_process(launch)?;
         proc.send(&cmd).await?;
-        proc.next().await
+        let mut output = None;
+        loop {
+            match proc.next().await? {
+                Event::Output { output: o } => output = Some(o),
+                answer => return Ok((answer, output)),
+            }
+        }
     }
 
     /// Make the VM's jail (per-VM root, cgroups) and rewrite `config` to the paths the

@@ -77,12 +77,18 @@ pub fn serve() -> u8 {
                 }
             }
             (Command::Snapshot { config, dir }, State::Empty) => {
-                return match crate::snapshot::take(&config, &dir) {
+                let mut tail = None;
+                return match crate::snapshot::take_keeping_output(&config, &dir, &mut tail) {
                     Ok(info) => {
                         send(&out, &Event::Snapshotted { info });
                         0
                     }
                     Err(e) => {
+                        // What the guest wrote first, then why: the summoner logs both.
+                        let output = tail.map(|t| Output::of(&t)).unwrap_or_default();
+                        if !output.is_empty() {
+                            send(&out, &Event::Output { output });
+                        }
                         send_error(&out, e.to_string());
                         dust_abi::status::VMM_ERROR
                     }
