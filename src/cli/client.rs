@@ -530,4 +530,26 @@ mod tests {
         assert_eq!(e.code, "bad_answer");
         assert_eq!(e.message, "the daemon answered 502: bad gateway");
     }
+
+    #[test]
+    fn a_wasm_service_shows_the_engine_that_runs_it() {
+        use summoner::config::Engine;
+        let c = ServiceConfig::wasm("w", "127.0.0.1:0".parse().unwrap(), "/m/h.wasm");
+        let mut s = Service {
+            config: c,
+            address: "127.0.0.1:1".parse().unwrap(),
+            stats: summoner::ServiceStats {
+                running: 0,
+                max_running: 0,
+                idle: 0,
+                waiting: 0,
+                connections: 0,
+            },
+            engine_running: Some(Engine::Aot),
+            creation: Vec::new(),
+        };
+        assert_eq!(runs(&s), "wasm:/m/h.wasm (aot)");
+        s.engine_running = Some(Engine::Interpreter);
+        assert_eq!(runs(&s), "wasm:/m/h.wasm (interpreter; aot asked)");
+    }
 }
