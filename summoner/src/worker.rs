@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use vmm::worker::protocol::{Command as Cmd, Event};
+use vmm::worker::protocol::{Command as Cmd, Event, Output};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;
@@ -77,6 +77,8 @@ struct Process {
     on_reaped: Option<OnReaped>,
     /// The worker's share of `max_vms`, given back once it is reaped.
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The guest's last serial output, once its VM ended.
+    output: Option<Output>,
 }
 
 impl Process {
@@ -88,8 +90,45 @@ impl Process {
     }
 
     async fn next(&mut self) -> Result<Event, WorkerError> {
-        self.events.recv().await.ok_or(WorkerError::Vanished)
+        let ev = self.events.recv().await.ok_or(WorkerError::Vanished)?;
+        if let Event::Exited { output, .. } = &ev {
+            self.output = Some(output.clone());
+        }
+        Ok(ev)
     }
+
+    /// The guest's last serial output: what the VM left if it ended, else asked for (a
+    /// round trip; empty if the worker does not answer within a few milliseconds).
+    async fn output(&mut self) -> Output {
+        if let Some(o) = &self.output {
+            return o.clone();
+        }
+        let ask = async {
+            self.send(&Cmd::Output).await?;
+            loop {
+                match self.next().await? {
+                    Event::Output { output } | Event::Exited { output, .. } => {
+                        return Ok::<Output, WorkerError>(output)
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(50), ask)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+}
+
+/// A VM that did not become ready: why, and what its guest wrote last.
+#[derive(Debug)]
+pub struct BootFailed {
+    /// Why.
+    pub error: WorkerError,
+    /// The guest's last serial output.
+    pub output: Output,
 }
 
 impl Drop for Process {
@@ -232,13 +271,14 @@ impl Spawner {
     }
 
     /// A template: a worker boots `config` to its guest's ready and saves it into `dir`
-    /// (created here), then exits. Returns the worker's one answer.
+    /// (created here), then exits. Returns the worker's answer, and the guest's last serial
+    /// output if the worker sent it (a template that failed).
     pub async fn snapshot(
         &self,
         vm_id: String,
         config: VmConfig,
         dir: &Path,
-    ) -> Result<Event, WorkerError> {
+    ) -> Result<(Event, Option<Output>), WorkerError> {
         std::fs::create_dir_all(dir)?;
         let mount = dust_jail::SnapshotMount {
             dir: dir.to_path_buf(),
@@ -257,7 +297,13 @@ impl Spawner {
         };
         let mut proc = self.start_process(launch)?;
         proc.send(&cmd).await?;
-        proc.next().await
+        let mut output = None;
+        loop {
+            match proc.next().await? {
+                Event::Output { output: o } => output = Some(o),
+                answer => return Ok((answer, output)),
+            }
+        }
     }
 
     /// Make the VM's jail (per-VM root, cgroups) and rewrite `config` to the paths the
@@ -377,6 +423,7 @@ impl Spawner {
             jail: launch.jail,
             on_reaped: None,
             slot: Some(slot),
+            output: None,
         })
     }
 }
@@ -427,10 +474,10 @@ impl BootingWorker {
     }
 
     /// Wait for the guest's "ready".
-    pub async fn ready(mut self) -> Result<ServingWorker, WorkerError> {
-        loop {
-            match self.proc.next().await? {
-                Event::Ready { .. } => {
+    pub async fn ready(mut self) -> Result<ServingWorker, BootFailed> {
+        let error = loop {
+            match self.proc.next().await {
+                Ok(Event::Ready { .. }) => {
                     self.entry.set_phase(VmPhase::Serving);
                     return Ok(ServingWorker {
                         _entry: self.entry,
@@ -438,11 +485,14 @@ impl BootingWorker {
                         proc: self.proc,
                     });
                 }
-                Event::Exited { exit, .. } => return Err(WorkerError::Ended(exit)),
-                Event::Error { message } => return Err(WorkerError::Reported(message)),
-                _ => {}
+                Ok(Event::Exited { exit, .. }) => break WorkerError::Ended(exit),
+                Ok(Event::Error { message }) => break WorkerError::Reported(message),
+                Ok(_) => {}
+                Err(e) => break e,
             }
-        }
+        };
+        let output = self.proc.output.take().unwrap_or_default();
+        Err(BootFailed { error, output })
     }
 }
 
@@ -467,6 +517,11 @@ impl ServingWorker {
     /// The VM's vsock socket.
     pub fn vsock(&self) -> &Path {
         &self.proc.vsock
+    }
+
+    /// The guest's last serial output (what it left when it ended, or what it wrote so far).
+    pub async fn output(&mut self) -> Output {
+        self.proc.output().await
     }
 
     /// Wait until the VM ends on its own; returns how.

@@ -223,7 +223,9 @@ fn summoner_for(s: &Settings) -> Result<Arc<Summoner>, Stop> {
 async fn run(summoner: &Arc<Summoner>, s: Settings, grace: Duration) -> Result<(), Stop> {
     for config in s.services {
         let (name, mode) = (config.name.clone(), config.mode);
-        let addr = summoner.add(config).await?;
+        let addr = summoner
+            .add_with(config, &super::progress::Console::new())
+            .await?;
         let scheme = if mode == Mode::Http {
             "http://"
         } else {
