@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::protocol::{Command, Event, CONTROL_FD};
+use devices::legacy::OutputTail;
+
+use super::protocol::{Command, Event, Output, CONTROL_FD};
 use crate::{BuildError, Killer, Vm};
 
 type Out = Arc<Mutex<UnixStream>>;
@@ -33,6 +35,7 @@ enum State {
     Running {
         killer: Killer,
         waiter: JoinHandle<()>,
+        tail: OutputTail,
     },
 }
 
@@ -74,19 +77,29 @@ pub fn serve() -> u8 {
                 }
             }
             (Command::Snapshot { config, dir }, State::Empty) => {
-                return match crate::snapshot::take(&config, &dir) {
+                let mut tail = None;
+                return match crate::snapshot::take_keeping_output(&config, &dir, &mut tail) {
                     Ok(info) => {
                         send(&out, &Event::Snapshotted { info });
                         0
                     }
                     Err(e) => {
+                        // What the guest wrote first, then why: the summoner logs both.
+                        let output = tail.map(|t| Output::of(&t)).unwrap_or_default();
+                        if !output.is_empty() {
+                            send(&out, &Event::Output { output });
+                        }
                         send_error(&out, e.to_string());
                         dust_abi::status::VMM_ERROR
                     }
                 };
             }
             (Command::Start, State::Built(vm)) => match start(*vm, &out) {
-                Ok((killer, waiter)) => State::Running { killer, waiter },
+                Ok((killer, waiter, tail)) => State::Running {
+                    killer,
+                    waiter,
+                    tail,
+                },
                 Err(e) => {
                     send_error(&out, e.to_string());
                     return dust_abi::status::VMM_ERROR;
@@ -100,6 +113,15 @@ pub fn serve() -> u8 {
                 send(&out, &Event::Stats { guest_us });
                 s
             }
+            (Command::Output, s) => {
+                let output = match &s {
+                    State::Running { tail, .. } => Output::of(tail),
+                    State::Built(vm) => Output::of(&vm.serial_tail()),
+                    State::Empty => Output::default(),
+                };
+                send(&out, &Event::Output { output });
+                s
+            }
             (cmd, s) => {
                 send_error(&out, format!("{cmd:?} is not valid now"));
                 s
@@ -108,7 +130,7 @@ pub fn serve() -> u8 {
     }
     // The summoner went away: do not leave a guest running without an owner. The waiter
     // reports the end and exits the process; if it cannot, we return.
-    if let State::Running { killer, waiter } = state {
+    if let State::Running { killer, waiter, .. } = state {
         killer.kill();
         let _ = waiter.join();
     }
@@ -125,7 +147,7 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
             return None;
         }
     };
-    if let Err(e) = crate::seccomp::worker_built(cmdline) {
+    if let Err(e) = dust_jail::seccomp::worker_built(cmdline) {
         send_error(out, e.to_string());
         return None;
     }
@@ -134,9 +156,12 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
     Some(State::Built(Box::new(vm)))
 }
 
-/// Start the VM; a waiter thread reports its end and exits the process.
-fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
-    crate::seccomp::worker_starting();
+/// Start the VM; a waiter thread reports its end (with its last serial output) and exits
+/// the process.
+fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>, OutputTail), BuildError> {
+    dust_jail::seccomp::worker_starting();
+    let tail = vm.serial_tail();
+    let end_tail = tail.clone();
     let t0 = Instant::now();
     let ready_out = out.clone();
     vm.on_ready(move |at| {
@@ -152,9 +177,17 @@ fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
             let report = handle.wait();
             let code = report.exit.exit_code();
             let (exit, timings) = (report.exit, report.timings);
-            send(&exit_out, &Event::Exited { exit, timings });
+            let output = Output::of(&end_tail);
+            send(
+                &exit_out,
+                &Event::Exited {
+                    exit,
+                    timings,
+                    output,
+                },
+            );
             std::process::exit(i32::from(code));
         })
         .map_err(BuildError::Thread)?;
-    Ok((killer, waiter))
+    Ok((killer, waiter, tail))
 }
