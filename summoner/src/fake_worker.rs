@@ -101,6 +101,7 @@ fn crash_exit() -> Event {
     Event::Exited {
         exit: VmExit::Crash("fake triple fault".into()),
         timings: Timings::default(),
+        output: Default::default(),
     }
 }
 
@@ -146,6 +147,13 @@ pub fn serve() -> ! {
             }
             Command::Start => start(vm.take().unwrap(), &out),
             Command::Stats => send(&out, &Event::Stats { guest_us: GUEST_US }),
+            Command::Output => {
+                let output = vmm::worker::protocol::Output {
+                    text: "fake guest output\n".into(),
+                    dropped: 0,
+                };
+                send(&out, &Event::Output { output });
+            }
         }
     }
     // The summoner went away: the VM dies with it.

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use format::{check_state, parse_file};
 pub use load::inspect;
 pub use restore::restore;
-pub use take::take;
+pub use take::{take, take_keeping_output};
 pub(crate) use vcpu::VcpuState;
 
 use crate::config::VmConfig;

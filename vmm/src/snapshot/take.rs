@@ -20,6 +20,16 @@ use crate::VmExit;
 /// Boot `config` to its guest's ready, save the VM into `dir` (created; files replaced
 /// atomically) and destroy it.
 pub fn take(config: &VmConfig, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+    take_keeping_output(config, dir, &mut None)
+}
+
+/// [`take`], handing the template's serial output tail to `tail` once its VM is built, so
+/// that a template that fails can say why (the worker sends it to the summoner's log).
+pub fn take_keeping_output(
+    config: &VmConfig,
+    dir: &Path,
+    tail: &mut Option<devices::legacy::OutputTail>,
+) -> Result<SnapshotInfo, SnapshotError> {
     let t0 = Instant::now();
     if config.vcpus != 1 {
         return Err(SnapshotError::Unsupported(
@@ -33,6 +43,7 @@ pub fn take(config: &VmConfig, dir: &Path) -> Result<SnapshotInfo, SnapshotError
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let vm = crate::build(config).map_err(Box::new)?;
+    *tail = Some(vm.serial_tail());
     vm.run_state_ref().capture_at_ready();
     let handle = vm.start().map_err(Box::new)?;
     let state = handle.run_state().clone();

@@ -134,6 +134,11 @@ impl Vm {
     pub(crate) fn run_state_ref(&self) -> &Arc<RunState> {
         &self.state
     }
+
+    /// The last bytes of its serial output, whatever the sink (kept while it runs too).
+    pub fn serial_tail(&self) -> ::devices::legacy::OutputTail {
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).tail()
+    }
 }
 
 /// A built VM that has not run any guest code yet.

@@ -162,7 +162,7 @@ impl VcpuThreads {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     // Filtered before the thread can see a vCPU (docs/security.md).
-                    let filtered = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
+                    let filtered = dust_jail::seccomp::apply(dust_jail::seccomp::ThreadKind::Vcpu);
                     if let Ok(l) = wait.recv() {
                         let exit = match filtered {
                             Ok(()) => l.vcpu.run(&l.state),
