@@ -162,9 +162,14 @@ async fn same_as_wasmtime(name: &str, dust: SocketAddr, peer: SocketAddr, log: &
     assert_eq!(r.status, 418, "{name}");
 }
 
+/// Serialises the tests that count this process's children: a peer or a VM of another
+/// test would be counted too.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_components_answer_as_wasmtime_serve_does() {
     require_kvm!();
+    let _one = ONE_AT_A_TIME.lock().await;
     // Short names: a VM's vsock socket path (run dir, service and VM id) must fit SUN_LEN.
     let tmp = TempDir::new("cpeer");
     let s = summoner(&tmp);
@@ -182,6 +187,7 @@ async fn example_components_answer_as_wasmtime_serve_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_gets_a_fresh_instance_and_failures_are_502_or_504() {
     require_kvm!();
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = TempDir::new("cstate");
     let s = summoner(&tmp);
     let log = tmp.path().join("state.log");
@@ -271,6 +277,41 @@ async fn components_for_another_world_or_with_missing_imports_are_refused() {
         }
     }
     s.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_asked_to_run_aot_runs_on_the_interpreter_found_at_creation() {
+    use summoner::config::{Engine, Workload};
+    require_kvm!();
+    let tmp = TempDir::new("caot");
+    let s = summoner(&tmp);
+    let mut c = service(
+        "caot",
+        &example("hello-component"),
+        &tmp.path().join("a.log"),
+    );
+    if let Workload::Wasm(w) = &mut c.workload {
+        w.engine = Engine::Aot;
+    }
+    let addr = s.add(c).await.unwrap();
+    // Resolved once at creation: the component guest, and the engine that really runs.
+    let (config, _) = s
+        .list()
+        .into_iter()
+        .find(|(c, _)| c.name == "caot")
+        .unwrap();
+    let w = config.wasm_workload().unwrap();
+    assert_eq!(w.engine, Engine::Aot, "what was asked for stays");
+    assert_eq!(w.running_engine(), Engine::Interpreter);
+    let guest = w.interpreter.as_ref().expect("located at creation");
+    assert!(guest.ends_with("dust-component"), "{}", guest.display());
+    assert_eq!(config.image_path(), *guest);
+    assert_eq!(
+        text(&call(addr, "GET", "/counter", vec![]).await),
+        "counter 1\n"
+    );
+    s.shutdown(Duration::from_secs(5)).await;
+    no_workers_left().await;
 }
 
 async fn no_workers_left() {

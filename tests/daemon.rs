@@ -68,7 +68,10 @@ fn add_serve_observe_and_delete_a_service_over_the_api() {
 
     let text = String::from_utf8(d.call("GET", "/metrics", None).body).unwrap();
     assert_eq!(
-        metric(&text, "dust_requests_total{service=\"web\",outcome=\"ok\"}"),
+        metric(
+            &text,
+            "dust_requests_total{service=\"web\",outcome=\"ok\",code=\"200\"}"
+        ),
         7.0,
         "{text}"
     );

@@ -155,6 +155,10 @@ fn cli_add_replace_show_and_json_answers() {
     let web = d.json("/v1/services/web");
     let address = web["address"].as_str().unwrap().to_string();
     assert!(!address.ends_with(":0"), "{web}");
+    assert!(
+        web.get("engine_running").is_none(),
+        "an image service: {web}"
+    );
     assert_eq!(out, format!("added web on {address}\n"));
     assert_eq!(
         web["image"].as_str().unwrap(),
@@ -187,6 +191,7 @@ fn cli_add_replace_show_and_json_answers() {
         "memory_limit_mib  200".to_string(),
         "cmdline           \"greeting=hi\"".to_string(),
         "serial            stdout".to_string(),
+        "engine_running    -".to_string(),
         "idle_timeout      1m 30s".to_string(),
         "max_connections   7".to_string(),
     ] {
@@ -290,4 +295,87 @@ fn cli_add_replace_show_and_json_answers() {
     let (code, v) = json(&["services", "list"]);
     assert_eq!(code, Some(0));
     assert_eq!(v["services"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
+fn creating_a_snapshot_service_tells_its_steps_with_durations() {
+    require_kvm!();
+    let (d, _) = daemon("base", "spin", &["--pool", "0"]);
+    let add = |verb: &str, json: bool| {
+        let mut c = dust();
+        c.args(["services", verb, "snap", "--image"])
+            .arg(guest("http-hello"))
+            .args(["--listen", "127.0.0.1:0", "--pool", "0", "--snapshot"])
+            .arg("--socket")
+            .arg(&d.api);
+        if json {
+            c.arg("--json");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // Text: stdout stays the one line; the steps, with durations, go to stderr (plain
+    // lines: not a terminal, so no spinner).
+    let (out, err) = add("add", false);
+    assert!(out.starts_with("added snap on "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let step = err
+        .lines()
+        .find(|l| l.starts_with("dust: snap: template "))
+        .unwrap_or_else(|| panic!("no template step in {err:?}"));
+    assert!(step.contains(" s (") && step.contains("snapshot"), "{step}");
+    assert!(!err.contains('\r'), "a spinner on a pipe: {err:?}");
+
+    // JSON: the answer lists the steps (its template now comes from the cache).
+    let (out, _) = add("replace", true);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v["creation"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(steps.len(), 1, "{v}");
+    assert_eq!(steps[0]["step"], "template", "{v}");
+    assert!(steps[0]["seconds"].as_f64().unwrap() >= 0.0, "{v}");
+    assert!(steps[0]["detail"].is_string(), "{v}");
+    // A plain GET shows no creation steps.
+    assert!(d.json("/v1/services/snap").get("creation").is_none());
+    // The daemon's log has each step with its duration.
+    let log = d.log.lock().unwrap().join("\n");
+    assert!(log.contains("creating the service: template done"), "{log}");
+}
+
+#[test]
+fn a_template_that_fails_leaves_its_guest_output_in_the_log() {
+    require_kvm!();
+    let (d, _) = daemon("base", "spin", &["--pool", "0"]);
+    let o = dust()
+        .args(["services", "add", "boom", "--image"])
+        .arg(guest("crash"))
+        .args(["--listen", "127.0.0.1:0", "--snapshot", "--socket"])
+        .arg(&d.api)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the daemon's log has the guest's last serial output"),
+        "{err}"
+    );
+    // No serial file: the daemon's log has what the guest said before it died.
+    let t = Instant::now();
+    let line = loop {
+        let log = d.log.lock().unwrap();
+        let found = log
+            .iter()
+            .find(|l| l.contains("dust::guest") && l.contains("service=\"boom\""))
+            .cloned();
+        drop(log);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no dust::guest line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(line.contains("crash: triple faulting"), "{line}");
 }

@@ -206,7 +206,10 @@ fn metrics_pass_promtool_and_openmetrics_is_served_on_request() {
     let t = Instant::now();
     let text = loop {
         let text = String::from_utf8(d.call("GET", "/metrics", None).body).unwrap();
-        if metric(&text, "dust_requests_total{service=\"web\",outcome=\"ok\"}") >= 3.0
+        if metric(
+            &text,
+            "dust_requests_total{service=\"web\",outcome=\"ok\",code=\"200\"}",
+        ) >= 3.0
             || t.elapsed() > Duration::from_secs(10)
         {
             break text;

@@ -25,7 +25,7 @@ async fn a_forbidden_syscall_kills_the_worker_with_sigsys_and_the_client_gets_50
     let env = env("isolation").await;
     let mut bad = service("bad", "http-hello");
     // Test-only hook (cargo feature `test-hooks`, on for the integration tests only).
-    bad.cmdline = vmm::seccomp::test_hooks::ARM.into();
+    bad.cmdline = dust_jail::seccomp::test_hooks::ARM.into();
     let bad_addr = env.summoner.add(bad).await.unwrap();
     let good_addr = env
         .summoner

@@ -245,7 +245,7 @@ async fn tcp_mode_echoes_a_mebibyte_in_a_vm_per_connection() {
         .await
         .unwrap();
     }
-    let want = "dust_requests_total{service=\"echo\",outcome=\"ok\"} 2";
+    let want = "dust_requests_total{service=\"echo\",outcome=\"ok\",code=\"none\"} 2";
     let deadline = Instant::now() + Duration::from_secs(10);
     while !env
         .summoner

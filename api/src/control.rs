@@ -61,6 +61,13 @@ pub trait Control: Send + Sync + 'static {
     /// requests finish within `grace`, kill the rest. False if there was no such service.
     fn remove_service(&self, name: &str, grace: Duration) -> impl Future<Output = bool> + Send;
 
+    /// The steps the creation of service `name` took (compile, template), with their
+    /// durations; by default none.
+    fn creation(&self, name: &str) -> Vec<summoner::progress::Step> {
+        let _ = name;
+        Vec::new()
+    }
+
     /// Drop the metric series of a service that was removed (not replaced); by default
     /// nothing.
     fn forget_metrics(&self, name: &str) {

@@ -44,11 +44,21 @@ pub struct Service {
     pub address: SocketAddr,
     /// Live counters.
     pub stats: ServiceStats,
+    /// What runs a wasm service's handler now: `aot` or `interpreter` (a component runs
+    /// on the interpreter whatever `engine` asks for). Absent for an image service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_running: Option<summoner::config::Engine>,
+    /// Only in the answer to a creation or replacement: the steps it took (`compile`,
+    /// `template`), with what each did and its duration. Absent when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creation: Vec<summoner::progress::Step>,
 }
 
 impl From<ServiceStatus> for Service {
     fn from(s: ServiceStatus) -> Self {
         Self {
+            engine_running: s.config.wasm_workload().map(|w| w.running_engine()),
+            creation: Vec::new(),
             config: s.config,
             address: s.address,
             stats: s.stats,
@@ -134,6 +144,8 @@ mod tests {
                 waiting: 4,
                 connections: 5,
             },
+            engine_running: None,
+            creation: Vec::new(),
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains(r#""name":"hello""#), "{text}");

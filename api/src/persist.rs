@@ -178,10 +178,15 @@ pub(crate) fn previous<C: Control>(
 
 /// A service as clients see it: artifact files shown as their references.
 pub(crate) fn shown<C: Control>(c: &C, mut s: ServiceStatus) -> models::Service {
+    // Of the resolved config: the module's own file, its compiled image.
+    let engine = s.config.wasm_workload().map(|w| w.running_engine());
     if let Some(state) = c.state() {
         s.config = state.artifacts.unresolve(&s.config);
     }
-    s.into()
+    models::Service {
+        engine_running: engine,
+        ..s.into()
+    }
 }
 
 #[cfg(test)]

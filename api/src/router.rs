@@ -150,48 +150,15 @@ impl<C: Control> Router<C> {
         let param = matched.param.unwrap_or_default();
         let c = &*self.control;
         Ok(match matched.endpoint {
-            Endpoint::Health => json(
-                StatusCode::OK,
-                &models::Health {
-                    status: "ok".into(),
-                },
-            ),
-            Endpoint::Version => json(
-                StatusCode::OK,
-                &models::Version {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    api: "v1".into(),
-                },
-            ),
-            Endpoint::ListServices => json(
-                StatusCode::OK,
-                &models::ServiceList {
-                    services: c
-                        .services()
-                        .into_iter()
-                        .map(|s| crate::persist::shown(c, s))
-                        .collect(),
-                },
-            ),
+            Endpoint::Health => json(StatusCode::OK, &health()),
+            Endpoint::Version => json(StatusCode::OK, &version()),
+            Endpoint::ListServices => json(StatusCode::OK, &self.service_list()),
             Endpoint::GetService => {
                 let s = c.service(param).ok_or_else(|| service_not_found(param))?;
                 json(StatusCode::OK, &crate::persist::shown(c, s))
             }
-            Endpoint::PutService => {
-                body::require_json(req.headers())?;
-                let (parts, b) = req.into_parts();
-                let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
-                let config = body::service_config(param, &bytes)?;
-                self.put_service(config, false).await?
-            }
-            Endpoint::CreateService => {
-                body::require_json(req.headers())?;
-                let (parts, b) = req.into_parts();
-                let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
-                let name = body::name_in(&bytes)?;
-                let config = body::service_config(&name, &bytes)?;
-                self.put_service(config, true).await?
-            }
+            Endpoint::PutService => self.put_from_body(req, Some(param)).await?,
+            Endpoint::CreateService => self.put_from_body(req, None).await?,
             Endpoint::RollbackService => self.rollback_service(param).await?,
             Endpoint::UploadArtifact => self.upload_artifact(req).await?,
             Endpoint::ListArtifacts => self.list_artifacts()?,
@@ -203,11 +170,7 @@ impl<C: Control> Router<C> {
                 self.delete_service(param).await?;
                 no_content()
             }
-            Endpoint::ListVms => {
-                let mut vms: Vec<models::Vm> = c.vms().into_iter().map(Into::into).collect();
-                vms.sort_by(|a, b| a.id.cmp(&b.id));
-                json(StatusCode::OK, &models::VmList { vms })
-            }
+            Endpoint::ListVms => json(StatusCode::OK, &self.vm_list()),
             Endpoint::GetVm => {
                 let vm = c.vm(param).ok_or_else(|| vm_not_found(param))?;
                 json(StatusCode::OK, &models::Vm::from(vm))
@@ -222,34 +185,86 @@ impl<C: Control> Router<C> {
             Endpoint::Drain => {
                 let started = c.drain();
                 tracing::info!(started, "drain requested through the control API");
-                json(
-                    StatusCode::ACCEPTED,
-                    &models::Drain {
-                        status: "draining".into(),
-                        started,
-                    },
-                )
+                let status = "draining".into();
+                json(StatusCode::ACCEPTED, &models::Drain { status, started })
             }
-            Endpoint::Metrics => {
-                // A header value that is not visible ASCII cannot name a media type we
-                // serve; it is skipped like any other unknown one.
-                let format = Format::negotiate(
-                    req.headers()
-                        .get_all(header::ACCEPT)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok()),
-                );
-                let mut resp = Response::new(Full::new(Bytes::from(c.metrics_text(format))));
-                let headers = resp.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(format.content_type()),
-                );
-                // The body depends on Accept: a cache in between must not mix them up.
-                headers.insert(header::VARY, HeaderValue::from_static("accept"));
-                resp
-            }
+            Endpoint::Metrics => self.metrics(req.headers()),
         })
+    }
+
+    /// `PUT /v1/services/{name}` (`name` given: create or replace) or `POST /v1/services`
+    /// (the name is in the body; 409 if it exists), from a JSON body.
+    async fn put_from_body<B>(
+        &self,
+        req: Request<B>,
+        name: Option<&str>,
+    ) -> Result<Response<Full<Bytes>>, HttpError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        body::require_json(req.headers())?;
+        let (parts, b) = req.into_parts();
+        let bytes = body::read(&parts.headers, b, self.settings.body_timeout).await?;
+        let create = name.is_none();
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => body::name_in(&bytes)?,
+        };
+        let config = body::service_config(&name, &bytes)?;
+        self.put_service(config, create).await
+    }
+
+    /// Every service as `GET /v1/services` shows it.
+    fn service_list(&self) -> models::ServiceList {
+        let c = &*self.control;
+        let services = c
+            .services()
+            .into_iter()
+            .map(|s| crate::persist::shown(c, s))
+            .collect();
+        models::ServiceList { services }
+    }
+
+    /// Every live VM, sorted by id.
+    fn vm_list(&self) -> models::VmList {
+        let mut vms: Vec<models::Vm> = self.control.vms().into_iter().map(Into::into).collect();
+        vms.sort_by(|a, b| a.id.cmp(&b.id));
+        models::VmList { vms }
+    }
+
+    /// Prometheus text in the format the `Accept` header asks for.
+    fn metrics(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+        // A header value that is not visible ASCII cannot name a media type we serve; it is
+        // skipped like any other unknown one.
+        let format = Format::negotiate(
+            headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(self.control.metrics_text(format))));
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        // The body depends on Accept: a cache in between must not mix them up.
+        headers.insert(header::VARY, HeaderValue::from_static("accept"));
+        resp
+    }
+}
+
+fn health() -> models::Health {
+    models::Health {
+        status: "ok".into(),
+    }
+}
+
+fn version() -> models::Version {
+    models::Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: "v1".into(),
     }
 }
 

@@ -26,6 +26,7 @@ use summoner::{AddError, ServiceConfig, ServiceStats, StartError};
 
 use crate::control::{Control, ServiceStatus};
 use crate::error::{ErrorCode, HttpError};
+use crate::models;
 use crate::router::{json, Router, Settings};
 
 /// 409/422 for a service that could not be added; the message names no host path the
@@ -220,7 +221,11 @@ impl<C: Control> Change<C> {
                 connections: 0,
             },
         });
-        let mut resp = json(status, &crate::persist::shown(c, now));
+        let shown = models::Service {
+            creation: c.creation(&name),
+            ..crate::persist::shown(c, now)
+        };
+        let mut resp = json(status, &shown);
         if status == StatusCode::CREATED {
             if let Ok(loc) = HeaderValue::from_str(&format!("/v1/services/{name}")) {
                 resp.headers_mut().insert(header::LOCATION, loc);

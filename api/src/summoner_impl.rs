@@ -67,6 +67,10 @@ impl Control for Summoner {
         Summoner::state(self)
     }
 
+    fn creation(&self, name: &str) -> Vec<summoner::progress::Step> {
+        Summoner::creation(self, name)
+    }
+
     fn forget_metrics(&self, name: &str) {
         Summoner::forget_metrics(self, name)
     }

@@ -176,7 +176,7 @@ fn unit_denies_nothing_the_daemon_filter_allows() {
         .collect();
     // The calls seccompiler knows on x86_64: the ones the daemon's filter can name.
     let table = std::fs::read_to_string(format!(
-        "{}/../vmm/src/seccomp/syscalls_x86_64.txt",
+        "{}/../jail/src/seccomp/syscalls_x86_64.txt",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
@@ -187,7 +187,7 @@ fn unit_denies_nothing_the_daemon_filter_allows() {
         .collect();
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(format!(
-            "{}/../vmm/src/seccomp/allowlist.json",
+            "{}/../jail/src/seccomp/allowlist.json",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap(),

@@ -4,8 +4,7 @@
 //! the service's timeouts close them all and the fd count returns to where it started.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-#[path = "../../summoner/tests/fake/mod.rs"]
-mod fake;
+use summoner::fake_worker as fake;
 use test_support as host;
 
 use std::io::{Read, Write};

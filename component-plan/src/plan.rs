@@ -10,9 +10,11 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use wasmparser::{
-    CanonicalFunction, CanonicalOption, ComponentAlias, ComponentExternalKind, ComponentInstance,
-    ComponentTypeRef, ExternalKind, Instance, Parser, Payload,
+    ComponentAlias, ComponentExternalKind, ComponentInstance, ComponentTypeRef, ExternalKind,
+    Instance, Parser, Payload,
 };
+
+mod canon;
 
 use crate::shim::Shim;
 use crate::PlanError as ComponentError;
@@ -234,19 +236,7 @@ impl Spaces {
             }
             Payload::ComponentInstanceSection(reader) => {
                 for instance in reader {
-                    let instance = match instance.map_err(invalid)? {
-                        ComponentInstance::FromExports(items) => CompInstance::Exports(
-                            items
-                                .iter()
-                                .map(|e| (e.name.0.to_string(), e.kind, e.index))
-                                .collect(),
-                        ),
-                        ComponentInstance::Instantiate {
-                            component_index,
-                            args,
-                        } => self.instantiate(component_index, &args)?,
-                    };
-                    self.cinstances.push(instance);
+                    self.component_instance(instance.map_err(invalid)?)?;
                 }
             }
             Payload::ComponentExportSection(reader) => {
@@ -262,6 +252,27 @@ impl Spaces {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// A component instance: a bundle of exports, or a nested component instantiated.
+    fn component_instance(
+        &mut self,
+        instance: ComponentInstance<'_>,
+    ) -> Result<(), ComponentError> {
+        let instance = match instance {
+            ComponentInstance::FromExports(items) => CompInstance::Exports(
+                items
+                    .iter()
+                    .map(|e| (e.name.0.to_string(), e.kind, e.index))
+                    .collect(),
+            ),
+            ComponentInstance::Instantiate {
+                component_index,
+                args,
+            } => self.instantiate(component_index, &args)?,
+        };
+        self.cinstances.push(instance);
         Ok(())
     }
 
@@ -410,114 +421,6 @@ impl Spaces {
             }
         }
         Ok(())
-    }
-
-    fn options(&self, options: &[CanonicalOption]) -> Result<Options, Vec<String>> {
-        let mut out = Options::default();
-        let mut bad = Vec::new();
-        let export = |i: u32| match self.funcs.get(i as usize) {
-            Some(CoreItem::Export(r)) => Some(r.clone()),
-            _ => None,
-        };
-        for o in options {
-            match *o {
-                CanonicalOption::UTF8 => {}
-                CanonicalOption::UTF16 | CanonicalOption::CompactUTF16 => {
-                    bad.push("UTF-16 strings (string-encoding=utf16)".to_string())
-                }
-                CanonicalOption::Memory(i) => out.memory = self.memories.get(i as usize).cloned(),
-                CanonicalOption::Realloc(i) => out.realloc = export(i),
-                CanonicalOption::PostReturn(i) => out.post_return = export(i),
-                CanonicalOption::Async | CanonicalOption::Callback(_) => {
-                    bad.push("the async canonical ABI".to_string())
-                }
-            }
-        }
-        if bad.is_empty() {
-            Ok(out)
-        } else {
-            Err(bad)
-        }
-    }
-
-    fn canon(&mut self, canon: CanonicalFunction) -> Result<(), ComponentError> {
-        match canon {
-            CanonicalFunction::Lift {
-                core_func_index,
-                options,
-                ..
-            } => {
-                let func = match get(&self.funcs, core_func_index, "core function")? {
-                    CoreItem::Export(r) => r,
-                    CoreItem::Host(h) => {
-                        self.unsupported
-                            .push(format!("lifting a host function ({})", h.name));
-                        CoreRef {
-                            instance: u32::MAX,
-                            name: h.name,
-                        }
-                    }
-                };
-                let options = self.options(&options).unwrap_or_else(|bad| {
-                    self.unsupported.extend(bad);
-                    Options::default()
-                });
-                self.cfuncs.push(Func::Lifted(func, options));
-            }
-            CanonicalFunction::Lower {
-                func_index,
-                options,
-            } => {
-                let host = match get(&self.cfuncs, func_index, "function")? {
-                    Func::Imported { interface, name } => {
-                        let options = self.options(&options).unwrap_or_else(|bad| {
-                            self.unsupported.extend(bad);
-                            Options::default()
-                        });
-                        Some(HostFunc {
-                            interface,
-                            name,
-                            kind: HostKind::Lower,
-                            options,
-                        })
-                    }
-                    _ => None,
-                };
-                self.host(host, "lowering a function that is not imported");
-            }
-            CanonicalFunction::ResourceDrop { resource } => {
-                let host = match get(&self.ctypes, resource, "type")? {
-                    Type::Resource { interface, name } => Some(HostFunc {
-                        interface,
-                        name,
-                        kind: HostKind::ResourceDrop,
-                        options: Options::default(),
-                    }),
-                    Type::Other => None,
-                };
-                self.host(host, "resources the component defines (resource.drop)");
-            }
-            other => {
-                let what = format!("{other:?}");
-                let what = what.split([' ', '{', '(']).next().unwrap_or("").to_string();
-                self.host(None, &format!("the canonical built-in {what}"));
-            }
-        }
-        Ok(())
-    }
-
-    /// A new core function made by the host; `None` is one dust cannot make (`why`).
-    fn host(&mut self, host: Option<HostFunc>, why: &str) {
-        match host {
-            Some(h) => self.funcs.push(CoreItem::Host(h)),
-            None => {
-                self.unsupported.push(why.to_string());
-                self.funcs.push(CoreItem::Export(CoreRef {
-                    instance: u32::MAX,
-                    name: why.to_string(),
-                }));
-            }
-        }
     }
 
     /// The exported handler, or the error naming what the component exports instead.

@@ -290,7 +290,11 @@ fn service_details(s: &Service) -> String {
         ("listen", c.listen.to_string()),
         ("address", s.address.to_string()),
         ("mode", c.mode.to_string()),
-        ("runs", runs(c)),
+        ("runs", runs(s)),
+        (
+            "engine_running",
+            or_default(s.engine_running.map(|e| e.to_string()), "-"),
+        ),
         ("cmdline", format!("{:?}", c.cmdline)),
         ("memory_mib", c.memory_mib.to_string()),
         (
@@ -337,11 +341,17 @@ fn service_details(s: &Service) -> String {
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
 }
 
-/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`.
-fn runs(c: &ServiceConfig) -> String {
-    match &c.workload {
+/// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`, the engine
+/// that runs it (and the one asked for when that differs: a component on the interpreter).
+fn runs(s: &Service) -> String {
+    match &s.config.workload {
         Workload::Image(i) => i.display().to_string(),
-        Workload::Wasm(w) => format!("wasm:{} ({})", w.module.display(), w.engine),
+        Workload::Wasm(w) => match s.engine_running {
+            Some(e) if e != w.engine => {
+                format!("wasm:{} ({e}; {} asked)", w.module.display(), w.engine)
+            }
+            _ => format!("wasm:{} ({})", w.module.display(), w.engine),
+        },
     }
 }
 
@@ -379,7 +389,7 @@ fn service_table(services: &[Service]) -> String {
             s.stats.running,
             s.stats.idle,
             s.stats.waiting,
-            runs(&s.config)
+            runs(s)
         );
     }
     out
@@ -468,11 +478,18 @@ async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError>
     let name = a.name.clone();
     let cfg = a.config(conn).await?;
     let body = serde_json::to_string(&cfg).map_err(|e| CliError::new("internal", e.to_string()))?;
+    // Creating a wasm service compiles it and takes a snapshot: seconds, with a spinner.
+    let doing = if replace { "replacing" } else { "adding" };
+    let waiting = super::progress::spinner(format!("dust: {doing} {name}"));
     let r = if replace {
-        request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await?
+        request(conn, "PUT", &format!("/v1/services/{name}"), Some(body)).await
     } else {
-        request(conn, "POST", "/v1/services", Some(body)).await?
+        request(conn, "POST", "/v1/services", Some(body)).await
     };
+    if let Some(w) = waiting {
+        w.finish_and_clear();
+    }
+    let r = r?;
     let verb = match r.status {
         201 => "added",
         200 if replace => "replaced",
@@ -482,6 +499,10 @@ async fn put(conn: &Conn, a: AddArgs, replace: bool) -> Result<String, CliError>
         return Ok(text(&r.body));
     }
     let s: Service = serde_json::from_slice(&r.body).map_err(CliError::answer)?;
+    // What the creation did, on stderr: stdout stays the one line scripts read.
+    for step in &s.creation {
+        eprintln!("{}", super::progress::line(&name, step));
+    }
     Ok(format!("{verb} {name} on {}\n", s.address))
 }
 
@@ -508,5 +529,27 @@ mod tests {
         let e = CliError::api(&r);
         assert_eq!(e.code, "bad_answer");
         assert_eq!(e.message, "the daemon answered 502: bad gateway");
+    }
+
+    #[test]
+    fn a_wasm_service_shows_the_engine_that_runs_it() {
+        use summoner::config::Engine;
+        let c = ServiceConfig::wasm("w", "127.0.0.1:0".parse().unwrap(), "/m/h.wasm");
+        let mut s = Service {
+            config: c,
+            address: "127.0.0.1:1".parse().unwrap(),
+            stats: summoner::ServiceStats {
+                running: 0,
+                max_running: 0,
+                idle: 0,
+                waiting: 0,
+                connections: 0,
+            },
+            engine_running: Some(Engine::Aot),
+            creation: Vec::new(),
+        };
+        assert_eq!(runs(&s), "wasm:/m/h.wasm (aot)");
+        s.engine_running = Some(Engine::Interpreter);
+        assert_eq!(runs(&s), "wasm:/m/h.wasm (interpreter; aot asked)");
     }
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod deploy;
 pub mod guest;
+pub mod progress;
 pub mod restore;
 pub mod run;
 pub mod serve;

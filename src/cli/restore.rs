@@ -58,7 +58,9 @@ pub async fn restore(summoner: &Arc<Summoner>, state: &State) {
                 summoner::Mode::Http => "http://",
                 summoner::Mode::Tcp => "tcp ",
             };
-            match summoner.add(run).await {
+            // Side by side: plain lines, no spinner.
+            let progress = super::progress::Console::lines();
+            match summoner.add_with(run, &progress).await {
                 Ok(addr) => eprintln!("dust: serving {name} on {scheme}{addr}"),
                 Err(e) => eprintln!("dust: service {name} (state file): not started: {e}"),
             }

@@ -99,6 +99,38 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// `--snapshot-out`: boot to ready, save into `dir`, report.
+fn take_snapshot(config: &vmm::VmConfig, dir: &std::path::Path, timings: bool) -> ExitCode {
+    match vmm::snapshot::take(config, dir) {
+        Ok(info) => {
+            if timings {
+                eprintln!(
+                    "snapshot: guest {} us to ready, {} us in all, {} bytes of memory",
+                    info.guest_us, info.total_us, info.memory_bytes
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("dust: {e}");
+            ExitCode::from(status::VMM_ERROR)
+        }
+    }
+}
+
+/// A thread that waits for one of the blocked `stop_signals` and kills the VM.
+fn kill_on_signal(stop_signals: libc::sigset_t, killer: vmm::Killer) {
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
+            if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
+                killer.kill();
+            }
+        });
+}
+
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
 /// the VM is torn down and the serial output flushed.
 pub fn run(args: RunArgs) -> ExitCode {
@@ -109,21 +141,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let stop_signals = block_stop_signals();
     let config = args.config();
     if let Some(dir) = &args.snapshot_out {
-        return match vmm::snapshot::take(&config, dir) {
-            Ok(info) => {
-                if args.timings {
-                    eprintln!(
-                        "snapshot: guest {} us to ready, {} us in all, {} bytes of memory",
-                        info.guest_us, info.total_us, info.memory_bytes
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("dust: {e}");
-                ExitCode::from(status::VMM_ERROR)
-            }
-        };
+        return take_snapshot(&config, dir, args.timings);
     }
     let built = match &args.restore {
         Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
@@ -143,16 +161,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(status::VMM_ERROR);
         }
     };
-    let killer = handle.killer();
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
-                killer.kill();
-            }
-        });
+    kill_on_signal(stop_signals, handle.killer());
     let report = handle.wait();
     if args.timings {
         eprint!("{}", report.timings.render());

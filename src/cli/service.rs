@@ -53,6 +53,7 @@ impl WasmFlags {
             engine: self.engine.unwrap_or_default(),
             fuel: self.fuel,
             compiled: None,
+            interpreter: None,
         })
     }
 }

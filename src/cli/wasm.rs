@@ -193,6 +193,12 @@ fn run_one(
         ..VmConfig::new(image)
     };
     let vm = vmm::build(&config).map_err(|e| WasmRunError::Vm(e.to_string()))?;
+    serve_one(vm, uds, req)
+}
+
+/// Starts `vm`, sends `req` over the vsock socket `uds` once the guest is ready, kills the VM
+/// when the answer is in; returns the raw answer.
+fn serve_one(vm: vmm::Vm, uds: PathBuf, req: Vec<u8>) -> Result<Vec<u8>, WasmRunError> {
     let (ready_tx, ready) = mpsc::channel();
     vm.on_ready(move |_| {
         let _ = ready_tx.send(());

@@ -1,6 +1,7 @@
 //! `dust worker` (internal): one VM per process, driven by the summoner over fd 3. Before
 //! it reads a command it turns on its per-thread seccomp filters and enters the jail the
-//! summoner described in its environment (docs/security.md).
+//! summoner described in its environment (docs/security.md); both are `dust_jail`'s, the
+//! VM `vmm`'s.
 
 use std::process::ExitCode;
 
@@ -8,15 +9,18 @@ use dust_abi::status::VMM_ERROR;
 
 /// Run the worker protocol until the VM ends; or, as the daemon's zygote, fork workers.
 pub fn worker() -> ExitCode {
-    if let Err(e) = vmm::seccomp::enable() {
+    if let Err(e) = dust_jail::seccomp::enable() {
         eprintln!("dust worker: {e}");
         return ExitCode::from(VMM_ERROR);
     }
-    if std::env::var_os(vmm::jail::zygote::ENV).is_some() {
-        return ExitCode::from(vmm::jail::zygote::serve(run));
+    if std::env::var_os(dust_jail::zygote::ENV).is_some() {
+        // Ahead of every fork: /dev/kvm open and the CPUID table read. Without /dev/kvm
+        // each forked worker reports the error itself.
+        let kvm = vmm::before_jail().unwrap_or(-1);
+        return ExitCode::from(dust_jail::zygote::serve(kvm, run));
     }
     // Still one thread here, as the jail needs.
-    match vmm::jail::spec_from_env() {
+    match dust_jail::spec_from_env() {
         Ok(spec) => ExitCode::from(run(spec.as_ref())),
         Err(e) => {
             eprintln!("dust worker: {e}");
@@ -26,14 +30,17 @@ pub fn worker() -> ExitCode {
 }
 
 /// One worker: the jail `spec` describes (if any), then the protocol.
-fn run(spec: Option<&vmm::jail::JailSpec>) -> u8 {
+fn run(spec: Option<&dust_jail::JailSpec>) -> u8 {
     if let Some(spec) = spec {
-        if let Err(e) = vmm::jail::enter(spec) {
+        let jailed = vmm::before_jail()
+            .map_err(|e| e.to_string())
+            .and_then(|_| dust_jail::enter(spec).map_err(|e| e.to_string()));
+        if let Err(e) = jailed {
             eprintln!("dust worker: {e}");
             return VMM_ERROR;
         }
     }
     // After the jail's uid change, which clears the parent-death signal.
-    vmm::jail::die_with_daemon();
+    dust_jail::die_with_daemon();
     vmm::worker::serve()
 }

@@ -32,6 +32,7 @@
 //! WINDOW_UPDATE) it sends; idle for `idle_timeout`, it is told GOAWAY and closed. A peer
 //! that stops answering PINGs is dropped too (hyper's HTTP/2 keep-alive), also mid-request.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -240,24 +241,54 @@ fn builder(svc: &ServiceInner) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What the handler answers a request with.
+type Answer = Result<http::Response<RespBody>, Infallible>;
+
+/// The connection's request handler: each request is marked in `activity` from its start
+/// until its answer's body is sent or dropped, and served in a fresh VM.
+fn handler(
+    svc: Arc<ServiceInner>,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<RespBody>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Answer> + Send + 'static,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        let guard = activity.request_started(req.version());
+        let svc = svc.clone();
+        async move {
+            let resp = crate::http::handle(svc, req).await?;
+            // The guard lives as long as the answer's body: until it is sent or dropped.
+            Ok::<_, Infallible>(resp.map(|b| track(b, guard)))
+        }
+    })
+}
+
+/// The reset check's timer: a tick every [`RESET_CHECK`]; late ticks are not caught up.
+fn reset_timer() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(RESET_CHECK);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// Log a connection that ended in an error; one hyper answered itself (400, 414, 431: the
+/// service never saw the request) gets an access-log line too.
+fn connection_failed(svc: &ServiceInner, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+    if let Some(status) = refused_status(e) {
+        crate::http::refused_log(svc, ("-", "-"), status, &e.to_string());
+    }
+    tracing::debug!(service = %svc.config.name, "client connection: {e}");
+}
+
 /// Serve one HTTP client connection until it closes, times out, or the service stops.
 pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Receiver<bool>) {
     let activity = Arc::new(Activity::new(
         svc.config.header_timeout,
         svc.config.idle_timeout,
     ));
-    let handler = {
-        let (svc, activity) = (svc.clone(), activity.clone());
-        service_fn(move |req: Request<Incoming>| {
-            let guard = activity.request_started(req.version());
-            let svc = svc.clone();
-            async move {
-                let resp = crate::http::handle(svc, req).await?;
-                // The guard lives as long as the answer's body: until it is sent or dropped.
-                Ok::<_, std::convert::Infallible>(resp.map(|b| track(b, guard)))
-            }
-        })
-    };
+    let handler = handler(svc.clone(), activity.clone());
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let io = Watched {
         io: tcp,
@@ -266,18 +297,13 @@ pub async fn serve(svc: Arc<ServiceInner>, tcp: TcpStream, mut stop: watch::Rece
     let builder = builder(&svc);
     let conn = builder.serve_connection(TokioIo::new(io), handler);
     tokio::pin!(conn);
-    let mut reset_check = tokio::time::interval(RESET_CHECK);
-    reset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reset_check = reset_timer();
     loop {
         let deadline = activity.deadline();
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    if let Some(status) = refused_status(&*e) {
-                        // hyper answered it (400, 414, 431): the service never saw it.
-                        crate::http::refused_log(&svc, ("-", "-"), status, &e.to_string());
-                    }
-                    tracing::debug!(service = %svc.config.name, "client connection: {e}");
+                    connection_failed(&svc, &*e);
                 }
                 return;
             }

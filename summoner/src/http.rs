@@ -19,7 +19,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::metrics::{Outcome, Phase};
+use crate::metrics::Phase;
 use crate::service::ServiceInner;
 use crate::summon::{self, ConnectError, Failure, OutcomeGuard, SummonError};
 use crate::worker::{ServingWorker, WorkerError};
@@ -200,7 +200,8 @@ fn head_too_large<B>(req: &Request<B>) -> bool {
         || req.headers().len() > dust_abi::http::MAX_HEADERS
 }
 
-/// A request that got no answer from its VM: count it, answer it, log it.
+/// A request that got no answer from its VM: count it, answer it, log it (with what its
+/// guest wrote last).
 fn failed(
     svc: &ServiceInner,
     outcome: &mut OutcomeGuard,
@@ -208,8 +209,12 @@ fn failed(
     req: (&http::Method, &str),
     t0: Instant,
 ) -> Response<RespBody> {
-    outcome.settle(f.error.outcome());
     let r = error_response(svc, f);
+    outcome.settle(f.error.outcome(), Some(r.status().as_u16()));
+    if let (Some(vm), Some(output), false) = (&f.vm, &f.output, f.killed) {
+        let status = r.status().as_u16();
+        svc.guest_log.report(&svc.config.name, vm, status, output);
+    }
     let timing = format!("total;dur={}", ms(t0.elapsed()));
     access_log(
         svc,
@@ -232,14 +237,7 @@ pub async fn handle(
     let mut req = req;
     to_http1(&mut req);
     if head_too_large(&req) {
-        let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        refused_log(
-            &svc,
-            (method.as_str(), &path),
-            status,
-            "head over the guest's limits",
-        );
-        return Ok(text(status, "request header block too large".into()));
+        return Ok(refuse_large_head(&svc, (method.as_str(), &path)));
     }
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
@@ -254,14 +252,10 @@ pub async fn handle(
     let t = Instant::now();
     let result =
         tokio::time::timeout_at(deadline.into(), forward(&mut vm, summoned.stream, req)).await;
-    let resp = match result {
-        Err(_) => Err(SummonError::Timeout),
-        Ok(r) => r,
-    };
-    let resp = match resp {
+    let resp = match result.unwrap_or(Err(SummonError::Timeout)) {
         Ok(r) => r,
         Err(e) => {
-            let f = Failure::of_vm(e, &vm);
+            let f = Failure::of_vm(e, &mut vm).await;
             return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0));
         }
     };
@@ -271,11 +265,59 @@ pub async fn handle(
     svc.metrics.phase(Phase::respond, respond);
     svc.metrics.phase(Phase::guest, guest);
     svc.metrics.request_duration(total);
-    outcome.settle(Outcome::ok);
+    let status = resp.status().as_u16();
+    let done = crate::metrics::code::answered(status);
+    outcome.settle(done, Some(status));
+    if status >= 500 {
+        // The guest says it failed (a wasm trap, out of fuel): say why in the log.
+        let output = vm.output().await;
+        svc.guest_log
+            .report(&svc.config.name, &vm.vm_id, status, &output);
+    }
 
+    let timing = server_timing(&svc, &phases, respond, guest, total);
     let (mut parts, body) = resp.into_parts();
     for_client(&mut parts.headers, version);
-    let timing = format!(
+    let req = (&method, path.as_str());
+    access_log(
+        &svc,
+        Some(vm.vm_id.as_str()),
+        req,
+        parts.status,
+        done,
+        &timing,
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        parts.headers.append("server-timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&vm.vm_id) {
+        parts.headers.insert("x-dust-vm", v);
+    }
+    let body = VmBody {
+        inner: body,
+        vm: Some(vm),
+        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// 431 for a head the guest could not take, answered without a VM (and logged).
+fn refuse_large_head(svc: &ServiceInner, req: (&str, &str)) -> Response<RespBody> {
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    refused_log(svc, req, status, "head over the guest's limits");
+    text(status, "request header block too large".into())
+}
+
+/// The `Server-Timing` value of an answered request: each phase, how the shell was made
+/// (snapshot, warm, cold), the guest's CPU time and the total.
+fn server_timing(
+    svc: &ServiceInner,
+    phases: &summon::Phases,
+    respond: Duration,
+    guest: Duration,
+    total: Duration,
+) -> String {
+    format!(
         "queue;dur={}, spawn;dur={};desc=\"{}\", boot;dur={}, connect;dur={}, respond;dur={}, guest;dur={}, total;dur={}",
         ms(phases.queue),
         ms(phases.spawn),
@@ -289,22 +331,7 @@ pub async fn handle(
         ms(respond),
         ms(guest),
         ms(total)
-    );
-    let req = (&method, path.as_str());
-    let (vm_id, done) = (Some(vm.vm_id.as_str()), crate::metrics::Outcome::ok);
-    access_log(&svc, vm_id, req, parts.status, done, &timing);
-    if let Ok(v) = HeaderValue::from_str(&timing) {
-        parts.headers.append("server-timing", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&vm.vm_id) {
-        parts.headers.insert("x-dust-vm", v);
-    }
-    let body = VmBody {
-        inner: body,
-        vm: Some(vm),
-        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
-    };
-    Ok(Response::from_parts(parts, body.boxed()))
+    )
 }
 
 /// Send the request to the guest; a guest that dies first is a 502.

@@ -12,11 +12,12 @@
 //! - [`listen`]: sockets inherited through systemd socket activation, or bound.
 
 pub mod admission;
-pub mod cgroup;
 pub mod component;
 pub mod config;
 pub mod conn;
-pub mod exit;
+pub mod diagnose;
+#[cfg(feature = "fake-worker")]
+pub mod fake_worker;
 pub mod health;
 pub mod http;
 pub mod jail;
@@ -24,7 +25,7 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod pool;
-pub mod process;
+pub mod progress;
 mod refuse;
 pub mod registry;
 pub mod rundir;
@@ -35,7 +36,6 @@ pub mod tcp;
 pub mod template;
 pub mod wasm;
 pub mod worker;
-pub mod zygote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -162,7 +162,7 @@ impl Summoner {
         }
         // `dust worker` forks workers as a zygote; stand-ins may not.
         let zygote = (args.len() == 1 && args[0] == "worker" && !no_zygote())
-            .then(|| Arc::new(zygote::Zygote::new(exe.clone())));
+            .then(|| Arc::new(dust_jail::zygote::Zygote::new(exe.clone())));
         let nofile = limits::raise_nofile()?;
         let max_vms = limits::default_max_vms();
         Ok(Self {
@@ -210,16 +210,30 @@ impl Summoner {
         self
     }
 
-    /// Compiles a WebAssembly service's module when its engine is `aot` (or takes the image
-    /// from the cache), on a blocking thread: other services' changes do not wait for it.
-    async fn compile(&self, mut config: ServiceConfig) -> Result<ServiceConfig, StartError> {
+    /// Resolves a WebAssembly service's guest image once: compiles its module when its
+    /// engine is `aot` (or takes the image from the cache), on a blocking thread (other
+    /// services' changes do not wait for it), else locates the built-in guest that
+    /// interprets it.
+    async fn compile(
+        &self,
+        mut config: ServiceConfig,
+        progress: &dyn progress::Progress,
+    ) -> Result<(ServiceConfig, Option<progress::Step>), StartError> {
         let Workload::Wasm(w) = &mut config.workload else {
-            return Ok(config);
+            return Ok((config, None));
         };
-        if !w.compiles() || w.compiled.is_some() {
-            return Ok(config);
+        if w.compiled.is_some() || w.interpreter.is_some() {
+            return Ok((config, None));
+        }
+        if !w.compiles() {
+            // Interpreted: its guest is located now, once, not on every spawn.
+            w.interpreter = wasm::find_guest_for(&w.module);
+            return Ok((config, None));
         }
         let name = config.name.clone();
+        let file = w.module.file_name().unwrap_or_default().to_string_lossy();
+        progress.begin(&name, &format!("compiling {file} (wasm2c, clang, lld)"));
+        let t = std::time::Instant::now();
         let module = std::fs::read(&w.module).map_err(|e| {
             StartError::Config(config::ServiceConfigError::Wasm {
                 name: name.clone(),
@@ -239,8 +253,9 @@ impl Summoner {
         })
         .and_then(|r| r)
         .map_err(|source| StartError::Compile { name, source })?;
+        let step = progress::step("compile", progress::compiled(&built), t.elapsed());
         w.compiled = Some(built.path);
-        Ok(config)
+        Ok((config, Some(step)))
     }
 
     /// Keep the control API's services and artifacts in `state` (docs/deploy.md).
@@ -344,30 +359,39 @@ impl Summoner {
     /// Start a new service; returns its bound address. In snapshot mode the template VM is
     /// booted and saved first; if it fails, nothing is left behind.
     pub async fn add(&self, config: ServiceConfig) -> Result<SocketAddr, AddError> {
+        self.add_with(config, &progress::Quiet).await
+    }
+
+    /// [`Summoner::add`], telling `progress` each step of the creation as it goes (the
+    /// steps are logged, and kept: [`Summoner::creation`]).
+    pub async fn add_with(
+        &self,
+        config: ServiceConfig,
+        progress: &dyn progress::Progress,
+    ) -> Result<SocketAddr, AddError> {
         if self.services().contains_key(&config.name) {
             return Err(AddError::Duplicate(config.name));
         }
         self.check(&config).map_err(StartError::from)?;
-        let config = self.compile(config).await?;
+        let (config, compiled) = self.compile(config, progress).await?;
+        let name = config.name.clone();
+        let mut steps = Vec::new();
+        if let Some(s) = compiled {
+            progress::finished(progress, &name, s, &mut steps);
+        }
         self.check(&config).map_err(StartError::from)?;
         self.create_serial_file(&config)?;
         let template = match config.snapshot {
             true => Some(Arc::new(
-                template::Template::take(&self.spawner, &config, self.templates.as_ref())
-                    .await
-                    .map_err(|source| StartError::Template {
-                        name: config.name.clone(),
-                        source,
-                    })?,
+                self.template(&config, progress, &mut steps).await?,
             )),
             false => None,
         };
         let mut services = self.services();
-        if services.contains_key(&config.name) {
-            return Err(AddError::Duplicate(config.name));
+        if services.contains_key(&name) {
+            return Err(AddError::Duplicate(name));
         }
-        let name = config.name.clone();
-        let svc = Service::start(
+        let mut svc = Service::start(
             config,
             self.spawner.clone(),
             &self.metrics,
@@ -375,9 +399,39 @@ impl Summoner {
             template,
             self.budget.clone(),
         )?;
+        svc.creation = steps;
         let addr = svc.local_addr();
         services.insert(name, svc);
         Ok(addr)
+    }
+
+    /// `config`'s snapshot template: booted, warmed up and saved (or from the cache).
+    async fn template(
+        &self,
+        config: &ServiceConfig,
+        progress: &dyn progress::Progress,
+        steps: &mut Vec<progress::Step>,
+    ) -> Result<template::Template, StartError> {
+        progress.begin(&config.name, "booting the template VM, warm-up, snapshot");
+        let t = std::time::Instant::now();
+        let taken = template::Template::take(&self.spawner, config, self.templates.as_ref())
+            .await
+            .map_err(|source| StartError::Template {
+                name: config.name.clone(),
+                source,
+            })?;
+        let detail = progress::template(&taken.info);
+        let s = progress::step("template", detail, t.elapsed());
+        progress::finished(progress, &config.name, s, steps);
+        Ok(taken)
+    }
+
+    /// The steps the creation of service `name` took (empty for an unknown service).
+    pub fn creation(&self, name: &str) -> Vec<progress::Step> {
+        self.services()
+            .get(name)
+            .map(|s| s.creation.clone())
+            .unwrap_or_default()
     }
 
     /// Stop and remove a service; false if there was none of that name.
@@ -471,7 +525,9 @@ impl Summoner {
         }
         // Workers reaped in the background leave their jail directories and cgroups
         // behind until they are gone; wait for that, briefly.
-        jail::released(Duration::from_secs(5)).await;
+        if let Some(j) = &self.spawner.jail {
+            j.released(Duration::from_secs(5)).await;
+        }
         if let Some(z) = &self.spawner.zygote {
             z.stop();
         }

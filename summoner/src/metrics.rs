@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub mod code;
 mod forget;
 mod process;
 
@@ -20,13 +21,13 @@ mod process;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Outcome {
-    /// Proxied: the guest answered (whatever its status).
+    /// Proxied: the guest answered (any status but 502 and 504).
     ok,
     /// Refused by admission (503).
     shed,
-    /// The guest crashed or exited early (502).
+    /// The guest crashed or exited early (502), or answered 502 itself (a wasm trap).
     crash,
-    /// Past the request deadline (504).
+    /// Past the request deadline (504), or the guest answered 504 itself (out of fuel).
     timeout,
     /// The summoner could not get a VM (500).
     error,
@@ -56,6 +57,8 @@ pub enum Phase {
 struct RequestLabels {
     service: String,
     outcome: Outcome,
+    /// The HTTP status sent to the client ([`code::label`]).
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -177,7 +180,7 @@ impl Default for Metrics {
         );
         registry.register(
             "requests",
-            "Requests by service and outcome",
+            "Requests by service, outcome and HTTP status sent (code)",
             requests.clone(),
         );
         registry.register(
@@ -291,8 +294,8 @@ impl ServiceMetrics {
         self.retired.store(true, Ordering::SeqCst);
     }
 
-    /// Count a finished request.
-    pub fn request(&self, outcome: Outcome) {
+    /// Count a finished request that sent the client `status` (`None`: no HTTP status).
+    pub fn request(&self, outcome: Outcome, status: Option<u16>) {
         if self.retired.load(Ordering::SeqCst) {
             return;
         }
@@ -301,6 +304,7 @@ impl ServiceMetrics {
             .get_or_create(&RequestLabels {
                 service: self.name.clone(),
                 outcome,
+                code: code::label(status),
             })
             .inc();
     }
@@ -410,8 +414,8 @@ mod tests {
         let m = Arc::new(Metrics::default());
         m.set_start_mode("web", false);
         let s = m.service("web");
-        s.request(Outcome::ok);
-        s.request(Outcome::shed);
+        s.request(Outcome::ok, Some(200));
+        s.request(Outcome::shed, Some(503));
         s.phase(Phase::boot, Duration::from_millis(3));
         s.request_duration(Duration::from_millis(9));
         s.vm_started();
@@ -488,7 +492,7 @@ mod tests {
             "{f:?}"
         );
         assert!(
-            text.contains("dust_requests_total{service=\"web\",outcome=\"shed\"} 1\n"),
+            text.contains("dust_requests_total{service=\"web\",outcome=\"shed\",code=\"503\"} 1\n"),
             "{text}"
         );
     }
@@ -502,7 +506,7 @@ mod tests {
         assert_eq!(kind(&f, "dust_requests"), "counter");
         assert_eq!(kind(&f, "process_cpu_seconds"), "counter");
         assert!(
-            text.contains("dust_requests_total{service=\"web\",outcome=\"ok\"} 1\n"),
+            text.contains("dust_requests_total{service=\"web\",outcome=\"ok\",code=\"200\"} 1\n"),
             "{text}"
         );
     }

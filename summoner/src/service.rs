@@ -27,6 +27,8 @@ pub struct ServiceInner {
     pub metrics: Arc<ServiceMetrics>,
     /// The summoner's live VMs.
     pub registry: Arc<crate::registry::Registry>,
+    /// Its guests' output, logged when a request fails.
+    pub guest_log: crate::diagnose::GuestLog,
     /// Client connections this service may still open (`max_connections`).
     connections: Arc<Semaphore>,
     /// The daemon-wide client connection budget.
@@ -85,6 +87,8 @@ pub struct Service {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
+    /// The steps its creation took ([`crate::progress`]).
+    pub(crate) creation: Vec<crate::progress::Step>,
 }
 
 impl Service {
@@ -135,6 +139,7 @@ impl Service {
             pool,
             metrics: smetrics,
             registry,
+            guest_log: Default::default(),
         });
         tokio::spawn(inner.pool.clone().run());
         let (stop, stop_rx) = watch::channel(false);
@@ -144,6 +149,7 @@ impl Service {
             local_addr,
             stop,
             accept,
+            creation: Vec::new(),
         })
     }
 

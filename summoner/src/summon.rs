@@ -14,6 +14,7 @@ use crate::admission::Rejected;
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
 use crate::worker::{ServingWorker, WorkerError};
+use vmm::worker::protocol::Output;
 
 /// Phase durations of one request so far.
 #[derive(Debug, Default, Clone)]
@@ -100,6 +101,8 @@ pub struct Failure {
     pub vm: Option<String>,
     /// Whether an operator killed that VM.
     pub killed: bool,
+    /// What that VM's guest wrote last on its serial console, if known.
+    pub output: Option<Output>,
 }
 
 impl From<SummonError> for Failure {
@@ -108,6 +111,7 @@ impl From<SummonError> for Failure {
             error,
             vm: None,
             killed: false,
+            output: None,
         }
     }
 }
@@ -119,15 +123,17 @@ impl Failure {
             error,
             vm: Some(vm.to_string()),
             killed: killed.load(std::sync::atomic::Ordering::SeqCst),
+            output: None,
         }
     }
 
-    /// The failure of a request whose VM was serving.
-    pub fn of_vm(error: SummonError, vm: &ServingWorker) -> Self {
+    /// The failure of a request whose VM was serving, with what its guest wrote last.
+    pub async fn of_vm(error: SummonError, vm: &mut ServingWorker) -> Self {
         Self {
             error,
             vm: Some(vm.vm_id.clone()),
             killed: vm.killed(),
+            output: Some(vm.output().await),
         }
     }
 
@@ -202,7 +208,10 @@ pub async fn summon(
     let vm = tokio::time::timeout_at(by, booting.ready())
         .await
         .map_err(|_| failed(SummonError::Timeout))?
-        .map_err(|e| failed(SummonError::Guest(e)))?;
+        .map_err(|b| Failure {
+            output: Some(b.output),
+            ..failed(SummonError::Guest(b.error))
+        })?;
     phases.boot = t.elapsed();
 
     let t = Instant::now();
@@ -257,18 +266,18 @@ impl OutcomeGuard {
         }
     }
 
-    /// Settle with `outcome`.
-    pub fn settle(&mut self, outcome: Outcome) {
+    /// Settle with `outcome`, having sent the client `status` (`None`: no HTTP status).
+    pub fn settle(&mut self, outcome: Outcome, status: Option<u16>) {
         if !self.done {
             self.done = true;
-            self.svc.metrics.request(outcome);
+            self.svc.metrics.request(outcome, status);
         }
     }
 }
 
 impl Drop for OutcomeGuard {
     fn drop(&mut self) {
-        self.settle(Outcome::client_gone);
+        self.settle(Outcome::client_gone, None);
     }
 }
 

@@ -19,7 +19,7 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
         Ok(s) => s,
         Err(f) => {
             tracing::info!(service = %svc.config.name, vm = ?f.vm, "connection closed: {}", f.error);
-            outcome.settle(f.error.outcome());
+            outcome.settle(f.error.outcome(), None);
             return;
         }
     };
@@ -30,12 +30,16 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
     // wait for the client to close its side.
     tokio::select! {
         r = tokio::time::timeout_at(deadline.into(), splice) => match r {
-            Ok(_) => outcome.settle(Outcome::ok),
-            Err(_) => outcome.settle(Outcome::timeout),
+            Ok(_) => outcome.settle(Outcome::ok, None),
+            Err(_) => outcome.settle(Outcome::timeout, None),
         },
         exit = summoned.vm.ended() => {
-            tracing::info!(service = %svc.config.name, vm = %summoned.vm.vm_id, "VM ended mid-connection: {exit}");
-            outcome.settle(Outcome::crash);
+            let (name, vm) = (&svc.config.name, summoned.vm.vm_id.clone());
+            tracing::info!(service = %name, vm = %vm, "VM ended mid-connection: {exit}");
+            outcome.settle(Outcome::crash, None);
+            // No HTTP status in TCP mode: 502 is what an HTTP service would have answered.
+            let output = summoned.vm.output().await;
+            svc.guest_log.report(name, &vm, 502, &output);
         }
     }
 }

@@ -19,12 +19,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use vmm::worker::protocol::{Command as Cmd, Event};
+use vmm::worker::protocol::{Command as Cmd, Event, Output};
 use vmm::{Timings, VmConfig, VmExit};
 
 use crate::metrics::ServiceMetrics;
-use crate::process::{Child, Spawn};
 use crate::registry::{Registered, Registry, VmPhase};
+use dust_jail::process::{Child, Spawn};
+use dust_jail::VmJail;
 
 /// A worker that failed before or while starting its VM.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +72,13 @@ struct Process {
     ctl: OwnedWriteHalf,
     events: mpsc::UnboundedReceiver<Event>,
     vsock: PathBuf,
+    /// Its jail, released once it is reaped.
+    jail: Option<VmJail>,
     on_reaped: Option<OnReaped>,
     /// The worker's share of `max_vms`, given back once it is reaped.
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The guest's last serial output, once its VM ended.
+    output: Option<Output>,
 }
 
 impl Process {
@@ -85,8 +90,45 @@ impl Process {
     }
 
     async fn next(&mut self) -> Result<Event, WorkerError> {
-        self.events.recv().await.ok_or(WorkerError::Vanished)
+        let ev = self.events.recv().await.ok_or(WorkerError::Vanished)?;
+        if let Event::Exited { output, .. } = &ev {
+            self.output = Some(output.clone());
+        }
+        Ok(ev)
     }
+
+    /// The guest's last serial output: what the VM left if it ended, else asked for (a
+    /// round trip; empty if the worker does not answer within a few milliseconds).
+    async fn output(&mut self) -> Output {
+        if let Some(o) = &self.output {
+            return o.clone();
+        }
+        let ask = async {
+            self.send(&Cmd::Output).await?;
+            loop {
+                match self.next().await? {
+                    Event::Output { output } | Event::Exited { output, .. } => {
+                        return Ok::<Output, WorkerError>(output)
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(50), ask)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
+}
+
+/// A VM that did not become ready: why, and what its guest wrote last.
+#[derive(Debug)]
+pub struct BootFailed {
+    /// Why.
+    pub error: WorkerError,
+    /// The guest's last serial output.
+    pub output: Output,
 }
 
 impl Drop for Process {
@@ -99,13 +141,15 @@ impl Drop for Process {
                 }
                 drop(slot);
             });
-            reap(child, std::mem::take(&mut self.vsock), Some(after));
+            let jail = self.jail.take();
+            reap(child, std::mem::take(&mut self.vsock), jail, Some(after));
         }
     }
 }
 
-/// Kill `child` and wait for it in the background; then remove its socket and run `after`.
-fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
+/// Kill `child` and wait for it in the background; then remove its socket, release its
+/// jail and run `after`.
+fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<OnReaped>) {
     child.kill();
     let vm = vsock
         .file_stem()
@@ -114,7 +158,9 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
         .into_owned();
     let finish = move || {
         let _ = std::fs::remove_file(&vsock);
-        crate::jail::release(&vsock);
+        if let Some(j) = jail {
+            j.release();
+        }
         if let Some(f) = after {
             f();
         }
@@ -123,7 +169,7 @@ fn reap(mut child: Child, vsock: PathBuf, after: Option<OnReaped>) {
         Ok(rt) => {
             rt.spawn(async move {
                 if let Ok(status) = child.wait().await {
-                    crate::exit::report(&vm, status);
+                    dust_jail::exit::report(&vm, status);
                 }
                 // Removing the VM's cgroups may wait for its last process to go.
                 let _ = tokio::task::spawn_blocking(finish).await;
@@ -156,7 +202,7 @@ pub struct Spawner {
     pub slots: crate::limits::VmSlots,
     /// Fork workers from this zygote (falling back to an exec when it fails); None: exec
     /// each worker.
-    pub zygote: Option<Arc<crate::zygote::Zygote>>,
+    pub zygote: Option<Arc<dust_jail::zygote::Zygote>>,
 }
 
 /// A worker whose VM shell is built and has never run.
@@ -171,7 +217,7 @@ pub struct IdleWorker {
 /// A worker process about to start: its jail (if any) and the paths it sees.
 struct Launch {
     vm_id: String,
-    spec: Option<vmm::jail::JailSpec>,
+    jail: Option<VmJail>,
     /// The VM's vsock socket, as the summoner reaches it.
     vsock: PathBuf,
 }
@@ -206,7 +252,7 @@ impl Spawner {
         snapshot: &Path,
         memory_limit_mib: Option<u32>,
     ) -> Result<IdleWorker, WorkerError> {
-        let mount = vmm::jail::SnapshotMount {
+        let mount = dust_jail::SnapshotMount {
             dir: snapshot.to_path_buf(),
             writable: false,
             max_file_bytes: 0,
@@ -214,8 +260,8 @@ impl Spawner {
         let (config, launch) = self
             .prepare(vm_id, boot, memory_limit_mib, Some(mount))
             .await?;
-        let rc = config.restore_from(match &launch.spec {
-            Some(spec) if spec.namespaces => Path::new(vmm::jail::SNAPSHOT),
+        let rc = config.restore_from(match &launch.jail {
+            Some(j) if j.own_root() => Path::new(dust_jail::SNAPSHOT),
             _ => snapshot,
         });
         let cmd = Cmd::Restore {
@@ -225,23 +271,24 @@ impl Spawner {
     }
 
     /// A template: a worker boots `config` to its guest's ready and saves it into `dir`
-    /// (created here), then exits. Returns the worker's one answer.
+    /// (created here), then exits. Returns the worker's answer, and the guest's last serial
+    /// output if the worker sent it (a template that failed).
     pub async fn snapshot(
         &self,
         vm_id: String,
         config: VmConfig,
         dir: &Path,
-    ) -> Result<Event, WorkerError> {
+    ) -> Result<(Event, Option<Output>), WorkerError> {
         std::fs::create_dir_all(dir)?;
-        let mount = vmm::jail::SnapshotMount {
+        let mount = dust_jail::SnapshotMount {
             dir: dir.to_path_buf(),
             writable: true,
             // The memory file is the guest's RAM; the state file is far smaller.
             max_file_bytes: (u64::from(config.memory_mib) << 20) + (16 << 20),
         };
         let (config, launch) = self.prepare(vm_id, config, None, Some(mount)).await?;
-        let out = match &launch.spec {
-            Some(spec) if spec.namespaces => vmm::jail::SNAPSHOT.into(),
+        let out = match &launch.jail {
+            Some(j) if j.own_root() => dust_jail::SNAPSHOT.into(),
             _ => dir.to_path_buf(),
         };
         let cmd = Cmd::Snapshot {
@@ -250,7 +297,13 @@ impl Spawner {
         };
         let mut proc = self.start_process(launch)?;
         proc.send(&cmd).await?;
-        proc.next().await
+        let mut output = None;
+        loop {
+            match proc.next().await? {
+                Event::Output { output: o } => output = Some(o),
+                answer => return Ok((answer, output)),
+            }
+        }
     }
 
     /// Make the VM's jail (per-VM root, cgroups) and rewrite `config` to the paths the
@@ -260,7 +313,7 @@ impl Spawner {
         vm_id: String,
         config: VmConfig,
         memory_limit_mib: Option<u32>,
-        snapshot: Option<vmm::jail::SnapshotMount>,
+        snapshot: Option<dust_jail::SnapshotMount>,
     ) -> Result<(VmConfig, Launch), WorkerError> {
         let mut config = config;
         if let vmm::SerialConfig::File(p) = &config.serial {
@@ -277,22 +330,23 @@ impl Spawner {
                 .unwrap_or_default();
             let launch = Launch {
                 vm_id,
-                spec: None,
+                jail: None,
                 vsock,
             };
             return Ok((config, launch));
         };
         let (j, id) = (j.clone(), vm_id.clone());
-        let p =
-            tokio::task::spawn_blocking(move || j.prepare(&id, config, memory_limit_mib, snapshot))
-                .await
-                .map_err(|e| WorkerError::Reported(e.to_string()))??;
+        let (config, jail, vsock) = tokio::task::spawn_blocking(move || {
+            crate::jail::prepare(&j, &id, config, memory_limit_mib, snapshot)
+        })
+        .await
+        .map_err(|e| WorkerError::Reported(e.to_string()))??;
         let launch = Launch {
             vm_id,
-            spec: Some(p.spec),
-            vsock: p.vsock,
+            jail: Some(jail),
+            vsock,
         };
-        Ok((p.config, launch))
+        Ok((config, launch))
     }
 
     async fn spawn_with(&self, launch: Launch, cmd: &Cmd) -> Result<IdleWorker, WorkerError> {
@@ -313,7 +367,8 @@ impl Spawner {
     fn start_process(&self, launch: Launch) -> Result<Process, WorkerError> {
         let slot = self.slots.try_take().ok_or(WorkerError::TooManyVms)?;
         let (ours, theirs) = StdUnixStream::pair()?;
-        let json = match &launch.spec {
+        let spec = launch.jail.as_ref().map(VmJail::spec);
+        let json = match spec {
             Some(spec) => Some(
                 serde_json::to_string(spec).map_err(|e| WorkerError::Reported(e.to_string()))?,
             ),
@@ -322,14 +377,14 @@ impl Spawner {
         let spawn = Spawn {
             exe: &self.exe,
             args: &self.args,
-            env: json.map(|j| (vmm::jail::ENV, j)),
+            env: json.map(|j| (dust_jail::ENV, j)),
             control: theirs.as_raw_fd(),
-            namespaces: launch.spec.as_ref().is_some_and(|s| s.namespaces),
+            namespaces: spec.is_some_and(|s| s.namespaces),
         };
         // Its stderr is forwarded to the log (a jailed worker may not write files:
         // RLIMIT_FSIZE 0).
         let forked = self.zygote.as_ref().and_then(|z| {
-            z.spawn(launch.spec.as_ref(), theirs.as_raw_fd())
+            z.spawn(spec, theirs.as_raw_fd())
                 .inspect_err(|e| tracing::warn!("zygote: {e}; starting the worker by exec"))
                 .ok()
         });
@@ -337,17 +392,13 @@ impl Spawner {
             Some(f) => Ok(f),
             None => Child::spawn(&spawn),
         };
-        let (child, stderr) = started.map_err(|source| {
-            if launch.spec.is_some() {
-                crate::jail::release(&launch.vsock);
-            }
-            WorkerError::Spawn {
-                exe: self.exe.clone(),
-                source,
-            }
+        // A worker that did not start: its jail (`launch`) is released when dropped.
+        let (child, stderr) = started.map_err(|source| WorkerError::Spawn {
+            exe: self.exe.clone(),
+            source,
         })?;
         drop(theirs);
-        crate::exit::forward_stderr(launch.vm_id.clone(), stderr);
+        dust_jail::exit::forward_stderr(launch.vm_id.clone(), stderr);
         ours.set_nonblocking(true)?;
         let (rd, ctl) = UnixStream::from_std(ours)?.into_split();
         let (tx, events) = mpsc::unbounded_channel();
@@ -369,8 +420,10 @@ impl Spawner {
             ctl,
             events,
             vsock: launch.vsock,
+            jail: launch.jail,
             on_reaped: None,
             slot: Some(slot),
+            output: None,
         })
     }
 }
@@ -421,10 +474,10 @@ impl BootingWorker {
     }
 
     /// Wait for the guest's "ready".
-    pub async fn ready(mut self) -> Result<ServingWorker, WorkerError> {
-        loop {
-            match self.proc.next().await? {
-                Event::Ready { .. } => {
+    pub async fn ready(mut self) -> Result<ServingWorker, BootFailed> {
+        let error = loop {
+            match self.proc.next().await {
+                Ok(Event::Ready { .. }) => {
                     self.entry.set_phase(VmPhase::Serving);
                     return Ok(ServingWorker {
                         _entry: self.entry,
@@ -432,11 +485,14 @@ impl BootingWorker {
                         proc: self.proc,
                     });
                 }
-                Event::Exited { exit, .. } => return Err(WorkerError::Ended(exit)),
-                Event::Error { message } => return Err(WorkerError::Reported(message)),
-                _ => {}
+                Ok(Event::Exited { exit, .. }) => break WorkerError::Ended(exit),
+                Ok(Event::Error { message }) => break WorkerError::Reported(message),
+                Ok(_) => {}
+                Err(e) => break e,
             }
-        }
+        };
+        let output = self.proc.output.take().unwrap_or_default();
+        Err(BootFailed { error, output })
     }
 }
 
@@ -461,6 +517,11 @@ impl ServingWorker {
     /// The VM's vsock socket.
     pub fn vsock(&self) -> &Path {
         &self.proc.vsock
+    }
+
+    /// The guest's last serial output (what it left when it ended, or what it wrote so far).
+    pub async fn output(&mut self) -> Output {
+        self.proc.output().await
     }
 
     /// Wait until the VM ends on its own; returns how.

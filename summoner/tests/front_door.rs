@@ -1,9 +1,9 @@
 //! The front door of a service as real clients use it: half-closed and pipelining clients,
 //! silent, slow and idle connections, the per-service connection cap. Workers are the fake
-//! of `fake/mod.rs`, so no /dev/kvm is needed.
+//! of `summoner::fake_worker`, so no /dev/kvm is needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-mod fake;
+use summoner::fake_worker as fake;
 use test_support as host;
 
 use std::io::{Read, Write};

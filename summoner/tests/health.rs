@@ -1,9 +1,9 @@
-//! `/healthz` on any machine: services run fake workers (`fake/mod.rs`), the health listener
-//! is real and spoken to over TCP. The daemon-level drain (signals, the drain delay, HAProxy)
+//! `/healthz` on any machine: services run fake workers (`summoner::fake_worker`), the
+//! health listener is real and spoken to over TCP. The daemon-level drain (signals, the drain delay, HAProxy)
 //! is in the root crate's `tests/scaleout.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-mod fake;
+use summoner::fake_worker as fake;
 use test_support as host;
 
 use std::io::{Read, Write};

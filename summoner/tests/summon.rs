@@ -1,10 +1,10 @@
-//! The summoner's request path on any machine: workers are a fake (`fake/mod.rs`) that speaks
-//! the worker protocol and answers the vsock `CONNECT` itself, so pool refill, 502, 503, 504,
-//! client-gone teardown and permit release are tested without /dev/kvm. The same paths with
-//! real guests are in the root crate's `tests/summoner.rs`.
+//! The summoner's request path on any machine: workers are a fake (`summoner::fake_worker`)
+//! that speaks the worker protocol and answers the vsock `CONNECT` itself, so pool refill,
+//! 502, 503, 504, client-gone teardown and permit release are tested without /dev/kvm. The
+//! same paths with real guests are in the root crate's `tests/summoner.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-mod fake;
+use summoner::fake_worker as fake;
 use test_support as host;
 
 use std::io::Write;

@@ -99,27 +99,10 @@ pub enum SerialConfig {
     None,
 }
 
-/// Open a serial file (creating it, mode 0600) for appending, never truncating (the VMs of a
-/// service share it) and never through a symlink: one in its place is refused, as is anything
-/// but a regular file. Both the daemon (checking a service's file) and a jailed worker (still
-/// root when it opens its file) come through here.
-pub fn open_serial_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => std::io::Error::other("is a symbolic link"),
-            _ => e,
-        })?;
-    if !f.metadata()?.is_file() {
-        return Err(std::io::Error::other("is not a regular file"));
-    }
-    Ok(f)
-}
+/// Serial files are opened (created mode 0600, appended to, never through a symlink) as a
+/// jailed worker opens them: the daemon checking a service's file and the VMM both come
+/// through the jail's function.
+pub use dust_jail::open_serial_file;
 
 /// The vsock device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

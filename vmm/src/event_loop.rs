@@ -55,7 +55,7 @@ impl EventLoop {
             .name("vm-events".into())
             .spawn(move || {
                 // Filtered before it handles any guest-controlled data (docs/security.md).
-                if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Events) {
+                if let Err(e) = dust_jail::seccomp::apply(dust_jail::seccomp::ThreadKind::Events) {
                     tracing::error!("event loop: {e}");
                     return;
                 }

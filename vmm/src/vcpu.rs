@@ -262,3 +262,12 @@ fn park(state: &RunState) {
     state.wake().take();
     state.add_parked(parked.elapsed().as_nanos() as u64);
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kick_signal_is_the_one_the_seccomp_allowlist_names() {
+        // The jail's allowlist.json allows tgkill and rt_sigaction for signal 34 only.
+        assert_eq!(super::kick_signal(), 34);
+    }
+}

@@ -8,9 +8,11 @@ mod console_write;
 mod debug_exit;
 mod i8042;
 mod serial;
+mod tail;
 
 pub use boot_timer::BootTimer;
 pub use console_write::ConsoleWrite;
 pub use debug_exit::DebugExit;
 pub use i8042::I8042;
 pub use serial::{Serial, SerialRestoreError, SerialSink, SerialSnapshot};
+pub use tail::{OutputTail, TAIL_BYTES};

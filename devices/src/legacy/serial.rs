@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
 
+use super::tail::{OutputTail, Tee};
 use crate::{BusAction, BusDevice, Interrupt};
 
 /// Where serial output goes.
@@ -19,13 +20,18 @@ pub enum SerialSink {
 }
 
 impl SerialSink {
-    fn into_writer(self) -> Box<dyn Write + Send> {
-        match self {
+    /// The sink's writer, teeing into `tail`.
+    fn into_writer(self, tail: &OutputTail) -> Box<dyn Write + Send> {
+        let inner: Box<dyn Write + Send> = match self {
             SerialSink::Stdout => Box::new(io::stdout()),
             SerialSink::File(f) => Box::new(f),
             SerialSink::Writer(w) => w,
             SerialSink::Discard => Box::new(io::sink()),
-        }
+        };
+        Box::new(Tee {
+            inner,
+            tail: tail.clone(),
+        })
     }
 }
 
@@ -42,14 +48,22 @@ impl vm_superio::Trigger for Irq {
 /// The UART on the bus (8 registers).
 pub struct Serial {
     uart: vm_superio::Serial<Irq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    tail: OutputTail,
 }
 
 impl Serial {
     /// A UART that raises `irq` and writes to `sink`.
     pub fn new(irq: Arc<dyn Interrupt>, sink: SerialSink) -> Self {
+        let tail = OutputTail::default();
         Self {
-            uart: vm_superio::Serial::new(Irq(irq), sink.into_writer()),
+            uart: vm_superio::Serial::new(Irq(irq), sink.into_writer(&tail)),
+            tail,
         }
+    }
+
+    /// The last bytes written, whatever the sink.
+    pub fn tail(&self) -> OutputTail {
+        self.tail.clone()
     }
 
     /// Flush buffered output (called when the VM stops).
@@ -121,11 +135,12 @@ impl Serial {
             scratch: scr,
             in_buffer: snap.in_buffer.clone(),
         };
+        let tail = OutputTail::default();
         let uart = vm_superio::Serial::from_state(
             &state,
             Irq(irq),
             vm_superio::serial::NoEvents,
-            sink.into_writer(),
+            sink.into_writer(&tail),
         )
         .map_err(|e| match e {
             vm_superio::serial::Error::FullFifo => {
@@ -134,7 +149,7 @@ impl Serial {
             vm_superio::serial::Error::Trigger(e) => SerialRestoreError::Interrupt(e),
             vm_superio::serial::Error::IOError(e) => SerialRestoreError::Output(e),
         })?;
-        Ok(Self { uart })
+        Ok(Self { uart, tail })
     }
 }
 
@@ -200,6 +215,7 @@ mod tests {
         }
         assert_eq!(s.write(0, b"ya!"), BusAction::None);
         assert_eq!(&*cap.0.lock().unwrap(), b"hi\nya!");
+        assert_eq!(s.tail().text(), ("hi\nya!".into(), 0));
         // Line status register: transmitter empty.
         let mut lsr = [0u8];
         s.read(5, &mut lsr);

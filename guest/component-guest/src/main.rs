@@ -1,10 +1,12 @@
 //! `dust-component`: serves HTTP on vsock port 80 and runs a `wasi:http/proxy` component
 //! (the VM's initrd) for each request, in wasmi: it plans the component (the same code the
-//! host checked it with), compiles its core modules lazily and replays the plan; each
-//! request calls `wasi:http/incoming-handler.handle` on an instance no request used before.
+//! host checked it with), compiles its core modules and replays the plan; each request
+//! calls `wasi:http/incoming-handler.handle` on an instance no request used before, which
+//! is freed only after the answer went out.
 //!
-//! As for `dust-wasm`: `warmup=1` (snapshot templates) first answers a `GET /` on a
-//! throwaway instance so that what a request calls is translated before the snapshot;
+//! `warmup=1` (snapshot templates): the core modules are translated whole (up to 512 KiB
+//! of component; lazily otherwise) and, as in `dust-wasm`, a `GET /` is answered on a
+//! throwaway instance before the snapshot;
 //! `fuel=N` per request (out of fuel answers 504); a trap, an exit or a handler that sets
 //! no response answers 502, with the reason in the serial log prefixed with the VM id.
 #![no_std]
@@ -25,6 +27,10 @@ dust_guest::entry!(main);
 
 /// vsock port.
 const PORT: u32 = 80;
+/// The largest component translated whole before the snapshot (about 30 KB a second
+/// here: an 87 KB component adds ~3 s to the template's start, which has 120 s; the
+/// translated code of a much bigger one would also crowd [`OVERHEAD`]).
+const EAGER_MAX: usize = 512 << 10;
 /// Extra fuel of the warm-up run per byte of component, for translating functions.
 const WARMUP_FUEL_PER_BYTE: u64 = 8;
 /// Guest memory kept for the runtime, the compiled code and the request.
@@ -81,13 +87,15 @@ impl Runner {
         self.component.instantiate(store)
     }
 
+    /// Answers `req` on `ready` (or a new instance); returns the answer and the instance
+    /// it used, for the caller to drop once the answer is out.
     fn handle(
         &self,
         req: &Request,
         ready: Option<Instantiated>,
         quiet: bool,
         fuel: u64,
-    ) -> Response {
+    ) -> (Response, Option<Instantiated>) {
         let mut id = [0u8; dust_abi::vminfo::ID_MAX];
         let vm = match dust_guest::vminfo::id(&mut id) {
             "" => dust_guest::arg_value("vm").unwrap_or("(unnamed)"),
@@ -102,11 +110,11 @@ impl Runner {
             Ok(r) => r,
             Err(e) => {
                 log(&format!("instantiating the component: {e}"));
-                return failure(502, "the handler could not be instantiated");
+                return (failure(502, "the handler could not be instantiated"), None);
             }
         };
         if ready.store.set_fuel(fuel).is_err() {
-            return failure(502, "the handler could not be run");
+            return (failure(502, "the handler could not be run"), Some(ready));
         }
         let mut seed = [0u8; 8];
         dust_guest::vminfo::random_bytes(&mut seed);
@@ -122,7 +130,7 @@ impl Runner {
         for line in output.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             log(core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
         }
-        match result {
+        let answer = match result {
             Ok(r) => response(r),
             Err(RunError::Wasm(e)) if e.as_trap_code() == Some(TrapCode::OutOfFuel) => {
                 log(&format!("handler ran out of fuel ({fuel} units)"));
@@ -132,7 +140,8 @@ impl Runner {
                 log(&format!("handler failed: {e}"));
                 failure(502, "the handler failed")
             }
-        }
+        };
+        (answer, Some(ready))
     }
 }
 
@@ -175,6 +184,18 @@ fn failure(status: u16, why: &str) -> Response {
     )
 }
 
+/// How wasmi translates the core modules: for a snapshot template (`warmup`) every
+/// function before the snapshot, so that no request pays for translating a function the
+/// warm-up did not call (translating one costs as much as a small handler here); lazily
+/// otherwise, or for a component over [`EAGER_MAX`].
+fn compilation(warmup: bool, len: usize) -> CompilationMode {
+    if warmup && len <= EAGER_MAX {
+        CompilationMode::Eager
+    } else {
+        CompilationMode::Lazy
+    }
+}
+
 /// Bytes of wasm memory an instance may have: RAM less the component and [`OVERHEAD`].
 fn memory_limit(len: u64) -> usize {
     let ram: u64 = dust_guest::boot::ram()
@@ -197,10 +218,11 @@ fn main() -> Result<(), Error> {
     let fuel = dust_guest::arg_value(key::FUEL)
         .and_then(|f| f.parse().ok())
         .unwrap_or(DEFAULT_FUEL);
+    let warmup = dust_guest::arg_value(key::WARMUP) == Some("1");
     let mut config = Config::default();
     config
         .consume_fuel(true)
-        .compilation_mode(CompilationMode::Lazy);
+        .compilation_mode(compilation(warmup, bytes.len()));
     let engine = Engine::new(&config);
     let component = Component::new(&engine, bytes, plan).map_err(Error::Run)?;
     let runner = Runner {
@@ -214,11 +236,18 @@ fn main() -> Result<(), Error> {
         && let Ok(req) = Request::from_head(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     {
         let fuel = fuel.saturating_add(WARMUP_FUEL_PER_BYTE.saturating_mul(rd.size));
-        let _ = runner.handle(&req, None, true, fuel);
+        drop(runner.handle(&req, None, true, fuel));
     }
     let mut ready = Some(runner.instantiate().map_err(Error::Run)?);
+    let mut spent = None;
     http::serve(PORT, |req| {
-        runner.handle(req, ready.take(), false, runner.fuel)
+        // The instance the last request used goes only now, after its answer was sent:
+        // freeing a store (thousands of blocks on a long free list) costs more than
+        // running the handler, and a VM usually serves one request.
+        drop(spent.take());
+        let (answer, used) = runner.handle(req, ready.take(), false, runner.fuel);
+        spent = used;
+        answer
     })
     .map_err(Error::Vsock)
 }

@@ -1,12 +1,13 @@
 //! `dust-wasm`: serves HTTP on vsock port 80 and runs a `wasm32-wasip1` module for each
 //! request with the WAGI convention (see `cgi`), in wasmi. The module is the VM's initrd.
 //!
-//! Before it signals ready, the guest compiles the module (lazily: functions are translated
-//! on their first call) and instantiates it. With `warmup=1` on the command line (snapshot
-//! services: the template VM) it first runs the handler once on a throwaway instance for a
-//! `GET /`, so that the functions a request calls are already translated when the snapshot
-//! is taken, then instantiates the instance the request will use. Each VM serves one
-//! request on an instance no request used before.
+//! Before it signals ready, the guest compiles the module and instantiates it. With
+//! `warmup=1` on the command line (snapshot services: the template VM) it translates every
+//! function of a module up to 512 KiB before the snapshot (otherwise functions are
+//! translated on their first call, which costs a request as much as a small handler) and
+//! first runs the handler once on a throwaway instance for a `GET /`, then instantiates
+//! the instance the request will use. Each VM serves one request on an instance no
+//! request used before.
 //!
 //! Command line: `fuel=N` (wasm fuel per request; out of fuel answers 504), `warmup=1`,
 //! `env.NAME=value` (extra environment variables), `verbose=1` (log the fuel each request
@@ -32,8 +33,12 @@ dust_guest::entry!(main);
 /// vsock port.
 const PORT: u32 = 80;
 use dust_abi::wasm::{DEFAULT_FUEL, cmdline as key};
-/// Extra fuel of the warm-up run per byte of module, for translating functions (the C
-/// example's first run uses ~180 k more fuel than its later ones, for a 39 KB module).
+/// The largest module translated whole before the snapshot (about 30 KB a second here:
+/// a 100 KB module adds ~3 s to the template's start, which has 120 s).
+const EAGER_MAX: usize = 512 << 10;
+/// Extra fuel of the warm-up run per byte of module, for translating functions when it is
+/// lazy (the C example's first run uses ~180 k more fuel than its later ones, for a 39 KB
+/// module).
 const WARMUP_FUEL_PER_BYTE: u64 = 8;
 /// Guest memory kept for the runtime, the compiled code and the request, beyond the
 /// module itself (the host's module check uses the same number).
@@ -149,6 +154,17 @@ impl Runner {
     }
 }
 
+/// How wasmi translates the module: for a snapshot template (`warmup`) every function
+/// before the snapshot, so that no request pays for translating a function the warm-up
+/// did not call; lazily otherwise, or for a module over [`EAGER_MAX`].
+fn compilation(warmup: bool, len: usize) -> CompilationMode {
+    if warmup && len <= EAGER_MAX {
+        CompilationMode::Eager
+    } else {
+        CompilationMode::Lazy
+    }
+}
+
 /// Bytes of wasm memory an instance may have: RAM less the module and [`OVERHEAD`].
 fn memory_limit(module_len: u64) -> usize {
     let ram: u64 = dust_guest::boot::ram()
@@ -170,10 +186,11 @@ fn main() -> Result<(), Error> {
     let fuel = dust_guest::arg_value(key::FUEL)
         .and_then(|f| f.parse().ok())
         .unwrap_or(DEFAULT_FUEL);
+    let warmup = dust_guest::arg_value(key::WARMUP) == Some("1");
     let mut config = Config::default();
     config
         .consume_fuel(true)
-        .compilation_mode(CompilationMode::Lazy);
+        .compilation_mode(compilation(warmup, wasm.len()));
     let engine = Engine::new(&config);
     let module = Module::new(&engine, wasm)?;
     let mut linker = Linker::new(&engine);
@@ -189,7 +206,7 @@ fn main() -> Result<(), Error> {
             .collect(),
         verbose: dust_guest::arg_value(key::VERBOSE) == Some("1"),
     };
-    if dust_guest::arg_value(key::WARMUP) == Some("1") {
+    if warmup {
         // Whatever it answers, the functions it called are now translated.
         if let Ok(req) = Request::from_head(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n") {
             // Translating a function costs fuel too (by its size): give the first run room

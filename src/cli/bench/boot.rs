@@ -146,6 +146,36 @@ fn qemu_cmd(qemu: &Path, image: &Path) -> Command {
     c
 }
 
+/// The QEMU binary, or `None` with a line on stderr saying it is skipped.
+fn qemu_or_skip() -> Option<PathBuf> {
+    let qemu = qemu();
+    if qemu.is_none() {
+        eprintln!("dust bench boot: qemu-system-x86_64 not installed; skipping QEMU");
+    }
+    qemu
+}
+
+/// The Firecracker binary with its config for `image` written to `fc_config`, or `None`
+/// with a line on stderr saying why it is skipped.
+fn firecracker_or_skip(bin: Option<&Path>, image: &Path, fc_config: &Path) -> Option<PathBuf> {
+    let Some(fc) = firecracker(bin) else {
+        eprintln!(
+            "dust bench boot: no firecracker binary (--firecracker, $FIRECRACKER or PATH); skipping Firecracker"
+        );
+        return None;
+    };
+    match std::fs::write(fc_config, firecracker_config(image)) {
+        Ok(()) => Some(fc),
+        Err(e) => {
+            eprintln!(
+                "dust bench boot: {}: {e}; skipping Firecracker",
+                fc_config.display()
+            );
+            None
+        }
+    }
+}
+
 /// Run the comparison; returns rows (dust, qemu if asked and present, static floor).
 pub fn run(
     image: &Path,
@@ -162,33 +192,14 @@ pub fn run(
         std::fs::write(&floor, trivial_static_elf())
             .and_then(|_| std::fs::set_permissions(&floor, std::fs::Permissions::from_mode(0o755)))
     };
-    let qemu = if peers { qemu() } else { None };
-    if peers && qemu.is_none() {
-        eprintln!("dust bench boot: qemu-system-x86_64 not installed; skipping QEMU");
-    }
-    let fc = if peers {
-        firecracker(firecracker_bin)
-    } else {
-        None
-    };
-    if peers && fc.is_none() {
-        eprintln!(
-            "dust bench boot: no firecracker binary (--firecracker, $FIRECRACKER or PATH); skipping Firecracker"
-        );
-    }
     let fc_config = dir.join("firecracker.json");
-    let fc = match fc {
-        Some(fc) => match std::fs::write(&fc_config, firecracker_config(image)) {
-            Ok(()) => Some(fc),
-            Err(e) => {
-                eprintln!(
-                    "dust bench boot: {}: {e}; skipping Firecracker",
-                    fc_config.display()
-                );
-                None
-            }
-        },
-        None => None,
+    let (qemu, fc) = if peers {
+        (
+            qemu_or_skip(),
+            firecracker_or_skip(firecracker_bin, image, &fc_config),
+        )
+    } else {
+        (None, None)
     };
     let mut samples: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![(vec![], vec![], 0); 4];
     for _ in 0..n {
@@ -216,8 +227,13 @@ pub fn run(
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows(samples))
+}
+
+/// One row per runner that ran (dust always): its ready and exit summaries and failures.
+fn rows(samples: Vec<(Vec<f64>, Vec<f64>, usize)>) -> Vec<Row> {
     let names = ["dust", "qemu-microvm", "firecracker", "static-process"];
-    Ok(samples
+    samples
         .into_iter()
         .enumerate()
         .filter(|(i, s)| !s.0.is_empty() || s.2 > 0 || *i == 0)
@@ -227,7 +243,7 @@ pub fn run(
             exit: summarize(&e),
             failures: f,
         })
-        .collect())
+        .collect()
 }
 
 /// Print rows and the ratio line.

@@ -55,7 +55,6 @@ pub async fn run(args: &JailArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("dust-bench-jail-{}", std::process::id()));
     let result = measure(args, &image, &exe, &dir).await;
-    summoner::jail::released(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -148,7 +147,7 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
                 log_dir: summoner::default_log_dir(),
                 jail,
                 slots: summoner::limits::VmSlots::new(args.shells * 3 + 4),
-                zygote: zygote.then(|| Arc::new(summoner::zygote::Zygote::new(exe.to_path_buf()))),
+                zygote: zygote.then(|| Arc::new(dust_jail::zygote::Zygote::new(exe.to_path_buf()))),
             },
             Vec::new(),
         ));
@@ -180,6 +179,10 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
         println!("added by the jail (p50): {:.3}ms", b - a);
     }
     for (_, sp, _) in &spawners {
+        // Workers are reaped in the background; their jails go once they are.
+        if let Some(j) = &sp.jail {
+            j.released(Duration::from_secs(5)).await;
+        }
         if let Some(z) = &sp.zygote {
             z.stop();
         }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -136,10 +137,20 @@ fn draw(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(400);
 
+    draw_cdf(&top, r)?;
+    draw_phases(&bottom, r)?;
+    root.present()?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// The client latency CDF.
+fn draw_cdf(area: &Area<'_>, r: &Report) -> Result<(), Box<dyn std::error::Error>> {
     let mut client: Vec<f64> = r.samples.iter().map(|s| s.client_ms).collect();
     client.sort_by(f64::total_cmp);
     let xmax = client.last().copied().unwrap_or(1.0).max(0.001) * 1.05;
-    let mut cdf = ChartBuilder::on(&top)
+    let mut cdf = ChartBuilder::on(area)
         .caption(
             "client latency CDF (connect -> last byte)",
             ("sans-serif", 18),
@@ -160,7 +171,12 @@ fn draw(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .map(|(i, v)| (*v, (i + 1) as f64 / n)),
         &BLUE,
     ))?;
+    Ok(())
+}
 
+/// The server phases of (at most about 400 of) the requests, stacked, sorted by client
+/// latency.
+fn draw_phases(area: &Area<'_>, r: &Report) -> Result<(), Box<dyn std::error::Error>> {
     let mut by_total: Vec<&Sample> = r.samples.iter().collect();
     by_total.sort_by(|a, b| a.client_ms.total_cmp(&b.client_ms));
     let step = (by_total.len() / 400).max(1);
@@ -170,7 +186,7 @@ fn draw(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| STACKED.iter().filter_map(|p| s.phases.get(*p)).sum::<f64>())
         .fold(0.001, f64::max)
         * 1.05;
-    let mut bars = ChartBuilder::on(&bottom)
+    let mut bars = ChartBuilder::on(area)
         .caption(
             "server phases per request (sorted by client latency)",
             ("sans-serif", 18),
@@ -201,6 +217,5 @@ fn draw(r: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -168,7 +168,7 @@ fn start(args: ServeArgs) -> Result<ExitCode, Stop> {
     // Before the runtime starts threads: this edits the environment.
     balancer::adopt_sockets()?;
     // Before the runtime starts a thread, so that all of them inherit it (security.md).
-    vmm::seccomp::apply_daemon()?;
+    dust_jail::seccomp::apply_daemon()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -223,7 +223,9 @@ fn summoner_for(s: &Settings) -> Result<Arc<Summoner>, Stop> {
 async fn run(summoner: &Arc<Summoner>, s: Settings, grace: Duration) -> Result<(), Stop> {
     for config in s.services {
         let (name, mode) = (config.name.clone(), config.mode);
-        let addr = summoner.add(config).await?;
+        let addr = summoner
+            .add_with(config, &super::progress::Console::new())
+            .await?;
         let scheme = if mode == Mode::Http {
             "http://"
         } else {

@@ -178,6 +178,7 @@ impl ServiceConfig {
                 engine: Engine::default(),
                 fuel: None,
                 compiled: None,
+                interpreter: None,
             }),
             snapshot: true,
             ..Self::new(name, listen, PathBuf::new())
@@ -194,13 +195,18 @@ impl ServiceConfig {
 
     /// The guest image each VM boots: the service's image, for a compiled WebAssembly
     /// service the module's own image (empty until the summoner has compiled it), else the
-    /// built-in guest that interprets it (located once per process, see
-    /// [`crate::wasm::find_guest`]; empty when it is missing, which validation names).
+    /// built-in guest that interprets it: the one the summoner located when it added the
+    /// service, or, before that, looked for now (see [`crate::wasm::find_guest_for`];
+    /// empty when it is missing, which validation names).
     pub fn image_path(&self) -> PathBuf {
         match &self.workload {
             Workload::Image(i) => i.clone(),
             Workload::Wasm(WasmWorkload {
                 compiled: Some(image),
+                ..
+            })
+            | Workload::Wasm(WasmWorkload {
+                interpreter: Some(image),
                 ..
             }) => image.clone(),
             Workload::Wasm(w) => crate::wasm::find_guest_for(&w.module).unwrap_or_default(),

@@ -291,6 +291,7 @@ fn counts_past_max_count_and_zero_fuel_are_refused() {
         engine: Engine::Interpreter,
         fuel: Some(0),
         compiled: None,
+        interpreter: None,
     });
     assert!(matches!(
         c.validate(),
@@ -314,6 +315,7 @@ fn a_service_runs_an_image_or_a_module_never_both() {
         engine: Engine::Interpreter,
         fuel: Some(5),
         compiled: None,
+        interpreter: None,
     };
     assert_eq!(
         (c.workload.clone(), c.snapshot),
@@ -359,4 +361,50 @@ fn the_wire_form_round_trips() {
         "{json}"
     );
     assert_eq!(serde_json::from_value::<ServiceConfig>(json).unwrap(), img);
+}
+
+#[test]
+fn the_engine_that_runs_and_the_image_are_the_resolved_ones() {
+    let tmp = host::TempDir::new("engine");
+    let core = tmp.path().join("core.wasm");
+    let component = tmp.path().join("component.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    std::fs::write(&component, b"\0asm\x0d\0\x01\0").unwrap();
+    let w = |module: &std::path::Path, engine| WasmWorkload {
+        module: module.into(),
+        engine,
+        fuel: None,
+        compiled: None,
+        interpreter: None,
+    };
+    // Before the summoner resolves them: from the module's header.
+    assert_eq!(w(&core, Engine::Aot).running_engine(), Engine::Aot);
+    assert_eq!(
+        w(&component, Engine::Aot).running_engine(),
+        Engine::Interpreter,
+        "a component runs on the interpreter whatever engine says"
+    );
+    assert_eq!(
+        w(&core, Engine::Interpreter).running_engine(),
+        Engine::Interpreter
+    );
+    // Resolved: the module is not read again (it may be gone), and its VMs boot the
+    // image found at creation.
+    let gone = tmp.path().join("gone.wasm");
+    let mut c = ServiceConfig::wasm("w", "127.0.0.1:0".parse().unwrap(), &gone);
+    c.workload = Workload::Wasm(WasmWorkload {
+        interpreter: Some("/guests/dust-component".into()),
+        ..w(&gone, Engine::Aot)
+    });
+    assert_eq!(c.image_path(), PathBuf::from("/guests/dust-component"));
+    assert_eq!(
+        c.wasm_workload().unwrap().running_engine(),
+        Engine::Interpreter
+    );
+    c.workload = Workload::Wasm(WasmWorkload {
+        compiled: Some("/cache/aot/x.img".into()),
+        ..w(&gone, Engine::Aot)
+    });
+    assert_eq!(c.image_path(), PathBuf::from("/cache/aot/x.img"));
+    assert_eq!(c.wasm_workload().unwrap().running_engine(), Engine::Aot);
 }

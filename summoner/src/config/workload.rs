@@ -35,6 +35,10 @@ pub struct WasmWorkload {
     /// The module's guest image, once the summoner has compiled it (engine `aot`; see
     /// [`crate::wasm::aot`]). Never part of the wire form.
     pub compiled: Option<PathBuf>,
+    /// The built-in guest that interprets the module (`dust-wasm`, or `dust-component` for
+    /// a component), located once when the summoner adds the service, so that no spawn
+    /// reads the module or searches for it. Never part of the wire form.
+    pub interpreter: Option<PathBuf>,
 }
 
 impl WasmWorkload {
@@ -42,6 +46,18 @@ impl WasmWorkload {
     /// (components run on the interpreter for now; docs/wasm.md). Reads the module's header.
     pub fn compiles(&self) -> bool {
         self.engine == Engine::Aot && !crate::component::is_component_file(&self.module)
+    }
+
+    /// The engine that actually runs the handler: `aot` once compiled, `interpreter` when
+    /// it is interpreted (asked for, or a component, which the AOT engine does not
+    /// compile yet). Before the summoner resolved it, reads the module's header.
+    pub fn running_engine(&self) -> Engine {
+        match (&self.compiled, &self.interpreter) {
+            (Some(_), _) => Engine::Aot,
+            (None, Some(_)) => Engine::Interpreter,
+            (None, None) if self.compiles() => Engine::Aot,
+            (None, None) => Engine::Interpreter,
+        }
     }
 }
 
@@ -195,6 +211,7 @@ impl ServiceSpec {
         match (image, self.wasm.take()) {
             (Some(_), Some(_)) => Err(WorkloadError::Both),
             (None, Some(module)) => Ok(Workload::Wasm(WasmWorkload {
+                interpreter: None,
                 module,
                 engine: self.engine.unwrap_or_default(),
                 fuel: self.fuel,

@@ -32,11 +32,14 @@ impl Metrics {
     pub fn forget(&self, name: &str) {
         let service = || name.to_string();
         for outcome in Outcome::ALL {
-            let labels = RequestLabels {
-                service: service(),
-                outcome,
-            };
-            self.requests.remove(&labels);
+            for code in super::code::all() {
+                let labels = RequestLabels {
+                    service: service(),
+                    outcome,
+                    code,
+                };
+                self.requests.remove(&labels);
+            }
         }
         for phase in Phase::ALL {
             self.phases.remove(&PhaseLabels {
@@ -73,13 +76,22 @@ mod tests {
         for (name, snapshot) in [("gone", true), ("kept", false)] {
             m.set_start_mode(name, snapshot);
             let s = m.service(name);
-            s.request(Outcome::ok);
+            s.request(Outcome::ok, Some(200));
+            s.request(Outcome::crash, Some(502));
+            s.request(Outcome::ok, Some(418));
+            s.request(Outcome::client_gone, None);
             s.phase(Phase::boot, Duration::from_millis(3));
             s.request_duration(Duration::from_millis(9));
             s.vm_started();
             s.set_idle(2);
             s.shell_built(snapshot, Duration::from_micros(900));
             s.pool_wait();
+        }
+        let before = m.render(Format::Prometheus);
+        for code in ["200", "502", "4xx", "none"] {
+            let code = format!("code=\"{code}\"");
+            let has = |l: &&str| l.contains("service=\"gone\"") && l.contains(&code);
+            assert!(before.lines().any(|l| has(&l)), "{before}");
         }
         m.forget("gone");
         for format in [Format::Prometheus, Format::OpenMetrics] {

@@ -108,12 +108,24 @@ impl Template {
             },
         };
         // `this` removes the directory if anything below fails.
-        match spawner.snapshot(id, vm, &this.dir).await? {
+        let (answer, output) = spawner.snapshot(id.clone(), vm, &this.dir).await?;
+        match answer {
             Event::Snapshotted { info } => {
                 this.info = info;
                 Ok(this)
             }
-            Event::Error { message } => Err(TemplateError::Vm(message)),
+            Event::Error { message } => {
+                // Why the guest failed (a warm-up that trapped, a panic) is in its output.
+                match output.filter(|o| !o.is_empty()) {
+                    Some(o) => {
+                        crate::diagnose::template_failed(&config.name, &id, &o);
+                        Err(TemplateError::Vm(format!(
+                            "{message} (the daemon's log has the guest's last serial output)"
+                        )))
+                    }
+                    None => Err(TemplateError::Vm(message)),
+                }
+            }
             other => Err(TemplateError::Unexpected(format!("{other:?}"))),
         }
     }

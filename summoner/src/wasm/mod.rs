@@ -119,6 +119,18 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     Validator::new_with_features(features())
         .validate_all(bytes)
         .map_err(|e| WasmError::Invalid(e.to_string()))?;
+    let info = scan_core(bytes)?;
+    check_memory(&info, memory_mib)?;
+    Ok(info)
+}
+
+fn invalid(e: wasmparser::BinaryReaderError) -> WasmError {
+    WasmError::Invalid(e.to_string())
+}
+
+/// A valid core module's imports (each one dust provides, with its signature), memory and
+/// `_start` export; refused if it imports anything else or exports no `_start`.
+fn scan_core(bytes: &[u8]) -> Result<ModuleInfo, WasmError> {
     let mut info = ModuleInfo {
         bytes: bytes.len(),
         imports: Vec::new(),
@@ -129,41 +141,30 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     let mut start = false;
     let mut types: Vec<wasmparser::FuncType> = Vec::new();
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|e| WasmError::Invalid(e.to_string()))? {
+        match payload.map_err(invalid)? {
             Payload::TypeSection(reader) => {
                 for group in reader.into_iter_err_on_gc_types() {
-                    let ty = group.map_err(|e| WasmError::Invalid(e.to_string()))?;
-                    types.push(ty);
+                    types.push(group.map_err(invalid)?);
                 }
             }
             Payload::ImportSection(reader) => {
                 for import in reader {
-                    let import = import.map_err(|e| WasmError::Invalid(e.to_string()))?;
-                    let name = format!("{}::{}", import.module, import.name);
-                    let provided = import.module == WASI_MODULE && IMPORTS.contains(&import.name);
-                    match import.ty {
-                        TypeRef::Func(t) if provided => {
-                            let ty = types.get(t as usize);
-                            match signatures::mismatch(import.name, ty) {
-                                None => info.imports.push(name),
-                                Some(why) => unsupported.push(format!("{name} ({why})")),
-                            }
-                        }
-                        TypeRef::Func(_) => unsupported.push(name),
-                        _ => unsupported.push(format!("{name} (not a function)")),
+                    match provided(&import.map_err(invalid)?, &types) {
+                        Ok(name) => info.imports.push(name),
+                        Err(why) => unsupported.push(why),
                     }
                 }
             }
             Payload::MemorySection(reader) => {
                 for memory in reader {
-                    let memory = memory.map_err(|e| WasmError::Invalid(e.to_string()))?;
+                    let memory = memory.map_err(invalid)?;
                     info.initial_pages = memory.initial;
                     info.maximum_pages = memory.maximum;
                 }
             }
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    let export = export.map_err(|e| WasmError::Invalid(e.to_string()))?;
+                    let export = export.map_err(invalid)?;
                     start |=
                         export.name == "_start" && export.kind == wasmparser::ExternalKind::Func;
                 }
@@ -177,7 +178,31 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
     if !start {
         return Err(WasmError::NoStart);
     }
-    let usable = usable_bytes(memory_mib, bytes.len());
+    Ok(info)
+}
+
+/// `module::name` of an import dust provides with the signature it has, or why not.
+fn provided(
+    import: &wasmparser::Import<'_>,
+    types: &[wasmparser::FuncType],
+) -> Result<String, String> {
+    let name = format!("{}::{}", import.module, import.name);
+    let provided = import.module == WASI_MODULE && IMPORTS.contains(&import.name);
+    match import.ty {
+        TypeRef::Func(t) if provided => {
+            match signatures::mismatch(import.name, types.get(t as usize)) {
+                None => Ok(name),
+                Some(why) => Err(format!("{name} ({why})")),
+            }
+        }
+        TypeRef::Func(_) => Err(name),
+        _ => Err(format!("{name} (not a function)")),
+    }
+}
+
+/// Refused if the module's initial or maximum memory does not fit a VM of `memory_mib`.
+fn check_memory(info: &ModuleInfo, memory_mib: u32) -> Result<(), WasmError> {
+    let usable = usable_bytes(memory_mib, info.bytes);
     let pages = [
         ("initial", Some(info.initial_pages)),
         ("maximum", info.maximum_pages),
@@ -194,7 +219,7 @@ pub fn check(bytes: &[u8], memory_mib: u32) -> Result<ModuleInfo, WasmError> {
             });
         }
     }
-    Ok(info)
+    Ok(())
 }
 
 /// Bytes of wasm memory a VM of `memory_mib` can give a module of `module_len` bytes.

@@ -8,30 +8,36 @@
 //!
 //! Snapshots are for the host that took them: this KVM cannot set a VM's TSC frequency and
 //! has no nested state, so the header's CPUID and host fingerprints must match.
+//!
+//! Taking and restoring are both here: [`take`] (`take.rs`) boots a template and writes it;
+//! [`inspect`] (`load.rs`) reads a directory back and checks it against this host;
+//! [`restore`] (`restore.rs`) builds a new VM shell from it. [`parse_file`] and
+//! [`check_state`] (`format.rs`) are the on-disk framing alone, for tests and fuzzing.
 
 mod format;
+mod host;
+mod load;
 mod memory;
+mod restore;
+mod take;
 mod vcpu;
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use devices::legacy::SerialSnapshot;
 use devices::virtio::MmioSnapshot;
 use kvm_bindings::kvm_clock_data;
 use serde::{Deserialize, Serialize};
 
-use format::parse_state;
 pub use format::{check_state, parse_file};
-pub(crate) use memory::map_private;
+pub use load::inspect;
+pub use restore::restore;
+pub use take::{take, take_keeping_output};
 pub(crate) use vcpu::VcpuState;
 
 use crate::config::VmConfig;
-use crate::kvm::{kvm, KvmError};
-use crate::timings::since;
-use crate::vm::{BuildError, Resources};
+use crate::kvm::KvmError;
+use crate::vm::BuildError;
 use crate::VmExit;
 
 /// The state file in a snapshot directory.
@@ -174,196 +180,4 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// The host as a snapshot records it: KVM API version and the CPU's brand string (CPUID
-/// leaves 0x8000_0002-4: no file to read on the restore path).
-fn host_description() -> String {
-    let api = kvm().map(|k| k.get_api_version()).unwrap_or(-1);
-    let mut brand = Vec::with_capacity(48);
-    for leaf in 0x8000_0002u32..=0x8000_0004 {
-        // Extended leaves up to 0x8000_0004 exist on every CPU that runs KVM.
-        let r = core::arch::x86_64::__cpuid(leaf);
-        for v in [r.eax, r.ebx, r.ecx, r.edx] {
-            brand.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let model = String::from_utf8_lossy(&brand);
-    format!(
-        "KVM API {api}, {}",
-        model.trim_matches(char::from(0)).trim()
-    )
-}
-
-/// Fingerprint of the CPUID a dust VM is given on this host.
-fn cpuid_fingerprint() -> Result<u64, KvmError> {
-    let kvm = kvm().map_err(crate::kvm::kvm_err("opening /dev/kvm"))?;
-    let base = crate::x86_64::cpuid::supported(kvm)
-        .map_err(crate::kvm::kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let cpuid = crate::x86_64::cpuid::for_vcpu(base, 0, 1);
-    let mut bytes = Vec::new();
-    for e in cpuid.as_slice() {
-        for v in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    Ok(fnv1a(&bytes))
-}
-
-/// Boot `config` to its guest's ready, save the VM into `dir` (created; files replaced
-/// atomically) and destroy it.
-pub fn take(config: &VmConfig, dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
-    let t0 = Instant::now();
-    if config.vcpus != 1 {
-        return Err(SnapshotError::Unsupported(
-            "only single-vCPU VMs can be snapshotted".into(),
-        ));
-    }
-    if config.irqchip {
-        return Err(SnapshotError::Unsupported(
-            "VMs with the in-kernel irqchip cannot be snapshotted yet (its PIT makes every restore sleep 7-24 ms in the kernel); use the default polling mode".into(),
-        ));
-    }
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let vm = crate::build(config).map_err(Box::new)?;
-    vm.run_state_ref().capture_at_ready();
-    let handle = vm.start().map_err(Box::new)?;
-    let state = handle.run_state().clone();
-    let (report, res) = handle.wait_keep(true);
-    if report.exit != VmExit::Snapshotted {
-        return Err(SnapshotError::NotReady(report.exit));
-    }
-    let (Some(vcpu), Some(res)) = (state.take_capture(), res) else {
-        return Err(SnapshotError::NotCaptured);
-    };
-    let memory_bytes = save(config, vcpu, res, dir)?;
-    Ok(SnapshotInfo {
-        guest_us: report.timings.guest_us,
-        total_us: since(t0),
-        memory_bytes,
-    })
-}
-
-/// Write the state and memory files of a stopped template.
-fn save(
-    config: &VmConfig,
-    vcpu: VcpuState,
-    mut res: Resources,
-    dir: &Path,
-) -> Result<u64, SnapshotError> {
-    // Freeze the devices: the event loop stops before their state is read.
-    if let Some(mut events) = res.events.take() {
-        events.stop();
-    }
-    let serial = res
-        .serial
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .snapshot();
-    let vsock = match &res.vsock {
-        Some(t) => Some(
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .snapshot()
-                .map_err(SnapshotError::Vsock)?,
-        ),
-        None => None,
-    };
-    let clock = res
-        .vm_fd
-        .get_clock()
-        .map_err(crate::kvm::kvm_err("KVM_GET_CLOCK"))?;
-    let generation = crate::vminfo::current_generation(&res.mem);
-    let state = State {
-        config: config.clone(),
-        vcpu,
-        serial,
-        vsock,
-        clock,
-    };
-    let state_bytes = serde_json::to_vec(&state).map_err(SnapshotError::Encode)?;
-    let host = host_description();
-    let header = Header {
-        format_version: FORMAT_VERSION,
-        dust_version: env!("CARGO_PKG_VERSION").into(),
-        cpuid_fingerprint: cpuid_fingerprint()?,
-        host_fingerprint: fnv1a(host.as_bytes()),
-        host,
-        memory_mib: config.memory_mib,
-        state_len: state_bytes.len() as u64,
-        state_checksum: fnv1a(&state_bytes),
-        generation,
-    };
-    let header_bytes = serde_json::to_vec(&header).map_err(SnapshotError::Encode)?;
-
-    let mem_tmp = dir.join(format!(".{MEMORY_FILE}.tmp"));
-    let file = File::create(&mem_tmp).map_err(io_err(&mem_tmp))?;
-    let memory_bytes = memory::save(&res.mem, &file).map_err(io_err(&mem_tmp))?;
-    drop(file);
-    let state_tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    let mut f = File::create(&state_tmp).map_err(io_err(&state_tmp))?;
-    f.write_all(MAGIC)
-        .and_then(|()| f.write_all(&(header_bytes.len() as u32).to_le_bytes()))
-        .and_then(|()| f.write_all(&header_bytes))
-        .and_then(|()| f.write_all(&state_bytes))
-        .map_err(io_err(&state_tmp))?;
-    drop(f);
-    let mem_path = dir.join(MEMORY_FILE);
-    std::fs::rename(&mem_tmp, &mem_path).map_err(io_err(&mem_path))?;
-    let state_path = dir.join(STATE_FILE);
-    std::fs::rename(&state_tmp, &state_path).map_err(io_err(&state_path))?;
-    Ok(memory_bytes)
-}
-
-/// A snapshot read and checked: its header, state, and open memory file.
-pub(crate) struct Loaded {
-    pub header: Header,
-    pub state: State,
-    pub memory: File,
-}
-
-/// Read the header of the snapshot in `dir` and check it (what `dust run --restore` and
-/// the summoner do before anything is built).
-pub fn inspect(dir: &Path) -> Result<Header, SnapshotError> {
-    load(dir).map(|l| l.header)
-}
-
-/// Read and check the snapshot in `dir`.
-pub(crate) fn load(dir: &Path) -> Result<Loaded, SnapshotError> {
-    let path = dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SnapshotError::Missing(dir.to_path_buf()))
-        }
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    let (header, state_bytes) = parse_file(&bytes).map_err(|e| match e {
-        SnapshotError::NotASnapshot(_) => SnapshotError::NotASnapshot(path.clone()),
-        e => e,
-    })?;
-    let host = host_description();
-    if header.host_fingerprint != fnv1a(host.as_bytes())
-        || header.cpuid_fingerprint != cpuid_fingerprint()?
-    {
-        return Err(SnapshotError::Host {
-            theirs: header.host.clone(),
-            ours: host,
-        });
-    }
-    let state = parse_state(state_bytes, &header)?;
-    let mem_path = dir.join(MEMORY_FILE);
-    let memory = File::open(&mem_path).map_err(io_err(&mem_path))?;
-    let file_bytes = memory.metadata().map_err(io_err(&mem_path))?.len();
-    if file_bytes != u64::from(header.memory_mib) << 20 {
-        return Err(SnapshotError::MemorySize {
-            file_bytes,
-            memory_mib: header.memory_mib,
-        });
-    }
-    Ok(Loaded {
-        header,
-        state,
-        memory,
-    })
 }

@@ -8,13 +8,13 @@ use devices::EventFdInterrupt;
 use dust_abi::devices as dev;
 use dust_abi::layout::{CMDLINE, CMDLINE_MAX};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::platform::create_devices;
+use super::platform::{create_devices, Devices};
 use super::run::VcpuThreads;
-use super::{BuildError, Vm};
+use super::{BuildError, Parts, Vm};
 use crate::config::{BootProtocol, VmConfig};
 use crate::kvm::{kvm, kvm_err};
 use crate::loader;
@@ -24,7 +24,7 @@ use crate::timings::{since, Timings};
 use crate::vcpu::Vcpu;
 use crate::x86_64::{cpuid, gdt, mptable, paging, pvh, regs, zero_page};
 
-pub(super) fn mem_err(
+pub(crate) fn mem_err(
     what: &'static str,
 ) -> impl FnOnce(vm_memory::GuestMemoryError) -> BuildError {
     move |source| BuildError::GuestMemory { what, source }
@@ -71,7 +71,34 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     timings.devices_us = since(t);
 
     let t = Instant::now();
-    let seg = gdt::write_gdt(&mem).map_err(mem_err("the GDT"))?;
+    let vcpus = create_vcpus(kvm, &vm_fd, config, &mem, &devs, entry)?;
+    timings.vcpu_setup_us = since(t);
+
+    let timeout = config.timeout;
+    let parts = Parts {
+        vm_fd,
+        mem,
+        vcpus,
+        threads,
+        state,
+        devs,
+        timeout,
+        timings,
+    };
+    Ok(Vm::assemble(parts, false))
+}
+
+/// The vCPUs with their CPUID and MSRs; the boot vCPU also gets the registers that enter the
+/// image at `entry` by `config.boot`'s protocol.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    mem: &GuestMem,
+    devs: &Devices,
+    entry: u64,
+) -> Result<Vec<Vcpu>, BuildError> {
+    let seg = gdt::write_gdt(mem).map_err(mem_err("the GDT"))?;
     let base_cpuid = cpuid::supported(kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
@@ -103,21 +130,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
             irqchip: config.irqchip,
         });
     }
-    timings.vcpu_setup_us = since(t);
-
-    Ok(Vm {
-        vm_fd,
-        mem,
-        vcpus,
-        threads,
-        state,
-        serial: devs.serial,
-        events: devs.events,
-        timeout: config.timeout,
-        timings,
-        vsock: devs.vsock,
-        restored: false,
-    })
+    Ok(vcpus)
 }
 
 fn create_irqchip(vm_fd: &VmFd) -> Result<(), BuildError> {
@@ -131,7 +144,7 @@ fn create_irqchip(vm_fd: &VmFd) -> Result<(), BuildError> {
     Ok(vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?)
 }
 
-pub(super) fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
+pub(crate) fn register_memory(vm_fd: &VmFd, mem: &GuestMem) -> Result<(), BuildError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,

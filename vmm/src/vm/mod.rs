@@ -1,10 +1,10 @@
 //! One VM: assembled by [`build`] (`build.rs`, devices in `platform.rs`) into a [`Vm`] shell
 //! that has never run guest code, then run by [`Vm::start`] and ended through [`VmHandle`]
-//! (`run.rs`).
+//! (`run.rs`). A snapshot's restore (`crate::snapshot::restore`) assembles the same shell
+//! from the same steps ([`Parts`]), which is why they are visible to the crate.
 
 mod build;
 mod platform;
-mod restore;
 mod run;
 
 use std::sync::{Arc, Mutex};
@@ -23,9 +23,10 @@ use crate::timings::Timings;
 use crate::vcpu::Vcpu;
 
 pub use build::build;
-pub use restore::restore;
-pub(crate) use run::Resources;
+pub(crate) use build::{mem_err, register_memory};
+pub(crate) use platform::{create_devices, Devices};
 pub use run::{Killer, VmHandle, VmReport};
+pub(crate) use run::{Resources, VcpuThreads};
 
 /// Why a VM could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -98,10 +99,45 @@ pub enum BuildError {
     Thread(std::io::Error),
 }
 
+/// What a shell is made of, whether booted ([`build`]) or restored from a snapshot
+/// (`crate::snapshot::restore`).
+pub(crate) struct Parts {
+    pub vm_fd: VmFd,
+    pub mem: GuestMem,
+    pub vcpus: Vec<Vcpu>,
+    pub threads: VcpuThreads,
+    pub state: Arc<RunState>,
+    pub devs: Devices,
+    pub timeout: Option<Duration>,
+    pub timings: Timings,
+}
+
 impl Vm {
+    /// The shell of `parts`; `restored`: its guest is past ready.
+    pub(crate) fn assemble(parts: Parts, restored: bool) -> Self {
+        Self {
+            vm_fd: parts.vm_fd,
+            mem: parts.mem,
+            vcpus: parts.vcpus,
+            threads: parts.threads,
+            state: parts.state,
+            serial: parts.devs.serial,
+            events: parts.devs.events,
+            timeout: parts.timeout,
+            timings: parts.timings,
+            vsock: parts.devs.vsock,
+            restored,
+        }
+    }
+
     /// The state its threads will share.
     pub(crate) fn run_state_ref(&self) -> &Arc<RunState> {
         &self.state
+    }
+
+    /// The last bytes of its serial output, whatever the sink (kept while it runs too).
+    pub fn serial_tail(&self) -> ::devices::legacy::OutputTail {
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).tail()
     }
 }
 
@@ -110,7 +146,7 @@ pub struct Vm {
     vm_fd: VmFd,
     mem: GuestMem,
     vcpus: Vec<Vcpu>,
-    threads: run::VcpuThreads,
+    threads: VcpuThreads,
     state: Arc<RunState>,
     serial: Arc<Mutex<Serial>>,
     events: Option<EventLoop>,

@@ -21,7 +21,7 @@ use crate::run_state::RunState;
 use crate::VmExit;
 
 /// What [`create_devices`] made.
-pub(super) struct Devices {
+pub(crate) struct Devices {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub serial: Arc<Mutex<Serial>>,
@@ -69,7 +69,7 @@ fn device_irq(
 }
 
 /// Create the devices and put them on their buses.
-pub(super) fn create_devices(
+pub(crate) fn create_devices(
     vm_fd: &VmFd,
     config: &VmConfig,
     mem: &GuestMem,

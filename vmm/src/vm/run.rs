@@ -151,10 +151,10 @@ struct Launch {
 /// vCPU threads started ahead of their vCPUs. Dropped before the VM starts (a failed build,
 /// a VM never started), their channels close, the threads end and are joined.
 #[derive(Default)]
-pub(super) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
+pub(crate) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Launch>)>);
 
 impl VcpuThreads {
-    pub(super) fn spawn(count: u8) -> Result<Self, BuildError> {
+    pub(crate) fn spawn(count: u8) -> Result<Self, BuildError> {
         let mut this = Self::default();
         for id in 0..count {
             let (go, wait) = mpsc::channel::<Launch>();
@@ -162,7 +162,7 @@ impl VcpuThreads {
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     // Filtered before the thread can see a vCPU (docs/security.md).
-                    let filtered = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu);
+                    let filtered = dust_jail::seccomp::apply(dust_jail::seccomp::ThreadKind::Vcpu);
                     if let Ok(l) = wait.recv() {
                         let exit = match filtered {
                             Ok(()) => l.vcpu.run(&l.state),
@@ -213,27 +213,7 @@ impl VmHandle {
     /// Wait until the VM ends; with `keep`, hand back what it owned instead of freeing it
     /// (a template VM's memory and devices go into its snapshot).
     pub(crate) fn wait_keep(mut self, keep: bool) -> (VmReport, Option<Resources>) {
-        let mut finished = 0;
-        let timed_out = loop {
-            let res = match self.deadline {
-                Some(d) => self
-                    .done
-                    .recv_timeout(d.saturating_duration_since(Instant::now())),
-                None => self.done.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match res {
-                Ok(()) => {
-                    finished += 1;
-                    break false;
-                }
-                Err(RecvTimeoutError::Disconnected) => break false,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                        break true;
-                    }
-                }
-            }
-        };
+        let (timed_out, mut finished) = self.wait_first();
         let run_end = Instant::now();
         self.killer.stop(if timed_out {
             VmExit::Timeout
@@ -252,10 +232,51 @@ impl VmHandle {
         for j in self.joins.drain(..) {
             let _ = j.join();
         }
+        let mut timings = self.run_timings(run_end);
+        let mut kept = None;
+        if let Some(r) = self.resources.take() {
+            let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+            if keep {
+                kept = Some(r);
+            }
+        }
+        timings.teardown_us = since(t);
+        let exit = self
+            .killer
+            .state
+            .outcome()
+            .unwrap_or_else(|| VmExit::VmmError("VM ended without an outcome".into()));
+        (VmReport { exit, timings }, kept)
+    }
+
+    /// Wait for the first vCPU thread to finish or the deadline to pass: whether it timed
+    /// out, and how many threads have finished (0 or 1).
+    fn wait_first(&self) -> (bool, usize) {
+        loop {
+            let res = match self.deadline {
+                Some(d) => self
+                    .done
+                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => self.done.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match res {
+                Ok(()) => return (false, 1),
+                Err(RecvTimeoutError::Disconnected) => return (false, 0),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return (true, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The build's timings with the run's: first entry, ready, run time (to `run_end`),
+    /// guest and parked time, exits.
+    fn run_timings(&self, run_end: Instant) -> Timings {
         let state = &self.killer.state;
-        let first = state.first_entry();
         let mut timings = self.timings.clone();
-        if let Some(first) = first {
+        if let Some(first) = state.first_entry() {
             timings.first_entry_us = us(first.saturating_duration_since(self.started));
             timings.ready_us = state
                 .ready_at()
@@ -265,18 +286,7 @@ impl VmHandle {
         timings.guest_us = state.guest_ns() / 1000;
         timings.parked_us = state.parked_ns() / 1000;
         timings.exits = state.exits();
-        let mut kept = None;
-        if let Some(r) = self.resources.take() {
-            let _ = r.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
-            if keep {
-                kept = Some(r);
-            }
-        }
-        timings.teardown_us = since(t);
-        let exit = state
-            .outcome()
-            .unwrap_or_else(|| VmExit::VmmError("VM ended without an outcome".into()));
-        (VmReport { exit, timings }, kept)
+        timings
     }
 }
 

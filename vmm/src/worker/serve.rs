@@ -1,13 +1,16 @@
 //! `dust worker`: serve the [`protocol`](super::protocol) on fd 3 for one VM, then exit.
 
 use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::protocol::{Command, Event, CONTROL_FD};
+use devices::legacy::OutputTail;
+
+use super::protocol::{Command, Event, Output, CONTROL_FD};
 use crate::{BuildError, Killer, Vm};
 
 type Out = Arc<Mutex<UnixStream>>;
@@ -33,6 +36,7 @@ enum State {
     Running {
         killer: Killer,
         waiter: JoinHandle<()>,
+        tail: OutputTail,
     },
 }
 
@@ -58,61 +62,86 @@ pub fn serve() -> u8 {
                 continue;
             }
         };
-        state = match (cmd, state) {
-            (Command::Build { vm_id: _, config }, State::Empty) => {
-                let vm = crate::build(&config).map_err(|e| e.to_string());
-                match shell(vm, &config.cmdline, &out) {
-                    Some(s) => s,
-                    None => return dust_abi::status::VMM_ERROR,
-                }
-            }
-            (Command::Restore { config }, State::Empty) => {
-                let vm = crate::restore(&config).map_err(|e| e.to_string());
-                match shell(vm, "", &out) {
-                    Some(s) => s,
-                    None => return dust_abi::status::VMM_ERROR,
-                }
-            }
-            (Command::Snapshot { config, dir }, State::Empty) => {
-                return match crate::snapshot::take(&config, &dir) {
-                    Ok(info) => {
-                        send(&out, &Event::Snapshotted { info });
-                        0
-                    }
-                    Err(e) => {
-                        send_error(&out, e.to_string());
-                        dust_abi::status::VMM_ERROR
-                    }
-                };
-            }
-            (Command::Start, State::Built(vm)) => match start(*vm, &out) {
-                Ok((killer, waiter)) => State::Running { killer, waiter },
-                Err(e) => {
-                    send_error(&out, e.to_string());
-                    return dust_abi::status::VMM_ERROR;
-                }
-            },
-            (Command::Stats, s) => {
-                let guest_us = match &s {
-                    State::Running { killer, .. } => killer.guest_us(),
-                    _ => 0,
-                };
-                send(&out, &Event::Stats { guest_us });
-                s
-            }
-            (cmd, s) => {
-                send_error(&out, format!("{cmd:?} is not valid now"));
-                s
-            }
+        state = match step(cmd, state, &out) {
+            Continue(next) => next,
+            Break(status) => return status,
         };
     }
     // The summoner went away: do not leave a guest running without an owner. The waiter
     // reports the end and exits the process; if it cannot, we return.
-    if let State::Running { killer, waiter } = state {
+    if let State::Running { killer, waiter, .. } = state {
         killer.kill();
         let _ = waiter.join();
     }
     dust_abi::status::KILLED
+}
+
+/// One command in the VM's current state: the next state, or the worker's exit status once it
+/// must end (a snapshot taken or failed, a shell or a start that failed).
+fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
+    match (cmd, state) {
+        (Command::Build { vm_id: _, config }, State::Empty) => {
+            let vm = crate::build(&config).map_err(|e| e.to_string());
+            shell(vm, &config.cmdline, out).map_or(Break(dust_abi::status::VMM_ERROR), Continue)
+        }
+        (Command::Restore { config }, State::Empty) => {
+            let vm = crate::restore(&config).map_err(|e| e.to_string());
+            shell(vm, "", out).map_or(Break(dust_abi::status::VMM_ERROR), Continue)
+        }
+        (Command::Snapshot { config, dir }, State::Empty) => Break(snapshot(&config, &dir, out)),
+        (Command::Start, State::Built(vm)) => match start(*vm, out) {
+            Ok((killer, waiter, tail)) => Continue(State::Running {
+                killer,
+                waiter,
+                tail,
+            }),
+            Err(e) => {
+                send_error(out, e.to_string());
+                Break(dust_abi::status::VMM_ERROR)
+            }
+        },
+        (Command::Stats, s) => {
+            let guest_us = match &s {
+                State::Running { killer, .. } => killer.guest_us(),
+                _ => 0,
+            };
+            send(out, &Event::Stats { guest_us });
+            Continue(s)
+        }
+        (Command::Output, s) => {
+            let output = match &s {
+                State::Running { tail, .. } => Output::of(tail),
+                State::Built(vm) => Output::of(&vm.serial_tail()),
+                State::Empty => Output::default(),
+            };
+            send(out, &Event::Output { output });
+            Continue(s)
+        }
+        (cmd, s) => {
+            send_error(out, format!("{cmd:?} is not valid now"));
+            Continue(s)
+        }
+    }
+}
+
+/// Take a template into `dir` and report it; returns the worker's exit status.
+fn snapshot(config: &crate::VmConfig, dir: &std::path::Path, out: &Out) -> u8 {
+    let mut tail = None;
+    match crate::snapshot::take_keeping_output(config, dir, &mut tail) {
+        Ok(info) => {
+            send(out, &Event::Snapshotted { info });
+            0
+        }
+        Err(e) => {
+            // What the guest wrote first, then why: the summoner logs both.
+            let output = tail.map(|t| Output::of(&t)).unwrap_or_default();
+            if !output.is_empty() {
+                send(out, &Event::Output { output });
+            }
+            send_error(out, e.to_string());
+            dust_abi::status::VMM_ERROR
+        }
+    }
 }
 
 /// A shell was built or restored (or not): filter this thread before the shell is reported
@@ -125,7 +154,7 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
             return None;
         }
     };
-    if let Err(e) = crate::seccomp::worker_built(cmdline) {
+    if let Err(e) = dust_jail::seccomp::worker_built(cmdline) {
         send_error(out, e.to_string());
         return None;
     }
@@ -134,9 +163,12 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
     Some(State::Built(Box::new(vm)))
 }
 
-/// Start the VM; a waiter thread reports its end and exits the process.
-fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
-    crate::seccomp::worker_starting();
+/// Start the VM; a waiter thread reports its end (with its last serial output) and exits
+/// the process.
+fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>, OutputTail), BuildError> {
+    dust_jail::seccomp::worker_starting();
+    let tail = vm.serial_tail();
+    let end_tail = tail.clone();
     let t0 = Instant::now();
     let ready_out = out.clone();
     vm.on_ready(move |at| {
@@ -152,9 +184,17 @@ fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>), BuildError> {
             let report = handle.wait();
             let code = report.exit.exit_code();
             let (exit, timings) = (report.exit, report.timings);
-            send(&exit_out, &Event::Exited { exit, timings });
+            let output = Output::of(&end_tail);
+            send(
+                &exit_out,
+                &Event::Exited {
+                    exit,
+                    timings,
+                    output,
+                },
+            );
             std::process::exit(i32::from(code));
         })
         .map_err(BuildError::Thread)?;
-    Ok((killer, waiter))
+    Ok((killer, waiter, tail))
 }

@@ -63,27 +63,7 @@ pub fn run(
     limits: &CompileLimits,
     deadline: Instant,
 ) -> Result<(), RunError> {
-    let mut cmd = Command::new(tool);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let limits = limits.clone();
-    let filter = filter().map_err(RunError::Spawn)?;
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (setpgid, prctl, setrlimit, unshare, setgroups, setgid,
-    // setuid, seccomp with a program built before the fork), allocating nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            confine(&limits)?;
-            seccompiler::apply_filter(filter).map_err(|_| std::io::Error::last_os_error())
-        });
-    }
-    let mut child = cmd.spawn().map_err(RunError::Spawn)?;
+    let mut child = spawn(tool, args, dir, limits)?;
     let mut stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -107,19 +87,50 @@ pub fn run(
     let err = reader.join().unwrap_or_default();
     match status {
         Some(s) if s.success() => Ok(()),
-        Some(s) => {
-            let text = String::from_utf8_lossy(&err);
-            let start = text.len().saturating_sub(STDERR_TAIL);
-            let start = (start..text.len())
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(text.len());
-            Err(RunError::Failed(
-                s.to_string(),
-                text[start..].trim().to_string(),
-            ))
-        }
+        Some(s) => Err(RunError::Failed(s.to_string(), stderr_tail(&err))),
         None => Err(RunError::TimedOut),
     }
+}
+
+/// Starts `tool args` in `dir`, confined (`confine`, then the seccomp filter) before exec;
+/// its stderr is piped, the rest closed.
+fn spawn(
+    tool: &Path,
+    args: &[&str],
+    dir: &Path,
+    limits: &CompileLimits,
+) -> Result<std::process::Child, RunError> {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let limits = limits.clone();
+    let filter = filter().map_err(RunError::Spawn)?;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (setpgid, prctl, setrlimit, unshare, setgroups, setgid,
+    // setuid, seccomp with a program built before the fork), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            confine(&limits)?;
+            seccompiler::apply_filter(filter).map_err(|_| std::io::Error::last_os_error())
+        });
+    }
+    cmd.spawn().map_err(RunError::Spawn)
+}
+
+/// The last [`STDERR_TAIL`] bytes of a tool's stderr (from a character boundary), trimmed.
+fn stderr_tail(err: &[u8]) -> String {
+    let text = String::from_utf8_lossy(err);
+    let start = text.len().saturating_sub(STDERR_TAIL);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].trim().to_string()
 }
 
 /// System calls the tools may not make (EPERM): a compiler reads and writes files.

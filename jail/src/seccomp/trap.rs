@@ -9,7 +9,7 @@ use std::cell::Cell;
 use libc::{c_int, c_void, siginfo_t};
 
 /// Syscall names by number, one a line (from the kernel's `asm/unistd_64.h`).
-const NAMES: &str = include_str!("syscalls_x86_64.txt");
+use super::NAMES;
 
 thread_local! {
     /// The calling thread's filter, for the report.
@@ -96,7 +96,7 @@ extern "C" fn on_sigsys(_sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
     event.push(br#"{"event":"error","message":"seccomp: "#);
     describe(&mut event, nr);
     event.push(b"\"}\n");
-    event.write_to(crate::worker::protocol::CONTROL_FD);
+    event.write_to(crate::CONTROL_FD);
     // SAFETY: `ctx` is the ucontext the kernel passed to this SA_SIGINFO handler; the
     // registers hold the trapped call's arguments.
     let regs = unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };

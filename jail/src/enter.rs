@@ -28,15 +28,11 @@ fn cstr(p: &Path) -> Result<CString, JailError> {
     })
 }
 
-/// Enter the jail `spec` describes. Must run while the process has one thread. With
-/// namespaces the summoner started this process in them already (pid 1 of a new pid
-/// namespace, see the module docs); this makes the rest of the jail.
+/// Enter the jail `spec` describes. Must run while the process has one thread, after
+/// whatever it needs from the host's filesystem is open (`/dev/kvm`: the caller's). With
+/// namespaces the daemon started this process in them already (pid 1 of a new pid
+/// namespace, see the crate docs); this makes the rest of the jail.
 pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
-    let kvm = crate::kvm::kvm().map_err(crate::BuildError::OpenKvm)?;
-    // While the host's runtime directory is still visible: KVM's supported CPUID from its
-    // file cache (asking KVM costs ~0.4 ms here, every CPUID a VM exit on a nested host).
-    // Best effort: the build asks KVM if this fails.
-    let _ = crate::x86_64::cpuid::supported(kvm);
     // SAFETY: getpid has no preconditions.
     if spec.namespaces && unsafe { libc::getpid() } != 1 {
         return Err(JailError::Step {
@@ -121,7 +117,7 @@ fn prepare_serial(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
         source,
     };
     // This still runs as root: the file is opened without following a symlink.
-    let f = crate::config::open_serial_file(path).map_err(io)?;
+    let f = open_serial_file(path).map_err(io)?;
     std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io)
 }
 
@@ -248,4 +244,26 @@ fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
             "setresuid",
         )
     }
+}
+
+/// Open a serial file (creating it, mode 0600) for appending, never truncating (the VMs of a
+/// service share it) and never through a symlink: one in its place is refused, as is anything
+/// but a regular file. Both the daemon (checking a service's file) and a jailed worker (still
+/// root when it opens its file) come through here.
+pub fn open_serial_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other("is a symbolic link"),
+            _ => e,
+        })?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("is not a regular file"));
+    }
+    Ok(f)
 }

@@ -1,7 +1,8 @@
-//! The daemon's side of the zygote (docs/security.md, "The zygote"): one `dust worker`
-//! exec'd once, which forks each worker as the daemon's child instead of the daemon
-//! exec'ing it. Started on first use; if it fails or dies, the spawn falls back to an exec
-//! and the next one starts a new zygote.
+//! The zygote (docs/security.md, "The zygote"): one `dust worker` per daemon, exec'd once,
+//! which forks each worker as the daemon's child instead of the daemon exec'ing it. This
+//! is the daemon's side ([`Zygote`]), started on first use; if it fails or dies, the spawn
+//! falls back to an exec and the next one starts a new zygote. The zygote's side is
+//! [`serve`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,10 +11,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use vmm::jail::JailSpec;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::process::{Child, Spawn};
+use crate::JailSpec;
+
+mod serve;
+pub use serve::{serve, Run, ENV, NAME};
 
 /// How long a fork may take before the zygote is given up on.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -84,7 +88,7 @@ impl Zygote {
         let (child, stderr) = Child::spawn(&Spawn {
             exe: &self.exe,
             args: &args,
-            env: Some((vmm::jail::zygote::ENV, "1".into())),
+            env: Some((ENV, "1".into())),
             control: theirs.as_raw_fd(),
             namespaces: false,
         })?;

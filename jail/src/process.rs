@@ -8,7 +8,7 @@
 //! whatever PID 1 of the host or container does.
 //!
 //! The child dies with the daemon: it sets `PR_SET_PDEATHSIG` before `execve` and then
-//! checks, on a pidfd of the daemon (fd [`vmm::jail::DAEMON_FD`] in the worker), that the
+//! checks, on a pidfd of the daemon (fd [`crate::DAEMON_FD`] in the worker), that the
 //! daemon did not die before that. The worker repeats both after its uid change (which
 //! clears the parent-death signal). The parent-death signal follows the *thread* that
 //! started the child: workers are started from the runtime's worker threads, which live as
@@ -57,7 +57,7 @@ where
     T::try_from(rc).map_err(|_| io::ErrorKind::InvalidData.into())
 }
 
-/// A pidfd of this process, inherited by every child as [`vmm::jail::DAEMON_FD`]: readable
+/// A pidfd of this process, inherited by every child as [`crate::DAEMON_FD`]: readable
 /// once the daemon is gone.
 fn daemon_pidfd() -> io::Result<RawFd> {
     static FD: OnceLock<OwnedFd> = OnceLock::new();
@@ -139,8 +139,8 @@ impl Prepared {
     /// In the child, between clone and exec: fds 0-4, signal handlers, the parent-death
     /// signal, exec. Only returns on failure, with the errno to report.
     fn exec(&self, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> i32 {
-        use vmm::jail::DAEMON_FD;
-        use vmm::worker::protocol::CONTROL_FD;
+        use crate::CONTROL_FD;
+        use crate::DAEMON_FD;
         let null = self.null.as_raw_fd();
         // SAFETY: async-signal-safe system calls on fds valid in this (forked) process and on
         // NUL-terminated arrays built before the fork.

@@ -1,8 +1,8 @@
-//! The zygote: one `dust worker` per daemon, exec'd once, that forks workers instead of the
-//! daemon exec'ing each one (docs/security.md, "The zygote"). An exec of the `dust` binary
-//! and its start-up (dynamic loader, the C library's CPU probing, each `cpuid` an exit on a
-//! nested host, the seccomp filters compiled, the CPUID table read) cost more than a
-//! millisecond; a fork of this small, single-threaded process costs a fraction of it.
+//! The zygote itself (`dust worker` with [`ENV`] set): serve the daemon's fork requests.
+//! An exec of the `dust` binary and its start-up (dynamic loader, the C library's CPU
+//! probing, each `cpuid` an exit on a nested host, the seccomp filters compiled, the CPUID
+//! table read) cost more than a millisecond; a fork of this small, single-threaded process
+//! costs a fraction of it.
 //!
 //! The daemon sends one request per worker on the zygote's socket (fd 3, a seqpacket
 //! socket): the [`JailSpec`] (or none) as JSON, with the worker's control socket and stderr
@@ -12,13 +12,12 @@
 //! `-errno`). The forked worker then does what an exec'd one does: the jail, the
 //! parent-death signal, the worker protocol.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::JailSpec;
-use crate::worker::protocol::CONTROL_FD;
+use crate::{JailSpec, CONTROL_FD};
 
 /// The environment variable that makes `dust worker` a zygote.
 pub const ENV: &str = "DUST_ZYGOTE";
@@ -37,13 +36,12 @@ const MAX_REQUEST: usize = 64 << 10;
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
 
-/// Serve fork requests on fd 3 until the daemon hangs up. Must be single-threaded.
-pub fn serve(run: Run) -> u8 {
+/// Serve fork requests on fd 3 until the daemon hangs up. Must be single-threaded. What
+/// every worker needs from the host is opened ahead of the forks by the caller (/dev/kvm,
+/// the CPUID table); `keep` (/dev/kvm, or -1) is the one fd besides 0-4 a forked worker
+/// keeps.
+pub fn serve(keep: RawFd, run: Run) -> u8 {
     set_name(NAME);
-    // Ahead of every fork: /dev/kvm open and the CPUID table read (its file cache).
-    if let Ok(kvm) = crate::kvm::kvm() {
-        let _ = crate::x86_64::cpuid::supported(kvm);
-    }
     // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut buf = vec![0u8; MAX_REQUEST];
@@ -60,7 +58,7 @@ pub fn serve(run: Run) -> u8 {
             Ok(r) => r,
         };
         let answer = match (nfds, serde_json::from_slice::<Option<JailSpec>>(&buf[..n])) {
-            (2, Ok(spec)) => fork(spec.as_ref(), fds[0], fds[1], run),
+            (2, Ok(spec)) => fork(spec.as_ref(), [fds[0], fds[1], keep], run),
             _ => -libc::EINVAL,
         };
         for fd in fds.iter().take(nfds) {
@@ -74,7 +72,7 @@ pub fn serve(run: Run) -> u8 {
 }
 
 /// Fork one worker (the daemon's child); returns its pid or `-errno`.
-fn fork(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> i32 {
+fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
     let mut flags = libc::CLONE_PARENT as u64;
     if spec.is_some_and(|s| s.namespaces) {
         flags |= (libc::CLONE_NEWNS
@@ -97,7 +95,7 @@ fn fork(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> i32
         )
     };
     if rc == 0 {
-        child(spec, control, stderr, run)
+        child(spec, fds, run)
     }
     if rc < 0 {
         return -std::io::Error::last_os_error()
@@ -108,8 +106,10 @@ fn fork(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> i32
 }
 
 /// In the forked worker: its fds in place (the zygote's socket at fd 3 is replaced by the
-/// control socket), then the same path as an exec'd worker.
-fn child(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> ! {
+/// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr,
+/// the fd to keep.
+fn child(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> ! {
+    let [control, stderr, kvm] = fds;
     // SAFETY: fd calls on fds valid in this process; prctl/poll as in `die_with_daemon`.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -117,7 +117,6 @@ fn child(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> ! 
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
         // Nothing but fds 0-4 and /dev/kvm (the received fds, anything else).
-        let kvm = crate::kvm::kvm().map_or(-1, |k| k.as_raw_fd());
         if kvm > 4 {
             libc::syscall(libc::SYS_close_range, 5, kvm - 1, 0);
             libc::syscall(libc::SYS_close_range, kvm + 1, u32::MAX, 0);
@@ -127,7 +126,7 @@ fn child(spec: Option<&JailSpec>, control: RawFd, stderr: RawFd, run: Run) -> ! 
         let _ = (control, stderr);
     }
     set_name(c"dust");
-    super::die_with_daemon_keep_fd();
+    crate::die_with_daemon_keep_fd();
     let code = run(spec);
     // SAFETY: ends the worker; nothing of the zygote's loop runs in it.
     unsafe { libc::_exit(i32::from(code)) }

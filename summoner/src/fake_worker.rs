@@ -2,9 +2,13 @@
 //! (`vmm::worker::protocol`) on fd 3 and, once "started", answers the hybrid-vsock `CONNECT`
 //! on the VM's socket itself with a canned HTTP reply (its body is the VM id).
 //!
-//! It is this test binary run again (see [`args`]): the test [`CHILD_TEST`] serves the
+//! It is the calling test binary run again (see [`args`]): the test [`CHILD_TEST`] serves the
 //! protocol when the [`MARKER`] argument is present. What it does is picked by a
 //! `fake=<behaviour>` word in the service's command line, which reaches it in the VM config.
+//!
+//! Test support only, behind the `fake-worker` feature: summoner's and api's integration
+//! tests enable it as a dev-dependency; the daemon never builds it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is a failure
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -97,13 +101,14 @@ fn crash_exit() -> Event {
     Event::Exited {
         exit: VmExit::Crash("fake triple fault".into()),
         timings: Timings::default(),
+        output: Default::default(),
     }
 }
 
 /// The fake worker does not enter the jail the real one does, so the summoner must not
 /// prepare one for it.
-pub fn no_jail() -> summoner::jail::JailConfig {
-    summoner::jail::JailConfig {
+pub fn no_jail() -> crate::jail::JailConfig {
+    crate::jail::JailConfig {
         enabled: false,
         ..Default::default()
     }
@@ -131,25 +136,7 @@ pub fn serve() -> ! {
                 let timings = Timings::default();
                 send(&out, &Event::Built { timings });
             }
-            Command::Snapshot { config, dir } => {
-                // A "template": the behaviour goes into the snapshot directory, which the
-                // restored shells read back.
-                let behaviour = Behaviour::from_cmdline(&config.cmdline);
-                if behaviour == Behaviour::BuildFails || behaviour == Behaviour::Crashes {
-                    let message = "fake: the guest did not reach ready".to_string();
-                    send(&out, &Event::Error { message });
-                    std::process::exit(i32::from(dust_abi::status::VMM_ERROR));
-                }
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("snapshot"), &config.cmdline).unwrap();
-                let info = vmm::snapshot::SnapshotInfo {
-                    guest_us: GUEST_US,
-                    total_us: GUEST_US,
-                    memory_bytes: 4096,
-                };
-                send(&out, &Event::Snapshotted { info });
-                std::process::exit(0);
-            }
+            Command::Snapshot { config, dir } => template(&config.cmdline, &dir, &out),
             Command::Restore { config } => {
                 let cmdline = std::fs::read_to_string(config.snapshot.join("snapshot")).unwrap();
                 let behaviour = Behaviour::from_cmdline(&cmdline);
@@ -158,26 +145,55 @@ pub fn serve() -> ! {
                 let timings = Timings::default();
                 send(&out, &Event::Built { timings });
             }
-            Command::Start => {
-                let (vm_id, behaviour, listener) = vm.take().unwrap();
-                match behaviour {
-                    Behaviour::Crashes => {
-                        send(&out, &crash_exit());
-                        std::process::exit(i32::from(dust_abi::status::GUEST_CRASH));
-                    }
-                    Behaviour::NeverReady => {}
-                    _ => {
-                        send(&out, &Event::Ready { since_start_us: 1 });
-                        let out = out.clone();
-                        std::thread::spawn(move || guest(&vm_id, behaviour, &listener, &out));
-                    }
-                }
-            }
+            Command::Start => start(vm.take().unwrap(), &out),
             Command::Stats => send(&out, &Event::Stats { guest_us: GUEST_US }),
+            Command::Output => {
+                let output = vmm::worker::protocol::Output {
+                    text: "fake guest output\n".into(),
+                    dropped: 0,
+                };
+                send(&out, &Event::Output { output });
+            }
         }
     }
     // The summoner went away: the VM dies with it.
     std::process::exit(i32::from(dust_abi::status::KILLED));
+}
+
+/// A "template": the behaviour goes into the snapshot directory, which the restored
+/// shells read back. The worker then exits, as a real one does after a snapshot.
+fn template(cmdline: &str, dir: &std::path::Path, out: &Out) -> ! {
+    let behaviour = Behaviour::from_cmdline(cmdline);
+    if behaviour == Behaviour::BuildFails || behaviour == Behaviour::Crashes {
+        let message = "fake: the guest did not reach ready".to_string();
+        send(out, &Event::Error { message });
+        std::process::exit(i32::from(dust_abi::status::VMM_ERROR));
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("snapshot"), cmdline).unwrap();
+    let info = vmm::snapshot::SnapshotInfo {
+        guest_us: GUEST_US,
+        total_us: GUEST_US,
+        memory_bytes: 4096,
+    };
+    send(out, &Event::Snapshotted { info });
+    std::process::exit(0);
+}
+
+/// Start the built shell: crash, never get ready, or get ready and serve as a guest.
+fn start((vm_id, behaviour, listener): (String, Behaviour, UnixListener), out: &Out) {
+    match behaviour {
+        Behaviour::Crashes => {
+            send(out, &crash_exit());
+            std::process::exit(i32::from(dust_abi::status::GUEST_CRASH));
+        }
+        Behaviour::NeverReady => {}
+        _ => {
+            send(out, &Event::Ready { since_start_us: 1 });
+            let out = out.clone();
+            std::thread::spawn(move || guest(&vm_id, behaviour, &listener, &out));
+        }
+    }
 }
 
 /// The fake guest behind the vsock socket.

@@ -1,26 +1,45 @@
-//! The worker's jail (docs/security.md), entered by `dust worker` before it reads its first
-//! command: join the VM's cgroups, new mount/pid/net/ipc/uts namespaces, the per-VM
-//! directory as `/` (holding only the guest image, the vsock socket directory and, if
-//! configured, the serial file), rlimits, no capabilities, `no_new_privs`, an unprivileged
-//! uid/gid. `/dev/kvm` is opened before, so the jail holds no device node at all.
+//! dust's worker jail (docs/security.md), one crate below `vmm` and `summoner`, so that
+//! `vmm` touches KVM and nothing else. Both halves live here:
+//!
+//! - the daemon's half: [`host::Jail`] makes each worker's per-VM root and cgroups (one
+//!   [`host::VmJail`] per worker, which owns what it made and removes it), [`cgroup`] the
+//!   cgroup hierarchy, [`process`] starts workers (straight into their namespaces) and
+//!   reaps them, [`zygote::Zygote`] has them forked instead, and [`exit`] says how one
+//!   ended;
+//! - the worker's half, entered by `dust worker` before it reads its first command:
+//!   [`enter`] joins the VM's cgroups, takes the per-VM directory as `/` (holding only the
+//!   guest image, the vsock socket directory and, if configured, the serial file and
+//!   snapshot), rlimits, no capabilities, `no_new_privs`, an unprivileged uid/gid; and
+//!   [`seccomp`], the per-thread filters. `/dev/kvm` is opened before (by the caller,
+//!   through `vmm`), so the jail holds no device node at all.
 //!
 //! A process cannot move itself into a new pid namespace, only its children: so the
-//! summoner starts a jailed worker with the namespaces already made (clone flags). The
+//! daemon starts a jailed worker with the namespaces already made (clone flags). The
 //! worker is pid 1 of its pid namespace and a direct child of the daemon, which kills and
 //! reaps it; nothing sits in between whose death could orphan it. It dies with the daemon
 //! ([`die_with_daemon`]).
 //!
-//! The summoner writes the [`JailSpec`] into the worker's environment ([`ENV`]).
+//! The daemon writes the [`JailSpec`] into the worker's environment ([`ENV`]), or sends it
+//! to the zygote.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cgroup;
 mod enter;
+pub mod exit;
+pub mod host;
+pub mod process;
+pub mod seccomp;
 pub mod zygote;
 
 use enter::die_with_daemon_keep_fd;
-pub use enter::{die_with_daemon, enter};
+pub use enter::{die_with_daemon, enter, open_serial_file};
+pub use host::{Jail, JailConfig, JailConfigError, VmJail};
+
+/// The fd of a worker's control socket (the worker protocol, `vmm::worker::protocol`).
+pub const CONTROL_FD: std::os::fd::RawFd = 3;
 
 /// The environment variable that carries a worker's [`JailSpec`] as JSON.
 pub const ENV: &str = "DUST_JAIL";
@@ -92,9 +111,6 @@ pub enum JailError {
     /// The spec in the environment is unreadable.
     #[error("jail spec in ${ENV}: {0}")]
     Spec(#[from] serde_json::Error),
-    /// /dev/kvm could not be opened before the jail.
-    #[error(transparent)]
-    Kvm(#[from] crate::BuildError),
     /// A step failed.
     #[error("jail: {step}: {source}")]
     Step {
