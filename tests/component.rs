@@ -283,6 +283,7 @@ async fn components_for_another_world_or_with_missing_imports_are_refused() {
 async fn a_component_asked_to_run_aot_runs_on_the_interpreter_found_at_creation() {
     use summoner::config::{Engine, Workload};
     require_kvm!();
+    let _one = ONE_AT_A_TIME.lock().await;
     let tmp = TempDir::new("caot");
     let s = summoner(&tmp);
     let mut c = service(
