@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 pub mod code;
 mod forget;
 mod process;
+mod register;
 
 /// How a request ended, from the summoner's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -157,79 +158,20 @@ impl Default for Metrics {
         // live in the `dust` sub-registry.
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
-        let registry = root.sub_registry_with_prefix("dust");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let phases = Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            phase_histogram,
-        );
-        let durations = Family::<ServiceLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            phase_histogram,
-        );
-        let running = Family::<ServiceLabel, Gauge>::default();
-        let idle = Family::<ServiceLabel, Gauge>::default();
-        let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            })
-            .set(1);
-        registry.register(
-            "build_info",
-            "Always 1; the version label is the running dust's",
-            build,
-        );
-        registry.register(
-            "requests",
-            "Requests by service, outcome and HTTP status sent (code)",
-            requests.clone(),
-        );
-        registry.register(
-            "phase_seconds",
-            "Cold-start phases of each request a VM served, by service; guest (vCPU time in KVM_RUN) overlaps the others",
-            phases.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Accept to response head (HTTP) or to the spliced guest connection (TCP) of each request a VM served, by service",
-            durations.clone(),
-        );
-        registry.register(
-            "running_vms",
-            "VMs alive (started, not yet reaped)",
-            running.clone(),
-        );
-        registry.register("idle_workers", "Pre-built idle VM shells", idle.clone());
-        let start = Family::<StartLabels, Gauge>::default();
-        registry.register(
-            "service_start_mode",
-            "1 for how each service's VMs start: boot (the image, per VM) or snapshot (restored from a template)",
-            start.clone(),
-        );
-        let shells = Family::<StartLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            phase_histogram,
-        );
-        registry.register(
-            "shell_build_seconds",
-            "Building one VM shell (worker started and jailed, VM built or restored), by service and start (boot or snapshot)",
-            shells.clone(),
-        );
-        let pool_waits = Family::<ServiceLabel, Counter>::default();
-        registry.register(
-            "pool_waits",
-            "Requests that found no idle shell and waited for one to be built, by service",
-            pool_waits.clone(),
-        );
-        Self {
-            registry: root,
-            shells,
-            pool_waits,
-            requests,
-            phases,
-            durations,
-            running,
-            idle,
-            start,
-        }
+        let mut metrics = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            phases: Family::new_with_constructor(phase_histogram),
+            durations: Family::new_with_constructor(phase_histogram),
+            running: Family::default(),
+            idle: Family::default(),
+            start: Family::default(),
+            shells: Family::new_with_constructor(phase_histogram),
+            pool_waits: Family::default(),
+        };
+        register::families(root.sub_registry_with_prefix("dust"), &metrics);
+        metrics.registry = root;
+        metrics
     }
 }
 
