@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use vmm::worker::protocol::{Command as Cmd, Event, Output};
@@ -401,24 +401,10 @@ impl Spawner {
         dust_jail::exit::forward_stderr(launch.vm_id.clone(), stderr);
         ours.set_nonblocking(true)?;
         let (rd, ctl) = UnixStream::from_std(ours)?.into_split();
-        let (tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(rd).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Event>(&line) {
-                    Ok(ev) => {
-                        if tx.send(ev).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => tracing::warn!("worker sent an unreadable event: {e}"),
-                }
-            }
-        });
         Ok(Process {
             child: Some(child),
             ctl,
-            events,
+            events: read_events(rd),
             vsock: launch.vsock,
             jail: launch.jail,
             on_reaped: None,
@@ -426,6 +412,26 @@ impl Spawner {
             output: None,
         })
     }
+}
+
+/// The events a worker writes on its control socket (one JSON object a line), read by a
+/// task until the socket closes or nobody listens.
+fn read_events(rd: OwnedReadHalf) -> mpsc::UnboundedReceiver<Event> {
+    let (tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(rd).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Event>(&line) {
+                Ok(ev) => {
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!("worker sent an unreadable event: {e}"),
+            }
+        }
+    });
+    events
 }
 
 impl IdleWorker {
