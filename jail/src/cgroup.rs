@@ -81,69 +81,89 @@ impl Hierarchy {
     /// Create `<parent>/<vm>` with `limits`; returns the directories the worker joins.
     pub fn create(&self, parent: &str, vm: &str, limits: &Limits) -> io::Result<Vec<PathBuf>> {
         match self {
-            Hierarchy::V2(root) => {
-                // Controllers must be enabled on the way down (best effort: a delegated
-                // subtree may already have them).
-                let _ = write(root, "cgroup.subtree_control", "+memory +pids +cpu");
-                let p = root.join(parent);
-                mkdir(&p)?;
-                let _ = write(&p, "cgroup.subtree_control", "+memory +pids +cpu");
-                let d = p.join(vm);
-                mkdir(&d)?;
-                let made = vec![d.clone()];
-                let set = || -> io::Result<()> {
-                    write(&d, "memory.max", &limits.memory_bytes.to_string())?;
-                    let _ = write(&d, "memory.swap.max", "0");
-                    write(&d, "pids.max", &limits.pids.to_string())?;
-                    if limits.cpu() {
-                        write(&d, "cpu.weight", &limits.cpu_weight.to_string())?;
-                    }
-                    if let Some(pct) = limits.cpu_quota_percent {
-                        write(&d, "cpu.max", &format!("{} 100000", u64::from(pct) * 1000))?;
-                    }
-                    Ok(())
-                };
-                set().inspect_err(|_| remove(&made))?;
-                Ok(made)
-            }
+            Hierarchy::V2(root) => create_v2(root, parent, vm, limits),
             Hierarchy::V1 { memory, pids, cpu } => {
                 let mut made = Vec::new();
-                let result = (|| -> io::Result<()> {
-                    let m = memory.join(parent).join(vm);
-                    mkdir(&m)?;
-                    made.push(m.clone());
-                    write(
-                        &m,
-                        "memory.limit_in_bytes",
-                        &limits.memory_bytes.to_string(),
-                    )?;
-                    // No swap either, where swap accounting exists.
-                    let _ = write(
-                        &m,
-                        "memory.memsw.limit_in_bytes",
-                        &limits.memory_bytes.to_string(),
-                    );
-                    let p = pids.join(parent).join(vm);
-                    mkdir(&p)?;
-                    made.push(p.clone());
-                    write(&p, "pids.max", &limits.pids.to_string())?;
-                    if let Some(cpu) = cpu.as_ref().filter(|_| limits.cpu()) {
-                        let c = cpu.join(parent).join(vm);
-                        mkdir(&c)?;
-                        made.push(c.clone());
-                        let shares = u64::from(limits.cpu_weight) * 1024 / 100;
-                        write(&c, "cpu.shares", &shares.max(2).to_string())?;
-                        if let Some(pct) = limits.cpu_quota_percent {
-                            write(&c, "cpu.cfs_period_us", "100000")?;
-                            write(&c, "cpu.cfs_quota_us", &(u64::from(pct) * 1000).to_string())?;
-                        }
-                    }
-                    Ok(())
-                })();
-                result.inspect_err(|_| remove(&made))?;
+                let v1 = V1Roots {
+                    memory,
+                    pids,
+                    cpu: cpu.as_deref(),
+                };
+                v1.create(parent, vm, limits, &mut made)
+                    .inspect_err(|_| remove(&made))?;
                 Ok(made)
             }
         }
+    }
+}
+
+/// On cgroup v2: the one directory, with its controllers enabled on the way down.
+fn create_v2(root: &Path, parent: &str, vm: &str, limits: &Limits) -> io::Result<Vec<PathBuf>> {
+    // Controllers must be enabled on the way down (best effort: a delegated subtree may
+    // already have them).
+    let _ = write(root, "cgroup.subtree_control", "+memory +pids +cpu");
+    let p = root.join(parent);
+    mkdir(&p)?;
+    let _ = write(&p, "cgroup.subtree_control", "+memory +pids +cpu");
+    let d = p.join(vm);
+    mkdir(&d)?;
+    let made = vec![d.clone()];
+    let set = || -> io::Result<()> {
+        write(&d, "memory.max", &limits.memory_bytes.to_string())?;
+        let _ = write(&d, "memory.swap.max", "0");
+        write(&d, "pids.max", &limits.pids.to_string())?;
+        if limits.cpu() {
+            write(&d, "cpu.weight", &limits.cpu_weight.to_string())?;
+        }
+        if let Some(pct) = limits.cpu_quota_percent {
+            write(&d, "cpu.max", &format!("{} 100000", u64::from(pct) * 1000))?;
+        }
+        Ok(())
+    };
+    set().inspect_err(|_| remove(&made))?;
+    Ok(made)
+}
+
+/// The controller roots of a cgroup v1 hierarchy.
+struct V1Roots<'a> {
+    memory: &'a Path,
+    pids: &'a Path,
+    cpu: Option<&'a Path>,
+}
+
+impl V1Roots<'_> {
+    /// One directory per controller; each made one goes into `made` (the caller removes
+    /// them when this fails).
+    fn create(
+        &self,
+        parent: &str,
+        vm: &str,
+        limits: &Limits,
+        made: &mut Vec<PathBuf>,
+    ) -> io::Result<()> {
+        let m = self.memory.join(parent).join(vm);
+        mkdir(&m)?;
+        made.push(m.clone());
+        let bytes = limits.memory_bytes.to_string();
+        write(&m, "memory.limit_in_bytes", &bytes)?;
+        // No swap either, where swap accounting exists.
+        let _ = write(&m, "memory.memsw.limit_in_bytes", &bytes);
+        let p = self.pids.join(parent).join(vm);
+        mkdir(&p)?;
+        made.push(p.clone());
+        write(&p, "pids.max", &limits.pids.to_string())?;
+        if let Some(cpu) = self.cpu.filter(|_| limits.cpu()) {
+            let c = cpu.join(parent).join(vm);
+            mkdir(&c)?;
+            made.push(c.clone());
+            let shares = u64::from(limits.cpu_weight) * 1024 / 100;
+            write(&c, "cpu.shares", &shares.max(2).to_string())?;
+            if let Some(pct) = limits.cpu_quota_percent {
+                write(&c, "cpu.cfs_period_us", "100000")?;
+                write(&c, "cpu.cfs_quota_us", &(u64::from(pct) * 1000).to_string())?;
+            }
+        }
+        Ok(())
     }
 }
 
