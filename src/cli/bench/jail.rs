@@ -59,7 +59,27 @@ pub async fn run(args: &JailArgs) -> Result<(), String> {
     result
 }
 
+/// One request-path variant: its name, summoner, target and the samples taken.
+type Variant = (&'static str, Summoner, Arc<Target>, Vec<Sample>);
+
 async fn measure(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result<(), String> {
+    let mut variants = start_variants(image, exe, dir).await?;
+    for i in 0..args.requests {
+        for k in 0..variants.len() {
+            // Alternate who goes first.
+            let n = variants.len();
+            let v = &mut variants[(i + k) % n];
+            let (mut got, _) = http::drive(v.2.clone(), 1, 1, || {}).await;
+            v.3.append(&mut got);
+        }
+    }
+    report_requests(&variants, args.requests).await;
+    shells(args, image, exe, dir).await
+}
+
+/// A summoner per variant (no jail, jail without cgroups, full jail), each serving the
+/// hello service and warmed up.
+async fn start_variants(image: &Path, exe: &Path, dir: &Path) -> Result<Vec<Variant>, String> {
     let mut variants = Vec::new();
     let variants_cfg = [
         ("no jail", plain()),
@@ -83,25 +103,18 @@ async fn measure(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Resul
         http::drive(target.clone(), 20, 1, || {}).await;
         variants.push((name, s, target, Vec::new()));
     }
-    for i in 0..args.requests {
-        for k in 0..variants.len() {
-            // Alternate who goes first.
-            let n = variants.len();
-            let v = &mut variants[(i + k) % n];
-            let (mut got, _) = http::drive(v.2.clone(), 1, 1, || {}).await;
-            v.3.append(&mut got);
-        }
-    }
-    println!(
-        "request path, {} requests each, alternating:",
-        args.requests
-    );
+    Ok(variants)
+}
+
+/// Print each variant's host and client p50 and phase p50s, shutting its summoner down.
+async fn report_requests(variants: &[Variant], requests: usize) {
+    println!("request path, {requests} requests each, alternating:");
     println!(
         "{:<10} {:>10} {:>10} {:>8}",
         "", "host p50", "client p50", "errors"
     );
     let mut host_p50 = Vec::new();
-    for (name, s, _, samples) in &variants {
+    for (name, s, _, samples) in variants {
         let host: Vec<f64> = samples.iter().filter_map(host_ms).collect();
         let client: Vec<f64> = samples.iter().map(|s| s.client_ms).collect();
         let errors = samples.iter().filter(|s| s.status != 200).count();
@@ -122,36 +135,11 @@ async fn measure(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Resul
     if let [a, .., b] = host_p50[..] {
         println!("jail / no jail, host p50: {:.3}", b / a);
     }
-    shells(args, image, exe, dir).await
 }
 
 async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result<(), String> {
     let svc = service(image)?;
-    let mut spawners = Vec::new();
-    for (name, cfg, zygote) in [
-        ("no jail", plain(), false),
-        ("jail", JailConfig::default(), false),
-        ("jail+zyg", JailConfig::default(), true),
-    ] {
-        let run_dir: PathBuf = dir.join(format!("shells-{}", name.replace(' ', "-")));
-        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
-        let jail = cfg
-            .enabled
-            .then(|| Arc::new(Jail::new(cfg.clone(), &run_dir)));
-        spawners.push((
-            name,
-            Spawner {
-                exe: exe.to_path_buf(),
-                args: vec!["worker".into()],
-                run_dir,
-                log_dir: summoner::default_log_dir(),
-                jail,
-                slots: summoner::limits::VmSlots::new(args.shells * 3 + 4),
-                zygote: zygote.then(|| Arc::new(dust_jail::zygote::Zygote::new(exe.to_path_buf()))),
-            },
-            Vec::new(),
-        ));
-    }
+    let mut spawners = shell_spawners(args, exe, dir)?;
     for i in 0..args.shells {
         for (name, sp, times) in spawners.iter_mut() {
             let id = format!("shell-{}-{i}", name.replace(' ', "-"));
@@ -188,4 +176,37 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
         }
     }
     Ok(())
+}
+
+/// One shell variant: its name, spawner and the build times taken (ms).
+type ShellVariant = (&'static str, Spawner, Vec<f64>);
+
+/// A worker spawner per shell variant (no jail, jail, jail with a zygote).
+fn shell_spawners(args: &JailArgs, exe: &Path, dir: &Path) -> Result<Vec<ShellVariant>, String> {
+    let mut spawners = Vec::new();
+    for (name, cfg, zygote) in [
+        ("no jail", plain(), false),
+        ("jail", JailConfig::default(), false),
+        ("jail+zyg", JailConfig::default(), true),
+    ] {
+        let run_dir: PathBuf = dir.join(format!("shells-{}", name.replace(' ', "-")));
+        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        let jail = cfg
+            .enabled
+            .then(|| Arc::new(Jail::new(cfg.clone(), &run_dir)));
+        spawners.push((
+            name,
+            Spawner {
+                exe: exe.to_path_buf(),
+                args: vec!["worker".into()],
+                run_dir,
+                log_dir: summoner::default_log_dir(),
+                jail,
+                slots: summoner::limits::VmSlots::new(args.shells * 3 + 4),
+                zygote: zygote.then(|| Arc::new(dust_jail::zygote::Zygote::new(exe.to_path_buf()))),
+            },
+            Vec::new(),
+        ));
+    }
+    Ok(spawners)
 }
