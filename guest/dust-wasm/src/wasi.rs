@@ -30,6 +30,13 @@ fn with_mem(
 
 /// Adds every import the host allows (`summoner::wasm::IMPORTS`) to `linker`.
 pub fn define(linker: &mut Linker<Host>) -> Result<(), Error> {
+    define_args(linker)?;
+    define_fds(linker)?;
+    define_process(linker)
+}
+
+/// The command line and environment: `args_*`, `environ_*`.
+fn define_args(linker: &mut Linker<Host>) -> Result<(), Error> {
     let m = w::MODULE;
     linker.func_wrap(
         m,
@@ -55,6 +62,12 @@ pub fn define(linker: &mut Linker<Host>) -> Result<(), Error> {
             with_mem(&mut c, |mem, ctx| ctx.environ_get(mem, a, b))
         },
     )?;
+    Ok(())
+}
+
+/// The file descriptors: stdin, stdout and stderr, and no preopened directories.
+fn define_fds(linker: &mut Linker<Host>) -> Result<(), Error> {
+    let m = w::MODULE;
     linker.func_wrap(
         m,
         "fd_read",
@@ -86,6 +99,12 @@ pub fn define(linker: &mut Linker<Host>) -> Result<(), Error> {
     linker.func_wrap(m, "fd_prestat_dir_name", |_fd: i32, _p: i32, _n: i32| {
         w::fd_prestat()
     })?;
+    Ok(())
+}
+
+/// Clock, randomness, exit, yield and poll.
+fn define_process(linker: &mut Linker<Host>) -> Result<(), Error> {
+    let m = w::MODULE;
     linker.func_wrap(
         m,
         "clock_time_get",
