@@ -133,50 +133,9 @@ impl Request {
 /// Reads one request from `stream`, waiting for its bytes. A request with
 /// `Expect: 100-continue` gets its `100 Continue` before its body is read.
 pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error> {
-    let mut bytes = Vec::new();
-    let mut scanned = 0;
-    let head_len = loop {
-        if let Some(end) = find_head_end(&bytes, scanned) {
-            break end;
-        }
-        if bytes.len() > MAX_HEAD {
-            return Err(Error::HeadTooLarge);
-        }
-        scanned = bytes.len().saturating_sub(3);
-        let room = MAX_HEAD + 1 - bytes.len();
-        if vsock_read(vsock, stream, &mut bytes, room)? == 0 {
-            return Err(if bytes.is_empty() {
-                Error::Closed
-            } else {
-                Error::Malformed("truncated head")
-            });
-        }
-    };
+    let (bytes, head_len) = read_head(vsock, stream)?;
     let mut request = parse_head(bytes, head_len)?;
-    let chunked = match request.header("transfer-encoding") {
-        None => false,
-        // Only `chunked` alone is supported; with a Content-Length too the framing is
-        // ambiguous (RFC 9112 section 6.3), so that is refused as well.
-        Some(te) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
-            if request.header("content-length").is_some() {
-                return Err(Error::Malformed(
-                    "both Transfer-Encoding and Content-Length",
-                ));
-            }
-            true
-        }
-        Some(_) => return Err(Error::Malformed("unsupported Transfer-Encoding")),
-    };
-    let body_len = match request.header("content-length") {
-        None => 0,
-        Some(v) => core::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .ok_or(Error::Malformed("bad Content-Length"))?,
-    };
-    if body_len > MAX_BODY {
-        return Err(Error::BodyTooLarge);
-    }
+    let (chunked, body_len) = framing(&request)?;
     let expects_continue = request
         .header("expect")
         .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
@@ -201,6 +160,59 @@ pub fn read_request(vsock: &mut Vsock, stream: Stream) -> Result<Request, Error>
     request.bytes.truncate(end);
     request.body = head_len..end;
     Ok(request)
+}
+
+/// Reads from `stream` until the head's blank line: the bytes read (perhaps with some of
+/// the body) and the head's length.
+fn read_head(vsock: &mut Vsock, stream: Stream) -> Result<(Vec<u8>, usize), Error> {
+    let mut bytes = Vec::new();
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = find_head_end(&bytes, scanned) {
+            return Ok((bytes, end));
+        }
+        if bytes.len() > MAX_HEAD {
+            return Err(Error::HeadTooLarge);
+        }
+        scanned = bytes.len().saturating_sub(3);
+        let room = MAX_HEAD + 1 - bytes.len();
+        if vsock_read(vsock, stream, &mut bytes, room)? == 0 {
+            return Err(if bytes.is_empty() {
+                Error::Closed
+            } else {
+                Error::Malformed("truncated head")
+            });
+        }
+    }
+}
+
+/// How `request`'s body is framed: chunked, or its Content-Length (0 without one).
+fn framing(request: &Request) -> Result<(bool, usize), Error> {
+    let chunked = match request.header("transfer-encoding") {
+        None => false,
+        // Only `chunked` alone is supported; with a Content-Length too the framing is
+        // ambiguous (RFC 9112 section 6.3), so that is refused as well.
+        Some(te) if te.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+            if request.header("content-length").is_some() {
+                return Err(Error::Malformed(
+                    "both Transfer-Encoding and Content-Length",
+                ));
+            }
+            true
+        }
+        Some(_) => return Err(Error::Malformed("unsupported Transfer-Encoding")),
+    };
+    let body_len = match request.header("content-length") {
+        None => 0,
+        Some(v) => core::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or(Error::Malformed("bad Content-Length"))?,
+    };
+    if body_len > MAX_BODY {
+        return Err(Error::BodyTooLarge);
+    }
+    Ok((chunked, body_len))
 }
 
 /// Decodes a chunked body, starting with the bytes that came with the head.
