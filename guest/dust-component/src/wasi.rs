@@ -55,12 +55,23 @@ impl Host {
         }
     }
 
+    /// `wasi:io/streams`: the request body in, the response body (or stdout/stderr) out.
     fn streams(
         &mut self,
         name: &str,
         a: &[Val],
         mem: &mut dyn Memory,
     ) -> Result<Option<Val>, Trap> {
+        match name {
+            "input-stream.subscribe" | "output-stream.subscribe" => Ok(Some(self.pollable())),
+            _ if name.starts_with("input-stream.") => {
+                self.input_stream(name, a, mem).map(|()| None)
+            }
+            _ => self.output_stream(name, a, mem).map(|()| None),
+        }
+    }
+
+    fn input_stream(&mut self, name: &str, a: &[Val], mem: &mut dyn Memory) -> Result<(), Trap> {
         match name {
             "input-stream.read" | "input-stream.blocking-read" => {
                 let at = arg(a, 2)? as u32;
@@ -83,9 +94,13 @@ impl Host {
                     }
                 }
             }
-            "input-stream.subscribe" | "output-stream.subscribe" => {
-                return Ok(Some(self.pollable()));
-            }
+            _ => return Err(Trap::Unknown),
+        }
+        Ok(())
+    }
+
+    fn output_stream(&mut self, name: &str, a: &[Val], mem: &mut dyn Memory) -> Result<(), Trap> {
+        match name {
             "output-stream.check-write" => {
                 self.outputs.get(arg(a, 0)?)?;
                 let at = arg(a, 1)? as u32;
@@ -122,7 +137,7 @@ impl Host {
             }
             _ => return Err(Trap::Unknown),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Up to `len` bytes of input stream `handle`; `None` once it is closed.
