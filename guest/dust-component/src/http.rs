@@ -256,7 +256,44 @@ impl Host {
         Ok(None)
     }
 
+    /// The response side: its body and handing it back; the response itself is
+    /// [`Self::outgoing_response`].
     fn http_out(
+        &mut self,
+        name: &str,
+        a: &[Val],
+        mem: &mut dyn Memory,
+    ) -> Result<Option<Val>, Trap> {
+        match name {
+            "outgoing-body.write" => {
+                self.out_bodies.get(arg(a, 0)?)?;
+                let h = self.outputs.insert(Output::Body);
+                result_handle(mem, arg(a, 1)?, Some(h))?;
+            }
+            "[static]outgoing-body.finish" => {
+                self.out_bodies.take(arg(a, 0)?)?;
+                let ret = a.last().copied().ok_or(Trap::Args)?;
+                let Val::I32(at) = ret else {
+                    return Err(Trap::Args);
+                };
+                abi::store_u8(mem, at as u32, 0)?;
+            }
+            "[static]response-outparam.set" => {
+                self.outparams.take(arg(a, 0)?)?;
+                let answer = match arg(a, 1)? {
+                    0 => Ok(self.responses.take(arg(a, 2)?)?),
+                    _ => Err(()),
+                };
+                self.answer = Some(answer);
+            }
+            "http-error-code" => abi::store_u8(mem, arg(a, 1)? as u32, 0)?,
+            _ => return self.outgoing_response(name, a, mem),
+        }
+        Ok(None)
+    }
+
+    /// `outgoing-response`: made from its headers, with a status and one body.
+    fn outgoing_response(
         &mut self,
         name: &str,
         a: &[Val],
@@ -295,28 +332,6 @@ impl Host {
                 let h = first.then(|| self.out_bodies.insert(()));
                 result_handle(mem, arg(a, 1)?, h)?;
             }
-            "outgoing-body.write" => {
-                self.out_bodies.get(arg(a, 0)?)?;
-                let h = self.outputs.insert(Output::Body);
-                result_handle(mem, arg(a, 1)?, Some(h))?;
-            }
-            "[static]outgoing-body.finish" => {
-                self.out_bodies.take(arg(a, 0)?)?;
-                let ret = a.last().copied().ok_or(Trap::Args)?;
-                let Val::I32(at) = ret else {
-                    return Err(Trap::Args);
-                };
-                abi::store_u8(mem, at as u32, 0)?;
-            }
-            "[static]response-outparam.set" => {
-                self.outparams.take(arg(a, 0)?)?;
-                let answer = match arg(a, 1)? {
-                    0 => Ok(self.responses.take(arg(a, 2)?)?),
-                    _ => Err(()),
-                };
-                self.answer = Some(answer);
-            }
-            "http-error-code" => abi::store_u8(mem, arg(a, 1)? as u32, 0)?,
             _ => return Err(Trap::Unknown),
         }
         Ok(None)
