@@ -28,15 +28,7 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
         .header("host")
         .and_then(|h| core::str::from_utf8(h).ok())
         .unwrap_or("localhost");
-    let (server, port) = match host.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
-        _ => (host, "80"),
-    };
-    let remote = req
-        .header("x-forwarded-for")
-        .and_then(|h| core::str::from_utf8(h).ok())
-        .and_then(|h| h.split(',').next())
-        .map_or("0.0.0.0", str::trim);
+    let (server, port) = server_and_port(host);
     // Built from byte slices, without `core::fmt`, and each entry allocated once: in a
     // restored VM on an emulating KVM every instruction counts (docs/benchmarks.md,
     // "guestcost").
@@ -65,10 +57,40 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
     let minor = dust_abi::decimal(req.minor_version().into(), &mut digits);
     set(&[b"SERVER_PROTOCOL"], &[b"HTTP/1.", minor]);
     set(&[b"SERVER_SOFTWARE"], &[b"dust"]);
-    set(&[b"REMOTE_ADDR"], &[remote.as_bytes()]);
+    set(&[b"REMOTE_ADDR"], &[remote_addr(req).as_bytes()]);
     let url: [&[u8]; 3] = [b"http://", host.as_bytes(), target.as_bytes()];
     set(&[b"X_FULL_URL"], &url);
     set(&[b"X_DUST_VM"], &[vm.as_bytes()]);
+    header_variables(req, &mut set);
+    for (k, v) in extra {
+        set(&[k.as_bytes()], &[v.as_bytes()]);
+    }
+    let mut args = alloc::vec![PROGRAM.as_bytes().to_vec()];
+    if !query.is_empty() {
+        args.extend(query.split('+').map(percent_decode));
+    }
+    Invocation { args, env }
+}
+
+/// `SERVER_NAME` and `SERVER_PORT` from a `Host` header (port 80 when it names none).
+fn server_and_port(host: &str) -> (&str, &str) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+        _ => (host, "80"),
+    }
+}
+
+/// `REMOTE_ADDR`: the first address of `X-Forwarded-For` (the front door sets it).
+fn remote_addr(req: &Request) -> &str {
+    req.header("x-forwarded-for")
+        .and_then(|h| core::str::from_utf8(h).ok())
+        .and_then(|h| h.split(',').next())
+        .map_or("0.0.0.0", str::trim)
+}
+
+/// An `HTTP_<NAME>` variable for each request header (upper case, `-` as `_`), through
+/// `set(key parts, value parts)`.
+fn header_variables(req: &Request, set: &mut impl FnMut(&[&[u8]], &[&[u8]])) {
     for (name, value) in req.headers() {
         let mut k = [0u8; 64];
         let mut long = Vec::new();
@@ -87,14 +109,6 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
         }
         set(&[b"HTTP_", upper], &[value]);
     }
-    for (k, v) in extra {
-        set(&[k.as_bytes()], &[v.as_bytes()]);
-    }
-    let mut args = alloc::vec![PROGRAM.as_bytes().to_vec()];
-    if !query.is_empty() {
-        args.extend(query.split('+').map(percent_decode));
-    }
-    Invocation { args, env }
 }
 
 /// `%XX` escapes decoded; a malformed escape is kept as it is.
