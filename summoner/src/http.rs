@@ -265,19 +265,10 @@ pub async fn handle(
     svc.metrics.phase(Phase::respond, respond);
     svc.metrics.phase(Phase::guest, guest);
     svc.metrics.request_duration(total);
-    let status = resp.status().as_u16();
-    let done = crate::metrics::code::answered(status);
-    outcome.settle(done, Some(status));
-    if status >= 500 {
-        // The guest says it failed (a wasm trap, out of fuel): say why in the log.
-        let output = vm.output().await;
-        svc.guest_log
-            .report(&svc.config.name, &vm.vm_id, status, &output);
-    }
+    let done = settle(&svc, &mut outcome, &mut vm, resp.status().as_u16()).await;
 
     let timing = server_timing(&svc, &phases, respond, guest, total);
     let (mut parts, body) = resp.into_parts();
-    for_client(&mut parts.headers, version);
     let req = (&method, path.as_str());
     access_log(
         &svc,
@@ -287,18 +278,44 @@ pub async fn handle(
         done,
         &timing,
     );
-    if let Ok(v) = HeaderValue::from_str(&timing) {
-        parts.headers.append("server-timing", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&vm.vm_id) {
-        parts.headers.insert("x-dust-vm", v);
-    }
+    dust_headers(&mut parts.headers, version, &timing, &vm.vm_id);
     let body = VmBody {
         inner: body,
         vm: Some(vm),
         deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
     };
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Count the request `vm` answered with `status`; a 5xx the guest sent itself (a wasm
+/// trap, out of fuel) gets its output in the log.
+async fn settle(
+    svc: &ServiceInner,
+    outcome: &mut OutcomeGuard,
+    vm: &mut ServingWorker,
+    status: u16,
+) -> crate::metrics::Outcome {
+    let done = crate::metrics::code::answered(status);
+    outcome.settle(done, Some(status));
+    if status >= 500 {
+        // The guest says it failed (a wasm trap, out of fuel): say why in the log.
+        let output = vm.output().await;
+        svc.guest_log
+            .report(&svc.config.name, &vm.vm_id, status, &output);
+    }
+    done
+}
+
+/// The guest's response headers as the client gets them: hop-by-hop ones gone, plus
+/// `Server-Timing` and `X-Dust-Vm`.
+fn dust_headers(headers: &mut http::HeaderMap, version: http::Version, timing: &str, vm: &str) {
+    for_client(headers, version);
+    if let Ok(v) = HeaderValue::from_str(timing) {
+        headers.append("server-timing", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(vm) {
+        headers.insert("x-dust-vm", v);
+    }
 }
 
 /// 431 for a head the guest could not take, answered without a VM (and logged).
