@@ -279,11 +279,6 @@ fn done(json: bool, verb: &str, what: &str) -> String {
 fn service_details(s: &Service) -> String {
     let c = &s.config;
     let d = |d: Duration| humantime::format_duration(d).to_string();
-    let serial = match &c.serial {
-        SerialConfig::None => "none".to_string(),
-        SerialConfig::Stdout => "stdout".to_string(),
-        SerialConfig::File(f) => format!("file:{}", f.display()),
-    };
     let or_default = |v: Option<String>, default: &str| v.unwrap_or_else(|| default.into());
     let rows: Vec<(&str, String)> = vec![
         ("name", c.name.clone()),
@@ -317,7 +312,7 @@ fn service_details(s: &Service) -> String {
                 "-",
             ),
         ),
-        ("serial", serial),
+        ("serial", serial(&c.serial)),
         ("max_concurrent", c.max_concurrent.to_string()),
         ("queue_depth", c.queue_depth.to_string()),
         ("queue_deadline", d(c.queue_deadline)),
@@ -326,19 +321,26 @@ fn service_details(s: &Service) -> String {
         ("header_timeout", d(c.header_timeout)),
         ("idle_timeout", d(c.idle_timeout)),
         ("max_connections", c.max_connections.to_string()),
-        (
-            "stats",
-            format!(
-                "running {} (max {}), idle {}, waiting {}, connections {}",
-                s.stats.running,
-                s.stats.max_running,
-                s.stats.idle,
-                s.stats.waiting,
-                s.stats.connections
-            ),
-        ),
+        ("stats", stats(s)),
     ];
     rows.iter().map(|(k, v)| format!("{k:<17} {v}\n")).collect()
+}
+
+/// Where a service's guest console goes, as `--serial` spells it.
+fn serial(serial: &SerialConfig) -> String {
+    match serial {
+        SerialConfig::None => "none".to_string(),
+        SerialConfig::Stdout => "stdout".to_string(),
+        SerialConfig::File(f) => format!("file:{}", f.display()),
+    }
+}
+
+/// A service's live counts, on one line.
+fn stats(s: &Service) -> String {
+    format!(
+        "running {} (max {}), idle {}, waiting {}, connections {}",
+        s.stats.running, s.stats.max_running, s.stats.idle, s.stats.waiting, s.stats.connections
+    )
 }
 
 /// What a service runs, in one word: its image, or `wasm:<module> (<engine>)`, the engine
