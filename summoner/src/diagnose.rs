@@ -42,8 +42,22 @@ impl Default for GuestLog {
 }
 
 impl GuestLog {
+    /// Whether a report made now would be logged; one that would not is counted as
+    /// suppressed. Ask before fetching a guest's output: that is a round trip to its worker,
+    /// on the failing request's path, not worth making for a report the limit drops (a
+    /// flood of failing requests would otherwise pay it on every one).
+    pub fn open(&self) -> bool {
+        self.window(Instant::now(), false).is_some()
+    }
+
     /// Whether a report may be logged now; if so, how many were suppressed before it.
     fn admit(&self, now: Instant) -> Option<u64> {
+        self.window(now, true)
+    }
+
+    /// The current window: `None` (and one more suppressed) when it is full; else the
+    /// count suppressed so far, taken and the report counted when `take`.
+    fn window(&self, now: Instant, take: bool) -> Option<u64> {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         if now.saturating_duration_since(w.start) >= WINDOW {
             w.start = now;
@@ -52,6 +66,9 @@ impl GuestLog {
         if w.logged >= PER_WINDOW {
             w.suppressed += 1;
             return None;
+        }
+        if !take {
+            return Some(w.suppressed);
         }
         w.logged += 1;
         Some(std::mem::take(&mut w.suppressed))
@@ -112,5 +129,20 @@ mod tests {
         assert_eq!(log.admit(t0 + WINDOW / 2), None);
         assert_eq!(log.admit(t0 + WINDOW), Some(2));
         assert_eq!(log.admit(t0 + WINDOW), Some(0));
+    }
+
+    #[test]
+    fn a_full_window_is_closed_before_any_output_is_fetched() {
+        let log = GuestLog::default();
+        assert!(
+            log.open(),
+            "an empty window is open, and asking takes no slot"
+        );
+        for _ in 0..PER_WINDOW {
+            assert!(log.admit(Instant::now()).is_some());
+        }
+        assert!(!log.open());
+        // The skipped report is counted with the suppressed ones.
+        assert_eq!(log.window.lock().unwrap().suppressed, 1);
     }
 }

@@ -255,7 +255,7 @@ pub async fn handle(
     let resp = match result.unwrap_or(Err(SummonError::Timeout)) {
         Ok(r) => r,
         Err(e) => {
-            let f = Failure::of_vm(e, &mut vm).await;
+            let f = Failure::of_vm(e, &mut vm, &svc.guest_log).await;
             return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0));
         }
     };
@@ -297,7 +297,7 @@ async fn settle(
 ) -> crate::metrics::Outcome {
     let done = crate::metrics::code::answered(status);
     outcome.settle(done, Some(status));
-    if status >= 500 {
+    if status >= 500 && svc.guest_log.open() {
         // The guest says it failed (a wasm trap, out of fuel): say why in the log.
         let output = vm.output().await;
         svc.guest_log

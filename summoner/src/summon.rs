@@ -127,13 +127,23 @@ impl Failure {
         }
     }
 
-    /// The failure of a request whose VM was serving, with what its guest wrote last.
-    pub async fn of_vm(error: SummonError, vm: &mut ServingWorker) -> Self {
+    /// The failure of a request whose VM was serving, with what its guest wrote last when
+    /// `log` would report it (fetching it is a round trip to the worker).
+    pub async fn of_vm(
+        error: SummonError,
+        vm: &mut ServingWorker,
+        log: &crate::diagnose::GuestLog,
+    ) -> Self {
+        let output = if log.open() {
+            Some(vm.output().await)
+        } else {
+            None
+        };
         Self {
             error,
             vm: Some(vm.vm_id.clone()),
             killed: vm.killed(),
-            output: Some(vm.output().await),
+            output,
         }
     }
 

@@ -38,8 +38,10 @@ pub async fn handle(svc: Arc<ServiceInner>, mut client: TcpStream) {
             tracing::info!(service = %name, vm = %vm, "VM ended mid-connection: {exit}");
             outcome.settle(Outcome::crash, None);
             // No HTTP status in TCP mode: 502 is what an HTTP service would have answered.
-            let output = summoned.vm.output().await;
-            svc.guest_log.report(name, &vm, 502, &output);
+            if svc.guest_log.open() {
+                let output = summoned.vm.output().await;
+                svc.guest_log.report(name, &vm, 502, &output);
+            }
         }
     }
 }
