@@ -157,20 +157,38 @@ impl Drop for Serve {
     }
 }
 
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map_or_else(|_| String::new(), |c| c.trim().into())
+}
+
 /// Whether `pid` is the daemon's zygote (one per daemon, not per VM).
 fn is_zygote(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-zygote")
+    comm(pid) == "dust-zygote"
+}
+
+/// Whether `pid` is the zygote's spare (the next worker, forked ahead; one per zygote).
+fn is_spare(pid: u32) -> bool {
+    comm(pid) == "dust-spare"
 }
 
 /// Wait (at most 20 s) until `s` runs exactly its 2 idle shells (and at most its one
-/// zygote); returns (live, zombies), the zygote left out.
+/// zygote and that zygote's one spare); returns (live, zombies), zygote and spare left out.
 fn settle(s: &Serve) -> (Vec<u32>, Vec<u32>) {
     let t = Instant::now();
     loop {
         let (all, zombies) = s.processes();
         let zygotes = all.iter().filter(|p| is_zygote(**p)).count();
         assert!(zygotes <= 1, "{zygotes} zygotes: {all:?}");
-        let live: Vec<u32> = all.into_iter().filter(|p| !is_zygote(*p)).collect();
+        let spares = all.iter().filter(|p| is_spare(**p)).count();
+        assert!(
+            spares <= zygotes,
+            "{spares} spares, {zygotes} zygotes: {all:?}"
+        );
+        let live: Vec<u32> = all
+            .into_iter()
+            .filter(|p| !is_zygote(*p) && !is_spare(*p))
+            .collect();
         if (live.len() == 2 && zombies.is_empty()) || t.elapsed() > Duration::from_secs(20) {
             return (live, zombies);
         }
@@ -366,4 +384,72 @@ fn a_killed_zygote_is_reaped_and_replaced_and_requests_go_on() {
     assert_eq!(live.len(), 2, "{live:?}");
     assert!(stat(zygote).is_none(), "the old zygote was never reaped");
     s.stop();
+}
+
+/// `Name:\tvalue` of `/proc/<pid>/status`.
+fn status_field(pid: u32, name: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?;
+    Some(line.trim().to_string())
+}
+
+fn net_ns(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+#[test]
+fn the_zygotes_spare_is_the_next_worker_and_is_reaped() {
+    require_kvm!();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("*** SKIPPED: a jailed spare needs root ***");
+        return;
+    }
+    let dir = TempDir::new("spare");
+    let s = serve(dir.path(), false, &[]);
+    assert_eq!(http_get(s.addr, "/").unwrap().status, 200);
+    let t = Instant::now();
+    let spare = loop {
+        let (all, _) = s.processes();
+        if let Some(&p) = all.iter().find(|p| is_spare(**p)) {
+            break p;
+        }
+        if all.iter().all(|p| !is_zygote(*p)) {
+            eprintln!("*** SKIPPED: this daemon runs no zygote (DUST_NO_ZYGOTE set?) ***");
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no spare: {all:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The daemon's own child, in namespaces of its own (pid 1 of its pid namespace), and
+    // not jailed yet: it has read nothing but the zygote's socket.
+    assert_eq!(stat(spare).map(|s| s.1), Some(s.daemon));
+    let nspid = status_field(spare, "NSpid").unwrap();
+    assert!(nspid.ends_with("\t1"), "NSpid {nspid}");
+    assert_ne!(net_ns(spare), net_ns(s.daemon));
+    // Requests take it: it becomes a jailed worker (unprivileged uid, seccomp).
+    let t = Instant::now();
+    while is_spare(spare) {
+        assert_eq!(http_get(s.addr, "/").unwrap().status, 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the spare was never taken"
+        );
+    }
+    if alive(spare) {
+        let uid = status_field(spare, "Uid").unwrap();
+        assert!(!uid.starts_with("0\t"), "a taken spare runs as root: {uid}");
+    }
+    let (live, zombies) = settle(&s);
+    assert!(zombies.is_empty(), "zombies below dust: {zombies:?}");
+    assert_eq!(live.len(), 2, "{live:?}");
+    let (all, _) = s.processes();
+    let next = all.iter().copied().find(|p| is_spare(*p));
+    s.stop();
+    // Whatever spare was waiting went with the daemon, reaped by it (not left to init).
+    if let Some(p) = next {
+        assert!(stat(p).is_none(), "spare {p} outlived its daemon");
+    }
 }

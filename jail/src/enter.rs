@@ -3,6 +3,7 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{JailError, JailSpec};
 
@@ -140,10 +141,25 @@ fn bind(src: &Path, dst: &Path, read_only: bool) -> Result<(), JailError> {
     mount(None, dst, flags)
 }
 
+/// Set once this process (a zygote's spare, in a mount namespace of its own) has made its
+/// mount tree private ahead of its jail.
+static ROOT_PRIVATE: AtomicBool = AtomicBool::new(false);
+
+/// Make every mount of this process's mount namespace private, ahead of [`enter`] (which then
+/// skips that step). Only for a process already in a mount namespace of its own; a failure
+/// leaves the step to `enter`, which reports it.
+pub(crate) fn make_root_private() {
+    if mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE).is_ok() {
+        ROOT_PRIVATE.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The per-VM directory becomes `/`; nothing else of the host stays reachable.
 fn mounts(spec: &JailSpec) -> Result<(), JailError> {
     // Nothing mounted here propagates back to the host.
-    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
+    if !ROOT_PRIVATE.load(Ordering::Relaxed) {
+        mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
+    }
     let root = spec.root.as_path();
     bind(root, root, false)?;
     bind(&spec.image, &root.join(&super::IMAGE[1..]), true)?;

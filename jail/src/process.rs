@@ -356,6 +356,11 @@ impl Child {
         }
     }
 
+    /// Whether it has ended (and is reaped now), without waiting.
+    pub fn exited(&mut self) -> bool {
+        self.reaped || matches!(self.try_reap(libc::WNOHANG), Ok(Some(_)))
+    }
+
     fn wait_blocking(&mut self) -> Option<ExitStatus> {
         self.try_reap(0).ok().flatten()
     }

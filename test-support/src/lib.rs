@@ -154,11 +154,18 @@ pub fn is_zygote(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-zygote")
 }
 
-/// This process's children but its summoner's zygote: the VM workers.
+/// Whether `pid` is a zygote's spare: the next worker's process, forked ahead of its
+/// request (at most one per zygote), with no VM yet.
+pub fn is_spare(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dust-spare")
+}
+
+/// This process's children but its summoner's zygote and that zygote's spare: the VM
+/// workers.
 pub fn worker_pids() -> Vec<u32> {
     child_pids()
         .into_iter()
-        .filter(|p| !is_zygote(*p))
+        .filter(|p| !is_zygote(*p) && !is_spare(*p))
         .collect()
 }
 

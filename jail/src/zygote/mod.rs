@@ -17,7 +17,9 @@ use crate::process::{Child, Spawn};
 use crate::JailSpec;
 
 mod serve;
+mod spare;
 pub use serve::{serve, Run, ENV, NAME};
+pub use spare::NAME as SPARE_NAME;
 
 /// How long a fork may take before the zygote is given up on.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -32,6 +34,57 @@ struct Running {
     sock: UnixDatagram,
     /// Killed and reaped when dropped.
     _child: Child,
+    /// The spares the zygote announced and no request took yet (the daemon's children,
+    /// killed and reaped when dropped).
+    spares: Vec<Child>,
+}
+
+impl Running {
+    /// Read the zygote's next answer to a request, adopting the spares it announces on
+    /// the way.
+    fn answer(&mut self) -> io::Result<i32> {
+        loop {
+            let mut msg = [0u8; 8];
+            let n = self.sock.recv(&mut msg)?;
+            let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+            match n {
+                4 => return Ok(word(0)),
+                8 if word(4) == spare::NOTICE => self.adopt_spare(word(0)),
+                _ => return Err(io::ErrorKind::UnexpectedEof.into()),
+            }
+        }
+    }
+
+    fn adopt_spare(&mut self, pid: i32) {
+        // Spares that ended meanwhile (the zygote replaced) are reaped here.
+        self.spares.retain_mut(|c| !c.exited());
+        match Child::adopt(pid) {
+            Ok(c) => self.spares.push(c),
+            Err(e) => tracing::warn!("zygote: spare {pid}: {e}"),
+        }
+    }
+
+    /// The worker with `pid`: an announced spare, or a child forked for this request.
+    fn worker(&mut self, pid: i32) -> io::Result<Child> {
+        let spare = self
+            .spares
+            .iter()
+            .position(|c| i64::from(c.id()) == i64::from(pid));
+        match spare {
+            Some(i) => Ok(self.spares.swap_remove(i)),
+            None => Child::adopt(pid),
+        }
+    }
+}
+
+impl Drop for Running {
+    /// Let the zygote end on its own (end of file on its socket) so that a spare it is
+    /// forking is announced first; adopt what it announced, so that every spare is reaped.
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        let _ = self.sock.set_read_timeout(Some(Duration::from_secs(1)));
+        while self.answer().is_ok() {}
+    }
 }
 
 impl std::fmt::Debug for Zygote {
@@ -97,6 +150,7 @@ impl Zygote {
         Ok(Running {
             sock: ours,
             _child: child,
+            spares: Vec::new(),
         })
     }
 
@@ -107,7 +161,7 @@ impl Zygote {
         if running.is_none() {
             *running = Some(self.start()?);
         }
-        let Some(z) = running.as_ref() else {
+        let Some(z) = running.as_mut() else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let (err_r, err_w) = pipe()?;
@@ -115,11 +169,7 @@ impl Zygote {
             z.sock
                 .send_with_fds(&[&request[..]], &[control, err_w.as_raw_fd()])
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-            let mut pid = [0u8; 4];
-            if z.sock.recv(&mut pid)? != pid.len() {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            Ok(i32::from_ne_bytes(pid))
+            z.answer()
         })();
         let pid = match answer {
             Ok(pid) if pid > 0 => pid,
@@ -130,8 +180,9 @@ impl Zygote {
                 return Err(e);
             }
         };
+        let worker = z.worker(pid);
         drop(running);
-        Ok((Child::adopt(pid)?, err_r))
+        Ok((worker?, err_r))
     }
 
     /// Stop the zygote (the daemon is shutting down).

@@ -17,6 +17,7 @@ use std::os::unix::net::UnixDatagram;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+use super::spare::Spare;
 use crate::{JailSpec, CONTROL_FD};
 
 /// The environment variable that makes `dust worker` a zygote.
@@ -25,13 +26,13 @@ pub const ENV: &str = "DUST_ZYGOTE";
 /// The zygote's process name (`/proc/<pid>/comm`, what `ps` shows); its workers are `dust`.
 pub const NAME: &std::ffi::CStr = c"dust-zygote";
 
-fn set_name(name: &std::ffi::CStr) {
+pub(super) fn set_name(name: &std::ffi::CStr) {
     // SAFETY: a NUL-terminated name that outlives the call.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
 }
 
 /// The largest request (a JailSpec as JSON).
-const MAX_REQUEST: usize = 64 << 10;
+pub(super) const MAX_REQUEST: usize = 64 << 10;
 
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
@@ -45,48 +46,91 @@ pub fn serve(keep: RawFd, run: Run) -> u8 {
     // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut buf = vec![0u8; MAX_REQUEST];
+    let mut spare: Option<Spare> = None;
     loop {
-        let mut fds = [-1 as RawFd; 2];
-        let mut iov = [libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        }];
-        // SAFETY: the iovec points into `buf`, which any bytes may be written to.
-        let got = unsafe { sock.recv_with_fds(&mut iov, &mut fds) };
-        let (n, nfds) = match got {
-            Ok((0, _)) | Err(_) => return 0,
-            Ok(r) => r,
+        let Some((n, fds)) = receive(&sock, &mut buf) else {
+            return 0;
         };
-        let answer = match (nfds, serde_json::from_slice::<Option<JailSpec>>(&buf[..n])) {
-            (2, Ok(spec)) => fork(spec.as_ref(), [fds[0], fds[1], keep], run),
-            _ => -libc::EINVAL,
+        let request = &buf[..n];
+        let (answer, ns) = match (
+            fds.len(),
+            serde_json::from_slice::<Option<JailSpec>>(request),
+        ) {
+            (2, Ok(spec)) => {
+                let ns = namespaces(spec.as_ref());
+                let fds = [fds[0], fds[1]];
+                // A spare forked for the other kind of worker stays for a later request.
+                let handed = match spare.take() {
+                    Some(s) if s.namespaces == ns => s.hand(request, fds),
+                    other => {
+                        spare = other;
+                        None
+                    }
+                };
+                let pid =
+                    handed.unwrap_or_else(|| fork(spec.as_ref(), [fds[0], fds[1], keep], run));
+                (pid, Some(ns))
+            }
+            _ => (-libc::EINVAL, None),
         };
-        for fd in fds.iter().take(nfds) {
-            // SAFETY: our copies of the received fds (the child has its own).
-            unsafe { libc::close(*fd) };
+        for fd in fds {
+            // SAFETY: our copies of the received fds (the worker has its own).
+            unsafe { libc::close(fd) };
         }
         if sock.send(&answer.to_ne_bytes()).is_err() {
             return 0;
         }
+        // The next worker's process, namespaces and all, made now: off its build's path.
+        if let (Some(ns), None) = (ns, &spare) {
+            spare = Spare::fork(ns, keep, run);
+            if let Some(s) = &spare {
+                if sock.send(&s.notice()).is_err() {
+                    return 0;
+                }
+            }
+        }
     }
 }
 
-/// Fork one worker (the daemon's child); returns its pid or `-errno`.
-fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
+/// One request: its length and the fds that came with it (at most 2); `None` once the
+/// daemon hangs up.
+fn receive(sock: &UnixDatagram, buf: &mut [u8]) -> Option<(usize, Vec<RawFd>)> {
+    let mut fds = [-1 as RawFd; 2];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points into `buf`, which any bytes may be written to.
+    match unsafe { sock.recv_with_fds(&mut iov, &mut fds) } {
+        Ok((0, _)) | Err(_) => None,
+        Ok((n, nfds)) => Some((n, fds[..nfds].to_vec())),
+    }
+}
+
+pub(super) fn namespaces(spec: Option<&JailSpec>) -> bool {
+    spec.is_some_and(|s| s.namespaces)
+}
+
+pub(super) fn clone_flags(namespaces: bool) -> u64 {
     let mut flags = libc::CLONE_PARENT as u64;
-    if spec.is_some_and(|s| s.namespaces) {
+    if namespaces {
         flags |= (libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS) as u64;
     }
+    flags
+}
+
+/// clone3 with `flags` and nothing else: returns the pid (0 in the child) or `-errno`.
+pub(super) fn clone(flags: u64) -> i32 {
     // SAFETY: clone_args is plain data; zero is "unset" (with CLONE_PARENT the exit signal
     // must be 0: the child ends with the zygote's, SIGCHLD, to the daemon).
     let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
     args.flags = flags;
     // SAFETY: a fork of this single-threaded process (no CLONE_VM): the child may run any
-    // code; it never returns from `child`.
+    // code.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -94,9 +138,6 @@ fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
             std::mem::size_of::<libc::clone_args>(),
         )
     };
-    if rc == 0 {
-        child(spec, fds, run)
-    }
     if rc < 0 {
         return -std::io::Error::last_os_error()
             .raw_os_error()
@@ -105,10 +146,19 @@ fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
     i32::try_from(rc).unwrap_or(-libc::EOVERFLOW)
 }
 
+/// Fork one worker (the daemon's child); returns its pid or `-errno`.
+fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
+    let pid = clone(clone_flags(namespaces(spec)));
+    if pid == 0 {
+        child(spec, fds, run)
+    }
+    pid
+}
+
 /// In the forked worker: its fds in place (the zygote's socket at fd 3 is replaced by the
 /// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr,
 /// the fd to keep.
-fn child(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> ! {
+pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> ! {
     let [control, stderr, kvm] = fds;
     // SAFETY: fd calls on fds valid in this process; prctl/poll as in `die_with_daemon`.
     unsafe {

@@ -1,0 +1,120 @@
+//! The spare: the next worker's process, forked by the zygote ahead of the request for it.
+//!
+//! Forking a worker with its namespaces (the new network namespace above all, and the copy
+//! of the mount namespace) was the dearest step left between a spawn request and the jail.
+//! So once the zygote has answered a request it forks the next worker at once, with the
+//! same clone flags (`CLONE_PARENT` and the namespaces: the daemon's child, pid 1 of a pid
+//! namespace of its own, a network namespace nobody else ever uses), makes its mount tree
+//! private, and leaves it waiting on a socket of its own. The next request is handed to it
+//! (the same bytes and fds the daemon sent) and it goes on exactly as a freshly forked
+//! worker ([`super::serve`]): the jail, the parent-death signal, the worker protocol.
+//!
+//! A spare is one worker: it takes one request and becomes that VM's process, or it exits
+//! when the zygote goes (its socket reads end-of-file) or the daemon dies (the parent-death
+//! signal). It never reads anything but the zygote's request. The daemon is told its pid
+//! as soon as it exists ([`NOTICE`]) and waits for it like for any worker.
+
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use super::serve::{child, clone, clone_flags, set_name, Run, MAX_REQUEST};
+use crate::{JailSpec, CONTROL_FD};
+
+/// The tag of a spare's notice to the daemon: `[pid, NOTICE]` as two native-endian i32
+/// (an answer to a request is one i32).
+pub const NOTICE: i32 = 0x5350_4152;
+
+/// The name a spare shows (`/proc/<pid>/comm`) until it is handed a request.
+pub const NAME: &std::ffi::CStr = c"dust-spare";
+
+/// A forked spare, seen from the zygote.
+pub(super) struct Spare {
+    pid: i32,
+    /// The zygote's end of the spare's socket.
+    sock: UnixDatagram,
+    /// Whether it was forked into new namespaces (a jailed worker's).
+    pub namespaces: bool,
+}
+
+impl Spare {
+    /// Fork a spare for a worker with or without namespaces; `None` if the fork failed (the
+    /// next request is then forked as it comes).
+    pub fn fork(namespaces: bool, keep: RawFd, run: Run) -> Option<Self> {
+        let (ours, theirs) = super::seqpacket_pair().ok()?;
+        let pid = clone(clone_flags(namespaces));
+        if pid == 0 {
+            drop(ours);
+            wait(theirs.as_raw_fd(), namespaces, keep, run)
+        }
+        drop(theirs);
+        (pid > 0).then_some(Spare {
+            pid,
+            sock: ours,
+            namespaces,
+        })
+    }
+
+    /// What the daemon is told: this spare's pid, tagged.
+    pub fn notice(&self) -> [u8; 8] {
+        let mut n = [0u8; 8];
+        n[..4].copy_from_slice(&self.pid.to_ne_bytes());
+        n[4..].copy_from_slice(&NOTICE.to_ne_bytes());
+        n
+    }
+
+    /// Hand it a request (the daemon's bytes and its two fds); its pid, or `None` if it is
+    /// gone (killed meanwhile).
+    pub fn hand(self, request: &[u8], fds: [RawFd; 2]) -> Option<i32> {
+        self.sock
+            .send_with_fds(&[request], &fds)
+            .ok()
+            .map(|_| self.pid)
+    }
+}
+
+/// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
+/// pidfd) and `keep`, make the mount tree private; then wait for the one request.
+fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run) -> ! {
+    // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::dup2(sock, CONTROL_FD) < 0 {
+            libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
+        }
+        if keep > 4 {
+            libc::syscall(libc::SYS_close_range, 5, keep - 1, 0);
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
+        } else {
+            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
+        }
+    }
+    set_name(NAME);
+    crate::die_with_daemon_keep_fd();
+    if namespaces {
+        crate::enter::make_root_private();
+    }
+    // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
+    let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut fds = [-1 as RawFd; 2];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points into `buf`, which any bytes may be written to.
+    let got = unsafe { sock.recv_with_fds(&mut iov, &mut fds) };
+    let spec = match got {
+        Ok((n, 2)) if n > 0 => serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
+        // The zygote is gone: so is this spare.
+        _ => None,
+    };
+    let Some(spec) = spec else {
+        // SAFETY: ends the spare; nothing else runs in it.
+        unsafe { libc::_exit(i32::from(dust_abi::status::KILLED)) }
+    };
+    // `child` puts the control socket in place of this one at fd 3.
+    std::mem::forget(sock);
+    child(spec.as_ref(), [fds[0], fds[1], keep], run)
+}
