@@ -15,6 +15,11 @@ use crate::metrics::ServiceMetrics;
 use crate::template::Template;
 use crate::worker::{IdleWorker, Spawner, WorkerError};
 
+/// How many shells a pool builds at once while it is short. Two: a build is mostly one
+/// process's serial work (fork, jail, KVM set-up), and one slow build (the host busy, the
+/// previous VM still being torn down) no longer leaves the next request without a shell.
+pub const PARALLEL_BUILDS: usize = 2;
+
 /// Idle shells of one service.
 pub struct Pool {
     config: Arc<ServiceConfig>,
@@ -105,39 +110,63 @@ impl Pool {
         }
     }
 
-    /// Keep `pool_size` shells ready until [`Pool::close`].
+    /// Keep `pool_size` shells ready until [`Pool::close`]: up to [`PARALLEL_BUILDS`] of them
+    /// built at once, a new build started as soon as a shell is taken, so that a take
+    /// right after a slow build (a busy host, the previous VM's teardown) still finds one.
     pub async fn run(self: Arc<Self>) {
+        let mut builds = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
         while !self.closed.load(Ordering::SeqCst) {
-            if self.idle().len() >= self.config.pool_size {
-                self.refill.notified().await;
+            let short = self.config.pool_size > self.idle().len() + builds.len();
+            if short && builds.len() < PARALLEL_BUILDS {
+                let pool = self.clone();
+                builds.spawn(async move { pool.spawn().await });
                 continue;
             }
-            match self.spawn().await {
-                Ok(w) => {
-                    backoff = Duration::from_millis(100);
-                    self.set_failure(None);
-                    if self.closed.load(Ordering::SeqCst) {
-                        break;
+            tokio::select! {
+                () = self.refill.notified() => {}
+                Some(built) = builds.join_next(), if !builds.is_empty() => {
+                    let Ok(built) = built else { continue };
+                    if let Some(wait) = self.built(built, &mut backoff) {
+                        tokio::time::sleep(wait).await;
                     }
+                }
+            }
+        }
+        // Builds still running end here; their workers are killed and reaped.
+        builds.shutdown().await;
+        self.drain();
+    }
+
+    /// A background build ended: its shell joins the pool; or, if it failed, how long to
+    /// wait before the next.
+    fn built(
+        &self,
+        built: Result<IdleWorker, WorkerError>,
+        backoff: &mut Duration,
+    ) -> Option<Duration> {
+        let wait = *backoff;
+        match built {
+            Ok(w) => {
+                *backoff = Duration::from_millis(100);
+                self.set_failure(None);
+                if !self.closed.load(Ordering::SeqCst) {
                     let mut idle = self.idle();
                     idle.push_back(w);
                     self.metrics.set_idle(idle.len());
                 }
-                Err(WorkerError::TooManyVms) => {
-                    tracing::debug!(service = %self.config.name, "pool refill waits: max_vms reached");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
-                    self.set_failure(Some(self.cause(&e)));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                return None;
+            }
+            Err(WorkerError::TooManyVms) => {
+                tracing::debug!(service = %self.config.name, "pool refill waits: max_vms reached");
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.config.name, "cannot pre-build a VM: {e}");
+                self.set_failure(Some(self.cause(&e)));
             }
         }
-        self.drain();
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+        Some(wait)
     }
 
     /// Stop refilling and kill the idle workers.

@@ -147,8 +147,9 @@ impl Drop for Process {
     }
 }
 
-/// Kill `child` and wait for it in the background; then remove its socket, release its
-/// jail and run `after`.
+/// Kill `child` and wait for it in the background; then run `after` (the VM's admission
+/// permit and `max_vms` slot go back as soon as its process is gone), remove its socket
+/// and release its jail (its cgroups and root: off every request's path).
 fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<OnReaped>) {
     child.kill();
     let vm = vsock
@@ -161,15 +162,15 @@ fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<On
         if let Some(j) = jail {
             j.release();
         }
-        if let Some(f) = after {
-            f();
-        }
     };
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {
                 if let Ok(status) = child.wait().await {
                     dust_jail::exit::report(&vm, status);
+                }
+                if let Some(f) = after {
+                    f();
                 }
                 // Removing the VM's cgroups may wait for its last process to go.
                 let _ = tokio::task::spawn_blocking(finish).await;
@@ -179,6 +180,9 @@ fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<On
             // No runtime (shutdown): the drop kills and waits for it; clean up after.
             drop(child);
             finish();
+            if let Some(f) = after {
+                f();
+            }
         }
     }
 }
