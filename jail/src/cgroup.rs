@@ -169,7 +169,7 @@ impl V1Roots<'_> {
 
 impl Hierarchy {
     /// The controller roots: one on v2, one per controller on v1.
-    fn roots(&self) -> Vec<PathBuf> {
+    pub(crate) fn roots(&self) -> Vec<PathBuf> {
         match self {
             Hierarchy::V2(root) => vec![root.clone()],
             Hierarchy::V1 { memory, pids, cpu } => {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ahead::{Ahead, Made, Maker, Shape};
 use crate::cgroup::{self, Hierarchy, Limits};
 use crate::{JailSpec, SnapshotMount};
 
@@ -105,6 +106,8 @@ pub struct Jail {
     pub missing: Vec<String>,
     /// How many of its [`VmJail`]s are not released yet.
     live: Arc<AtomicUsize>,
+    /// Roots and cgroups made ahead (with root only).
+    ahead: Option<Ahead>,
 }
 
 /// Where a jailed worker's vsock socket is inside its jail (a short fixed name: the host's
@@ -225,6 +228,15 @@ impl Jail {
             .chroot_base
             .clone()
             .unwrap_or_else(|| run_dir.to_path_buf());
+        let ahead = privileged.then(|| {
+            Ahead::new(Maker {
+                base: base.clone(),
+                uid: config.uid,
+                gid: config.gid,
+                cgroups: cgroups.clone(),
+                cgroup_dir: cgroup_dir.clone(),
+            })
+        });
         Self {
             base,
             config,
@@ -233,10 +245,11 @@ impl Jail {
             cgroup_dir,
             missing,
             live: Arc::default(),
+            ahead,
         }
     }
 
-    /// Make `vm`'s directory and cgroups.
+    /// Make `vm`'s directory and cgroups (or take ones made ahead in its shape).
     pub fn prepare(&self, vm: &str, files: VmFiles) -> io::Result<VmJail> {
         let c = &self.config;
         let mut spec = JailSpec {
@@ -253,37 +266,57 @@ impl Jail {
             serial_max_bytes: c.serial_max_mib << 20,
             snapshot: files.snapshot.clone(),
         };
-        let mut root = None;
-        if self.privileged {
-            let dir = self.base.join(vm);
-            make_root(&dir, c.uid, c.gid, &files)?;
-            root = Some(dir.clone());
-            spec.root = dir;
+        let shape = self.shape(&files);
+        if let Some(ahead) = &self.ahead {
+            // A template's writable snapshot directory is made its uid's: never ahead.
+            let writable = files.snapshot.as_ref().is_some_and(|s| s.writable);
+            let made = (!writable).then(|| ahead.take(vm, &shape)).flatten();
+            let made = match made {
+                Some(m) => m,
+                None => self.make(ahead, vm, &shape, &files)?,
+            };
+            spec.root = made.root;
+            spec.cgroups = made.cgroups;
             spec.namespaces = true;
             spec.serial = files.serial.clone();
         }
-        // From here on, dropping it removes what was made.
         self.live.fetch_add(1, Ordering::SeqCst);
-        let mut jail = VmJail {
+        Ok(VmJail {
+            root: spec.namespaces.then(|| spec.root.clone()),
             spec,
-            root,
             live: self.live.clone(),
             released: false,
-        };
-        if let Some(h) = &self.cgroups {
-            let limits = Limits {
-                memory_bytes: u64::from(
-                    files
-                        .memory_limit_mib
-                        .unwrap_or(files.memory_mib + c.memory_overhead_mib),
-                ) << 20,
-                pids: c.pids_max,
-                cpu_weight: c.cpu_weight,
-                cpu_quota_percent: c.cpu_quota_percent,
-            };
-            jail.spec.cgroups = h.create(&self.cgroup_dir, vm, &limits)?;
+        })
+    }
+
+    /// `vm`'s root and cgroups made now (and its snapshot directory made the jail uid's if
+    /// a template writes it).
+    fn make(&self, ahead: &Ahead, vm: &str, shape: &Shape, files: &VmFiles) -> io::Result<Made> {
+        if let Some(s) = files.snapshot.as_ref().filter(|s| s.writable) {
+            std::os::unix::fs::chown(&s.dir, Some(self.config.uid), Some(self.config.gid))?;
         }
-        Ok(jail)
+        ahead.make(vm, shape)
+    }
+
+    /// What of `files` a root and cgroups made ahead must match.
+    fn shape(&self, files: &VmFiles) -> Shape {
+        let c = &self.config;
+        let limits = Limits {
+            memory_bytes: u64::from(
+                files
+                    .memory_limit_mib
+                    .unwrap_or(files.memory_mib + c.memory_overhead_mib),
+            ) << 20,
+            pids: c.pids_max,
+            cpu_weight: c.cpu_weight,
+            cpu_quota_percent: c.cpu_quota_percent,
+        };
+        Shape {
+            initrd: files.initrd.is_some(),
+            serial: files.serial.is_some(),
+            snapshot: files.snapshot.is_some(),
+            limits: self.cgroups.is_some().then_some(limits),
+        }
     }
 
     /// Wait (at most `limit`) until every [`VmJail`] this jail prepared has been released.
@@ -351,8 +384,12 @@ impl Jail {
         }
     }
 
-    /// The daemon is done: remove the cgroup parent if it is empty.
+    /// The daemon is done: remove what was made ahead, then the cgroup parent if it is
+    /// empty.
     pub fn finish(&self) {
+        if let Some(a) = &self.ahead {
+            a.close();
+        }
         if let Some(h) = &self.cgroups {
             h.remove_parent(&self.cgroup_dir);
             h.remove_parent(&self.config.cgroup_parent);
@@ -361,8 +398,8 @@ impl Jail {
 }
 
 /// The per-VM root: `run/` for the vsock socket (the worker's), empty files to mount the
-/// image, initrd and serial file on.
-fn make_root(root: &Path, uid: u32, gid: u32, files: &VmFiles) -> io::Result<()> {
+/// image, initrd and serial file on, a directory for the snapshot.
+pub(crate) fn make_root(root: &Path, uid: u32, gid: u32, shape: &Shape) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", root.display()));
     std::fs::DirBuilder::new()
@@ -374,20 +411,16 @@ fn make_root(root: &Path, uid: u32, gid: u32, files: &VmFiles) -> io::Result<()>
         std::fs::DirBuilder::new().mode(0o700).create(&run)?;
         std::os::unix::fs::chown(&run, Some(uid), Some(gid))?;
         let mut mounts = vec![crate::IMAGE];
-        if files.initrd.is_some() {
+        if shape.initrd {
             mounts.push(crate::INITRD);
         }
-        if files.serial.is_some() {
+        if shape.serial {
             mounts.push(crate::SERIAL);
         }
-        if let Some(s) = &files.snapshot {
+        if shape.snapshot {
             std::fs::DirBuilder::new()
                 .mode(0o755)
                 .create(root.join(&crate::SNAPSHOT[1..]))?;
-            if s.writable {
-                // A template writes its snapshot as the jail's uid.
-                std::os::unix::fs::chown(&s.dir, Some(uid), Some(gid))?;
-            }
         }
         for f in mounts {
             let p = root.join(&f[1..]);
@@ -451,6 +484,76 @@ mod tests {
         assert_eq!(jail.live.load(Ordering::SeqCst), 0);
         jail.released(std::time::Duration::from_secs(5)).await;
         jail.finish();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn roots_and_cgroups_are_made_ahead_used_once_and_removed_at_the_end() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("*** SKIPPED: the jail's roots and cgroups need root ***");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("dust-ahead-{}", std::process::id()));
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let config = JailConfig {
+            cgroup_parent: "dust-unit-ahead".into(),
+            ..JailConfig::default()
+        };
+        let jail = Jail::new(config, &run);
+        let files = VmFiles {
+            image: dir.join("image.elf"),
+            initrd: None,
+            serial: None,
+            snapshot: None,
+            memory_mib: 16,
+            memory_limit_mib: None,
+        };
+        let ahead = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("ahead-")
+                })
+                .collect()
+        };
+        let first = jail.prepare("vm-1", files.clone()).unwrap();
+        // The first build ordered one ahead; wait for the thread to make it.
+        let t = std::time::Instant::now();
+        while ahead(&run).is_empty() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "nothing made ahead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let waiting = ahead(&run);
+        let second = jail.prepare("vm-2", files.clone()).unwrap();
+        // It got one made ahead, renamed after it: the one that waited is gone.
+        assert!(waiting.iter().any(|w| !w.exists()), "{waiting:?}");
+        assert_eq!(second.spec().root, run.join("vm-2"));
+        assert!(run.join("vm-2/run").is_dir() && run.join("vm-2/image").is_file());
+        let cgroups = second.spec().cgroups.clone();
+        assert_eq!(cgroups.is_empty(), jail.cgroups.is_none());
+        assert!(cgroups.iter().all(|c| c.is_dir()), "{cgroups:?}");
+        if matches!(jail.cgroups, Some(Hierarchy::V1 { .. })) {
+            assert!(cgroups.iter().all(|c| c.ends_with("vm-2")), "{cgroups:?}");
+        }
+        drop((first, second));
+        assert!(cgroups.iter().all(|c| !c.exists()), "{cgroups:?}");
+        jail.finish();
+        assert_eq!(ahead(&run), Vec::<PathBuf>::new());
+        if let Some(h) = &jail.cgroups {
+            for root in h.roots() {
+                assert!(!root.join(&jail.cgroup_dir).exists(), "{}", root.display());
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

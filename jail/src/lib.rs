@@ -26,6 +26,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod ahead;
 pub mod cgroup;
 mod enter;
 pub mod exit;
