@@ -19,6 +19,10 @@ use crate::cgroup::{self, Hierarchy, Limits};
 /// At most this many made ahead per shape.
 const PER_SHAPE: usize = 2;
 
+/// At most this many made ahead in all: shapes no longer asked for (a service replaced
+/// with another memory size) give theirs up, oldest first.
+const ALL: usize = 8;
+
 /// What a made-ahead root and cgroups must match to serve a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Shape {
@@ -218,8 +222,16 @@ fn make_orders(maker: &Maker, shelf: &Mutex<Shelf>, orders: &mpsc::Receiver<Shap
         if s.closed {
             drop(s);
             made.remove();
-        } else {
-            s.made.push(made);
+            continue;
+        }
+        s.made.push(made);
+        let old = (s.made.len() > ALL)
+            .then(|| s.made.iter().position(|m| m.shape != shape))
+            .flatten()
+            .map(|i| s.made.remove(i));
+        drop(s);
+        if let Some(old) = old {
+            old.remove();
         }
     }
 }
