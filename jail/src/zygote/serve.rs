@@ -32,7 +32,7 @@ pub(super) fn set_name(name: &std::ffi::CStr) {
 }
 
 /// The largest request (a JailSpec as JSON).
-pub(super) const MAX_REQUEST: usize = 64 << 10;
+const MAX_REQUEST: usize = 64 << 10;
 
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
@@ -82,7 +82,7 @@ pub fn serve(keep: RawFd, run: Run) -> u8 {
         }
         // The next worker's process, namespaces and all, made now: off its build's path.
         if let (Some(ns), None) = (ns, &spare) {
-            spare = Spare::fork(ns, keep, run);
+            spare = Spare::fork(ns, keep, run, &mut buf);
             if let Some(s) = &spare {
                 if sock.send(&s.notice()).is_err() {
                     return 0;

@@ -19,7 +19,7 @@ use std::os::unix::net::UnixDatagram;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::serve::{child, clone, clone_flags, set_name, Run, MAX_REQUEST};
+use super::serve::{child, clone, clone_flags, set_name, Run};
 use crate::{JailSpec, CONTROL_FD};
 
 /// The tag of a spare's notice to the daemon: `[pid, NOTICE]` as two native-endian i32
@@ -40,13 +40,14 @@ pub(super) struct Spare {
 
 impl Spare {
     /// Fork a spare for a worker with or without namespaces; `None` if the fork failed (the
-    /// next request is then forked as it comes).
-    pub fn fork(namespaces: bool, keep: RawFd, run: Run) -> Option<Self> {
+    /// next request is then forked as it comes). `buf` is the zygote's request buffer,
+    /// which the spare reads its request into (its own copy: no pages written ahead).
+    pub fn fork(namespaces: bool, keep: RawFd, run: Run, buf: &mut [u8]) -> Option<Self> {
         let (ours, theirs) = super::seqpacket_pair().ok()?;
         let pid = clone(clone_flags(namespaces));
         if pid == 0 {
             drop(ours);
-            wait(theirs.as_raw_fd(), namespaces, keep, run)
+            wait(theirs.as_raw_fd(), namespaces, keep, run, buf)
         }
         drop(theirs);
         (pid > 0).then_some(Spare {
@@ -76,7 +77,7 @@ impl Spare {
 
 /// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
 /// pidfd) and `keep`, make the mount tree private; then wait for the one request.
-fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run) -> ! {
+fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run, buf: &mut [u8]) -> ! {
     // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -97,7 +98,6 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run) -> ! {
     }
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
-    let mut buf = vec![0u8; MAX_REQUEST];
     let mut fds = [-1 as RawFd; 2];
     let mut iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
