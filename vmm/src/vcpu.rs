@@ -91,8 +91,9 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// A way to interrupt one vCPU thread while it lives.
 #[derive(Clone)]
 pub struct Kick {
-    /// The thread.
-    pub thread: libc::pthread_t,
+    /// The thread, as std hands it out (an integer even where libc's `pthread_t` is a
+    /// pointer, as in musl, so that a `Kick` may cross threads).
+    pub thread: std::os::unix::thread::RawPthread,
     /// True while the thread may still be inside KVM_RUN. Guarded so that a kick never
     /// targets a thread that has already exited.
     pub alive: Arc<Mutex<bool>>,
@@ -105,7 +106,7 @@ impl Kick {
         if *alive {
             // SAFETY: the thread is alive (it clears `alive` under this lock before it exits),
             // so its pthread_t is valid; the signal's handler is installed and does nothing.
-            unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+            unsafe { libc::pthread_kill(self.thread as libc::pthread_t, kick_signal()) };
         }
     }
 }
