@@ -247,6 +247,7 @@ fn round<'a>(
 /// Every timed run, whichever contender's, starts `settle` after the previous one was
 /// reaped: a VMM's exit leaves work behind in the kernel (the VM's teardown, freed pages,
 /// RCU callbacks) that would otherwise be charged to whoever runs next on the same cores.
+/// The order rotates from round to round for the same reason.
 pub fn run(o: &Opts) -> Result<Vec<Row>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("dust-bench-boot-{}", std::process::id()));
@@ -267,10 +268,15 @@ pub fn run(o: &Opts) -> Result<Vec<Row>, String> {
         (None, None)
     };
     let mut series = vec![Series::default(); 4];
-    for _ in 0..o.runs {
+    for n in 0..o.runs {
         let fc = fc.as_deref().map(|f| (f, fc_config.as_path()));
         let floor = written.is_ok().then_some(floor.as_path());
-        for (i, cmd, mark) in round(&exe, o, qemu.as_deref(), fc, floor) {
+        let mut runs = round(&exe, o, qemu.as_deref(), fc, floor);
+        // Each round starts with the next contender, so that each follows every other
+        // equally often.
+        let k = runs.len();
+        runs.rotate_left(n % k);
+        for (i, cmd, mark) in runs {
             std::thread::sleep(o.settle);
             let s = &mut series[i];
             match time_run(cmd, mark) {
