@@ -474,6 +474,11 @@ pub struct BootingWorker {
 }
 
 impl BootingWorker {
+    /// The VM's vsock socket (it exists before the guest is ready).
+    pub fn vsock(&self) -> &Path {
+        &self.proc.vsock
+    }
+
     /// Set once an operator kills the VM.
     pub fn kill_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.entry.kill_flag()
