@@ -156,6 +156,8 @@ pub struct Summoned {
 /// A VM started for one request, not known to be ready yet.
 struct Started {
     vm: BootingWorker,
+    /// A connection the pool opened ahead.
+    stream: Option<GuestStream>,
     phases: Phases,
     /// When it was started.
     at: Instant,
@@ -185,6 +187,8 @@ async fn start(
     phases.spawn = t.elapsed();
 
     let at = Instant::now();
+    let mut idle = idle;
+    let stream = idle.stream.take();
     let vm = idle
         .start(
             Some(permit),
@@ -194,7 +198,13 @@ async fn start(
         )
         .await
         .map_err(SummonError::Internal)?;
-    Ok(Started { vm, phases, at, by })
+    Ok(Started {
+        vm,
+        stream,
+        phases,
+        at,
+        by,
+    })
 }
 
 /// Wait for the started VM's guest to be ready; the instant it was.
@@ -225,6 +235,7 @@ pub async fn summon(
         mut phases,
         at,
         by,
+        ..
     } = start(svc, t0, deadline).await?;
     let (id, killed) = (vm.vm_id.clone(), vm.kill_flag());
     let failed = |e| Failure::of(e, &id, &killed);
@@ -273,6 +284,7 @@ pub async fn summon_http(
 ) -> Result<Opened, Failure> {
     let Started {
         vm,
+        stream: pre,
         mut phases,
         at,
         by,
@@ -280,17 +292,21 @@ pub async fn summon_http(
     let port = svc.config.guest_port;
     let (id, killed) = (vm.vm_id.clone(), vm.kill_flag());
     let failed = |e| Failure::of(e, &id, &killed);
-    let open = |path: PathBuf| async move {
-        let s = tokio::time::timeout_at(by, vsock::open(&path, port)).await;
+    // The pool's connection if it opened one, else a new one.
+    let open = |path: PathBuf, pre: Option<GuestStream>| async move {
+        let s = match pre {
+            Some(s) => Ok(Ok(s)),
+            None => tokio::time::timeout_at(by, vsock::open(&path, port)).await,
+        };
         (s, Instant::now())
     };
     let ((vm, ready_at), (stream, opened_at)) = if svc.pool.snapshot_mode() {
         let path = vm.vsock().to_path_buf();
-        let (vm, stream) = tokio::join!(ready(vm, by), open(path));
+        let (vm, stream) = tokio::join!(ready(vm, by), open(path, pre));
         (vm?, stream)
     } else {
         let (vm, ready_at) = ready(vm, by).await?;
-        let stream = open(vm.vsock().to_path_buf()).await;
+        let stream = open(vm.vsock().to_path_buf(), pre).await;
         ((vm, ready_at), stream)
     };
     phases.boot = ready_at - at;
