@@ -50,6 +50,7 @@ fn both_engines_answer_every_corpus_request_byte_for_byte_alike() {
         ("corpus", "/", "", "200", ""),
         ("corpus", "/unreachable", "", "502", "unreachable"),
         ("corpus", "/oob", "", "502", "out of bounds"),
+        ("corpus", "/oob-load", "", "502", "out of bounds"),
         ("corpus", "/div0", "", "502", "integer divide by zero"),
         ("corpus", "/overflow", "", "502", "integer overflow"),
         ("corpus", "/indirect", "", "502", "indirect call"),

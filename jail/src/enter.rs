@@ -190,9 +190,15 @@ fn mounts(spec: &JailSpec) -> Result<(), JailError> {
     }
 }
 
+/// The type of `setrlimit`'s resource argument: glibc has its own, musl an `int`.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
 /// Set both limits to `value`, or to the hard limit if that is lower (without root a
 /// process can only lower it).
-fn setrlimit(what: libc::__rlimit_resource_t, value: u64, name: &str) -> Result<(), JailError> {
+fn setrlimit(what: Resource, value: u64, name: &str) -> Result<(), JailError> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

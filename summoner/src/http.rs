@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use crate::metrics::Phase;
 use crate::service::ServiceInner;
 use crate::summon::{self, ConnectError, Failure, OutcomeGuard, SummonError};
+use crate::vsock::GuestStream;
 use crate::worker::{ServingWorker, WorkerError};
 
 /// Errors a response body can end with.
@@ -242,24 +243,18 @@ pub async fn handle(
     let t0 = Instant::now();
     let deadline = t0 + svc.config.request_deadline;
     let mut outcome = OutcomeGuard::new(&svc);
-    let summoned = match summon::summon(&svc, t0, deadline).await {
+    let opened = match summon::summon_http(&svc, t0, deadline).await {
         Ok(s) => s,
         Err(f) => return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0)),
     };
-    summon::record(&svc, &summoned.phases);
-    let phases = summoned.phases;
-    let mut vm = summoned.vm;
-    let t = Instant::now();
-    let result =
-        tokio::time::timeout_at(deadline.into(), forward(&mut vm, summoned.stream, req)).await;
-    let resp = match result.unwrap_or(Err(SummonError::Timeout)) {
+    let (mut vm, phases, result, respond) = exchange(&svc, opened, req, deadline).await;
+    let resp = match result {
         Ok(r) => r,
         Err(e) => {
             let f = Failure::of_vm(e, &mut vm, &svc.guest_log).await;
             return Ok(failed(&svc, &mut outcome, &f, (&method, &path), t0));
         }
     };
-    let respond = t.elapsed();
     let guest = Duration::from_micros(vm.guest_us().await);
     let total = t0.elapsed();
     svc.metrics.phase(Phase::respond, respond);
@@ -285,6 +280,36 @@ pub async fn handle(
         deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
     };
     Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Send the request on `opened`'s stream and wait for the answer's head: the VM, the phases
+/// with `connect` (recorded once the guest accepted), the answer, and `respond` (from the
+/// guest's accepting: the request was written before).
+async fn exchange(
+    svc: &ServiceInner,
+    opened: summon::Opened,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> (
+    ServingWorker,
+    summon::Phases,
+    Result<Response<Incoming>, SummonError>,
+    Duration,
+) {
+    let (mut phases, since) = (opened.phases, opened.since);
+    let handshake = opened.stream.handshake();
+    let mut vm = opened.vm;
+    let result =
+        tokio::time::timeout_at(deadline.into(), forward(&mut vm, opened.stream, req)).await;
+    let head_at = Instant::now();
+    let mut respond = Duration::ZERO;
+    if let Some((connect, at)) = summon::Opened::connected(&handshake, since) {
+        phases.connect = connect;
+        respond = head_at.saturating_duration_since(at);
+        summon::record(svc, &phases);
+    }
+    let result = result.unwrap_or(Err(SummonError::Timeout));
+    (vm, phases, result, respond)
 }
 
 /// Count the request `vm` answered with `status`; a 5xx the guest sent itself (a wasm
@@ -351,20 +376,23 @@ fn server_timing(
     )
 }
 
-/// Send the request to the guest; a guest that dies first is a 502.
+/// Send the request to the guest; a guest that dies first is a 502, and one that refused
+/// the connection answers as [`summon::summon`]'s handshake would have.
 async fn forward(
     vm: &mut ServingWorker,
-    stream: tokio::net::UnixStream,
+    stream: GuestStream,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, SummonError> {
+    let (handshake, port) = (stream.handshake(), stream.port());
+    let refused = |e: ConnectError| handshake.error(port).unwrap_or(e);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(ConnectError::Handshake)?;
+        .map_err(|e| refused(ConnectError::Handshake(e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     tokio::select! {
-        r = sender.send_request(req) => Ok(r.map_err(ConnectError::NoAnswer)?),
+        r = sender.send_request(req) => Ok(r.map_err(|e| refused(ConnectError::NoAnswer(e)))?),
         exit = vm.ended() => Err(SummonError::Guest(WorkerError::Ended(exit))),
     }
 }

@@ -34,6 +34,7 @@ pub mod state;
 pub mod summon;
 pub mod tcp;
 pub mod template;
+pub mod vsock;
 pub mod wasm;
 pub mod worker;
 

@@ -83,10 +83,17 @@ impl Pool {
         let limit = self.config.memory_limit_mib;
         let boot = self.config.vm_config(&id, run_dir);
         let t = std::time::Instant::now();
-        let shell = match &self.template {
+        let mut shell = match &self.template {
             Some(t) => self.spawner.restore(id, boot, t.dir(), limit).await,
             None => self.spawner.spawn_limited(id, boot, limit).await,
         }?;
+        if self.template.is_some() && self.config.mode == crate::config::Mode::Http {
+            // The restored guest is past ready: its connection can wait in the device, so
+            // that a request finds it accepted as soon as the VM runs. Should this fail,
+            // the request opens its own.
+            let port = self.config.guest_port;
+            shell.stream = crate::vsock::open(shell.vsock(), port).await.ok();
+        }
         self.metrics
             .shell_built(self.template.is_some(), t.elapsed());
         Ok(shell)

@@ -2,18 +2,17 @@
 //! -> vsock CONNECT to the guest's port. What comes back is a byte stream into a VM that did
 //! not exist a moment before, plus the time each phase took.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dust_abi::vsock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::admission::Rejected;
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
-use crate::worker::{ServingWorker, WorkerError};
+use crate::vsock::{self, connect, Answer, GuestStream, Handshake};
+use crate::worker::{BootingWorker, ServingWorker, WorkerError};
 use vmm::worker::protocol::Output;
 
 /// Phase durations of one request so far.
@@ -51,34 +50,7 @@ pub enum SummonError {
     Internal(#[source] WorkerError),
 }
 
-/// Why the request could not reach the guest's port.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The VM's vsock socket cannot be connected.
-    #[error("vsock {path}: {source}")]
-    Socket {
-        /// The socket.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The handshake broke off.
-    #[error("vsock CONNECT: {0}")]
-    Io(#[from] std::io::Error),
-    /// The device closed the socket: nothing listens on the port.
-    #[error("guest is not listening on vsock port {0}")]
-    NotListening(u32),
-    /// Something other than `OK <port>` came back.
-    #[error("vsock CONNECT refused: {0:?}")]
-    Refused(String),
-    /// HTTP mode: the guest did not speak HTTP/1.1.
-    #[error("HTTP handshake with the guest: {0}")]
-    Handshake(#[source] hyper::Error),
-    /// HTTP mode: the guest closed or broke the connection instead of answering.
-    #[error("guest did not answer: {0}")]
-    NoAnswer(#[source] hyper::Error),
-}
+pub use crate::vsock::ConnectError;
 
 impl SummonError {
     /// The outcome to count.
@@ -181,12 +153,23 @@ pub struct Summoned {
     pub phases: Phases,
 }
 
-/// Get a fresh, ready, connected VM for one request.
-pub async fn summon(
+/// A VM started for one request, not known to be ready yet.
+struct Started {
+    vm: BootingWorker,
+    /// A connection the pool opened ahead.
+    stream: Option<GuestStream>,
+    phases: Phases,
+    /// When it was started.
+    at: Instant,
+    by: tokio::time::Instant,
+}
+
+/// Admission -> a shell -> start it.
+async fn start(
     svc: &Arc<ServiceInner>,
     t0: Instant,
     deadline: Instant,
-) -> Result<Summoned, Failure> {
+) -> Result<Started, Failure> {
     let mut phases = Phases::default();
     let permit = svc.admission.admit().await.map_err(SummonError::from)?;
     phases.queue = t0.elapsed();
@@ -203,8 +186,10 @@ pub async fn summon(
     phases.warm = warm;
     phases.spawn = t.elapsed();
 
-    let t = Instant::now();
-    let booting = idle
+    let at = Instant::now();
+    let mut idle = idle;
+    let stream = idle.stream.take();
+    let vm = idle
         .start(
             Some(permit),
             svc.metrics.clone(),
@@ -213,16 +198,49 @@ pub async fn summon(
         )
         .await
         .map_err(SummonError::Internal)?;
-    let (id, killed) = (booting.vm_id.clone(), booting.kill_flag());
+    Ok(Started {
+        vm,
+        stream,
+        phases,
+        at,
+        by,
+    })
+}
+
+/// Wait for the started VM's guest to be ready; the instant it was.
+async fn ready(
+    vm: BootingWorker,
+    by: tokio::time::Instant,
+) -> Result<(ServingWorker, Instant), Failure> {
+    let (id, killed) = (vm.vm_id.clone(), vm.kill_flag());
     let failed = |e| Failure::of(e, &id, &killed);
-    let vm = tokio::time::timeout_at(by, booting.ready())
+    let vm = tokio::time::timeout_at(by, vm.ready())
         .await
         .map_err(|_| failed(SummonError::Timeout))?
         .map_err(|b| Failure {
             output: Some(b.output),
             ..failed(SummonError::Guest(b.error))
         })?;
-    phases.boot = t.elapsed();
+    Ok((vm, Instant::now()))
+}
+
+/// Get a fresh, ready, connected VM for one request.
+pub async fn summon(
+    svc: &Arc<ServiceInner>,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<Summoned, Failure> {
+    let Started {
+        vm,
+        mut phases,
+        at,
+        by,
+        ..
+    } = start(svc, t0, deadline).await?;
+    let (id, killed) = (vm.vm_id.clone(), vm.kill_flag());
+    let failed = |e| Failure::of(e, &id, &killed);
+    let (vm, ready_at) = ready(vm, by).await?;
+    phases.boot = ready_at - at;
 
     let t = Instant::now();
     let stream = tokio::time::timeout_at(by, connect(vm.vsock(), svc.config.guest_port))
@@ -233,31 +251,74 @@ pub async fn summon(
     Ok(Summoned { vm, stream, phases })
 }
 
-/// Firecracker's hybrid vsock handshake on the VM's socket `path`: `CONNECT <port>\n` ->
-/// `OK <host_port>\n` (`dust_abi::vsock`).
-async fn connect(path: &Path, port: u32) -> Result<UnixStream, ConnectError> {
-    let mut s = UnixStream::connect(path)
-        .await
-        .map_err(|source| ConnectError::Socket {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    s.write_all(vsock::connect_line(port).as_bytes()).await?;
-    // Byte by byte, so that nothing the guest sends after the OK line is consumed here.
-    let mut line = Vec::with_capacity(vsock::LINE_MAX);
-    while line.last() != Some(&b'\n') && line.len() < vsock::LINE_MAX {
-        let mut b = [0u8; 1];
-        if s.read(&mut b).await? == 0 {
-            return Err(ConnectError::NotListening(port));
+/// A VM for one HTTP request, its `CONNECT` written but perhaps not answered yet.
+pub struct Opened {
+    /// The serving VM (killed when dropped).
+    pub vm: ServingWorker,
+    /// The stream to the guest's port; the request may be written at once.
+    pub stream: GuestStream,
+    /// Phases so far (`connect` is known once the guest accepts: [`Opened::connected`]).
+    pub phases: Phases,
+    /// When the handshake started to count: the guest was ready and the line written.
+    pub since: Instant,
+}
+
+impl Opened {
+    /// The `connect` phase and the instant it ended, once the guest has accepted.
+    pub fn connected(handshake: &Handshake, since: Instant) -> Option<(Duration, Instant)> {
+        match handshake.answer() {
+            Answer::Accepted(at) => Some((at.saturating_duration_since(since), at)),
+            _ => None,
         }
-        line.push(b[0]);
     }
-    match vsock::parse_ok(&line) {
-        Some(_) => Ok(s),
-        None => Err(ConnectError::Refused(
-            String::from_utf8_lossy(&line).into_owned(),
-        )),
-    }
+}
+
+/// [`summon`] for an HTTP request: the `CONNECT` line goes out without waiting for the
+/// guest's answer (`crate::vsock::open`), and a restored shell, whose guest is past ready
+/// by construction, is connected to while its start is still being confirmed. What a
+/// failed start or a refused connection answers is the same as with [`summon`].
+pub async fn summon_http(
+    svc: &Arc<ServiceInner>,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<Opened, Failure> {
+    let Started {
+        vm,
+        stream: pre,
+        mut phases,
+        at,
+        by,
+    } = start(svc, t0, deadline).await?;
+    let port = svc.config.guest_port;
+    let (id, killed) = (vm.vm_id.clone(), vm.kill_flag());
+    let failed = |e| Failure::of(e, &id, &killed);
+    // The pool's connection if it opened one, else a new one.
+    let open = |path: PathBuf, pre: Option<GuestStream>| async move {
+        let s = match pre {
+            Some(s) => Ok(Ok(s)),
+            None => tokio::time::timeout_at(by, vsock::open(&path, port)).await,
+        };
+        (s, Instant::now())
+    };
+    let ((vm, ready_at), (stream, opened_at)) = if svc.pool.snapshot_mode() {
+        let path = vm.vsock().to_path_buf();
+        let (vm, stream) = tokio::join!(ready(vm, by), open(path, pre));
+        (vm?, stream)
+    } else {
+        let (vm, ready_at) = ready(vm, by).await?;
+        let stream = open(vm.vsock().to_path_buf(), pre).await;
+        ((vm, ready_at), stream)
+    };
+    phases.boot = ready_at - at;
+    let stream = stream
+        .map_err(|_| failed(SummonError::Timeout))?
+        .map_err(|e| failed(e.into()))?;
+    Ok(Opened {
+        vm,
+        stream,
+        phases,
+        since: ready_at.max(opened_at),
+    })
 }
 
 /// Records the request's outcome once; a request dropped before it is settled (the client

@@ -215,6 +215,9 @@ pub struct IdleWorker {
     pub vm_id: String,
     /// Build phases.
     pub build: Timings,
+    /// A connection to the guest's port opened ahead (restored HTTP shells: the pool's
+    /// `CONNECT` waits in the device until the VM runs).
+    pub stream: Option<crate::vsock::GuestStream>,
     proc: Process,
 }
 
@@ -361,6 +364,7 @@ impl Spawner {
             Event::Built { timings } => Ok(IdleWorker {
                 vm_id,
                 build: timings,
+                stream: None,
                 proc,
             }),
             Event::Error { message } => Err(WorkerError::Reported(message)),
@@ -439,6 +443,11 @@ fn read_events(rd: OwnedReadHalf) -> mpsc::UnboundedReceiver<Event> {
 }
 
 impl IdleWorker {
+    /// The VM's vsock socket.
+    pub fn vsock(&self) -> &Path {
+        &self.proc.vsock
+    }
+
     /// Run the VM. `permit` (the admission slot) and `metrics`' running count travel with
     /// it until the process is dead.
     pub async fn start(
@@ -478,6 +487,11 @@ pub struct BootingWorker {
 }
 
 impl BootingWorker {
+    /// The VM's vsock socket (it exists before the guest is ready).
+    pub fn vsock(&self) -> &Path {
+        &self.proc.vsock
+    }
+
     /// Set once an operator kills the VM.
     pub fn kill_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.entry.kill_flag()

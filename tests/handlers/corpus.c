@@ -27,6 +27,10 @@ int main(int argc, char **argv) {
         __builtin_trap();
     if (!strcmp(p, "/oob"))
         *(volatile int *)(uintptr_t)0xfffffff0u = 1;
+    /* A load whose value is dropped must trap too (the compiled code keeps the check, not
+     * the load). */
+    if (!strcmp(p, "/oob-load"))
+        (void)*(volatile int *)(uintptr_t)0xfffffff0u;
     if (!strcmp(p, "/div0"))
         printf("%d", seven / zero);
     if (!strcmp(p, "/overflow"))

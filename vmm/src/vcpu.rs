@@ -3,7 +3,7 @@
 //!
 //! A vCPU thread can be stuck inside KVM_RUN for as long as the guest likes (a loop without
 //! exits; on the emulating KVM of our dev machines even a `vmcall`), so stopping it never
-//! waits for the next exit: [`kick`] sends `SIGRTMIN` to the thread, which makes KVM_RUN
+//! waits for the next exit: [`kick`] sends signal 35 to the thread, which makes KVM_RUN
 //! return EINTR, and the loop then sees the stop flag.
 
 use std::os::fd::AsRawFd;
@@ -73,10 +73,14 @@ impl std::fmt::Display for VmExit {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// The signal that interrupts KVM_RUN.
+/// The signal that interrupts KVM_RUN: 35, the lowest real-time signal that neither glibc
+/// (which keeps 32 and 33) nor musl (32 to 34) keeps for itself, so the same number, named in
+/// the jail's seccomp allowlists, whichever libc dust is built with.
 pub fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
+    KICK_SIGNAL
 }
+
+const KICK_SIGNAL: libc::c_int = 35;
 
 /// Install the (empty) handler for the kick signal, once per process.
 pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
@@ -91,21 +95,22 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 /// A way to interrupt one vCPU thread while it lives.
 #[derive(Clone)]
 pub struct Kick {
-    /// The thread.
-    pub thread: libc::pthread_t,
-    /// True while the thread may still be inside KVM_RUN. Guarded so that a kick never
-    /// targets a thread that has already exited.
-    pub alive: Arc<Mutex<bool>>,
+    /// The thread's id while it may be inside KVM_RUN: set by the thread when it takes its
+    /// vCPU, cleared before it exits, so that a kick never targets a thread that is gone.
+    /// Before it is set, the thread has yet to check the stop flag, so it needs no kick.
+    pub tid: Arc<Mutex<Option<libc::pid_t>>>,
 }
 
 impl Kick {
     /// Interrupt KVM_RUN on the thread, if it still runs.
     pub fn kick(&self) {
-        let alive = self.alive.lock().unwrap_or_else(|p| p.into_inner());
-        if *alive {
-            // SAFETY: the thread is alive (it clears `alive` under this lock before it exits),
-            // so its pthread_t is valid; the signal's handler is installed and does nothing.
-            unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+        let tid = self.tid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tid) = *tid {
+            // tgkill itself rather than pthread_kill, which is tkill in musl: the worker's
+            // seccomp allowlists name tgkill with the kick signal only, whatever the libc.
+            // SAFETY: the thread is alive (it clears `tid` under this lock before it exits);
+            // the signal's handler is installed and does nothing.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
         }
     }
 }
@@ -267,7 +272,8 @@ fn park(state: &RunState) {
 mod tests {
     #[test]
     fn the_kick_signal_is_the_one_the_seccomp_allowlist_names() {
-        // The jail's allowlist.json allows tgkill and rt_sigaction for signal 34 only.
-        assert_eq!(super::kick_signal(), 34);
+        // The jail's allowlist.json allows tgkill and rt_sigaction for signal 35 only.
+        assert_eq!(super::kick_signal(), 35);
+        assert!(super::kick_signal() >= vmm_sys_util::signal::SIGRTMIN());
     }
 }

@@ -21,17 +21,52 @@ pub enum SerialSink {
 
 impl SerialSink {
     /// The sink's writer, teeing into `tail`.
-    fn into_writer(self, tail: &OutputTail) -> Box<dyn Write + Send> {
+    fn into_writer(self, tail: &OutputTail) -> Held {
         let inner: Box<dyn Write + Send> = match self {
             SerialSink::Stdout => Box::new(io::stdout()),
             SerialSink::File(f) => Box::new(f),
             SerialSink::Writer(w) => w,
             SerialSink::Discard => Box::new(io::sink()),
         };
-        Box::new(Tee {
-            inner,
-            tail: tail.clone(),
-        })
+        Held {
+            out: Tee {
+                inner,
+                tail: tail.clone(),
+            },
+            pending: Vec::new(),
+        }
+    }
+}
+
+/// The UART's writer: holds what one exit transmits and hands it to the sink in one write
+/// when the exit is done ([`Held::release`]). vm-superio writes and flushes each byte, which
+/// would make a line printed through the console-write port (or `rep outsb`) one `write(2)`
+/// per byte, and wake a reader on the other end of a pipe once per byte.
+struct Held {
+    out: Tee,
+    pending: Vec<u8>,
+}
+
+impl Held {
+    /// Hand the held bytes to the sink and flush it.
+    fn release(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            let _ = self.out.write(&self.pending);
+            self.pending.clear();
+        }
+        self.out.flush()
+    }
+}
+
+impl Write for Held {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    /// Deferred to [`Held::release`], at the end of the exit.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -47,7 +82,7 @@ impl vm_superio::Trigger for Irq {
 
 /// The UART on the bus (8 registers).
 pub struct Serial {
-    uart: vm_superio::Serial<Irq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    uart: vm_superio::Serial<Irq, vm_superio::serial::NoEvents, Held>,
     tail: OutputTail,
 }
 
@@ -68,7 +103,7 @@ impl Serial {
 
     /// Flush buffered output (called when the VM stops).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.uart.writer_mut().flush()
+        self.uart.writer_mut().release()
     }
 }
 
@@ -168,6 +203,8 @@ impl BusDevice for Serial {
             for b in data {
                 let _ = self.uart.write(off, *b);
             }
+            // What this exit transmitted goes out in one write.
+            let _ = self.uart.writer_mut().release();
         }
         BusAction::None
     }
@@ -220,6 +257,37 @@ mod tests {
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    /// Records each `write` call the sink gets.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_exit_reaches_the_sink_in_one_write() {
+        let calls = Calls::default();
+        let irq: Arc<dyn Interrupt> = Arc::new(crate::EventFdInterrupt::new().unwrap());
+        let mut s = Serial::new(irq, SerialSink::Writer(Box::new(calls.clone())));
+        assert_eq!(s.write(0, b"a whole line\n"), BusAction::None);
+        s.write(0, b"x");
+        s.write(0, b"y");
+        let got = calls.0.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            vec![b"a whole line\n".to_vec(), b"x".to_vec(), b"y".to_vec()]
+        );
+        s.flush().unwrap();
+        assert_eq!(calls.0.lock().unwrap().len(), 3, "nothing was left held");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -27,32 +28,45 @@ pub struct Row {
     pub exit: Summary,
     /// Runs that did not reach the ready line or exited badly.
     pub failures: usize,
+    /// Why the first of them failed.
+    pub first_failure: Option<String>,
 }
 
-fn time_run(mut cmd: Command, mark: Option<&str>) -> Option<(f64, f64)> {
+/// Spawn `cmd` and time it: spawn -> the first line holding `mark` (when given) and spawn ->
+/// exit, ms; or why the run does not count.
+fn time_run(mut cmd: Command, mark: Option<&str>) -> Result<(f64, f64), String> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
     let t0 = Instant::now();
-    let mut child = cmd.spawn().ok()?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
     let mut ready = None;
     if let (Some(mark), Some(out)) = (mark, child.stdout.take()) {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if ready.is_none() && line.contains(mark) {
+        let mut out = BufReader::new(out);
+        let mut line = Vec::new();
+        // Bytes, not text: output that is not UTF-8 must not end the search.
+        while out.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if ready.is_none() && contains(&line, mark.as_bytes()) {
                 ready = Some(t0.elapsed().as_secs_f64() * 1000.0);
             }
+            line.clear();
         }
     }
-    let status = child.wait().ok()?;
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
     let exit = t0.elapsed().as_secs_f64() * 1000.0;
     // QEMU's isa-debug-exit reports (status << 1) | 1, so a guest exit of 0 is 1 there.
-    let ok = matches!(status.code(), Some(0) | Some(1));
-    match (ok, mark) {
-        (true, None) => Some((exit, exit)),
-        (true, Some(_)) => ready.map(|r| (r, exit)),
-        _ => None,
+    if !matches!(status.code(), Some(0) | Some(1)) {
+        return Err(format!("exited with {status}"));
     }
+    match (mark, ready) {
+        (None, _) => Ok((exit, exit)),
+        (Some(_), Some(r)) => Ok((r, exit)),
+        (Some(mark), None) => Err(format!("exited without printing a line with {mark:?}")),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A 120-byte static ELF that calls exit(0): the cheapest process Linux can start.
@@ -105,10 +119,15 @@ fn firecracker(given: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Firecracker without its API: one vCPU, 32 MiB (as QEMU gets), the image as kernel. The
-/// guest ends the VM with an i8042 reset, which Firecracker turns into its own exit.
+/// guest ends the VM with an i8042 reset, which Firecracker turns into its own exit. Its log
+/// is off: it goes to stdout, and a log line written while the guest prints its ready line
+/// byte by byte splits that line, so the run looked failed (7 of 50 once).
 fn firecracker_cmd(fc: &Path, config: &Path) -> Command {
     let mut c = Command::new(fc);
-    c.arg("--no-api").arg("--config-file").arg(config);
+    c.arg("--no-api")
+        .arg("--config-file")
+        .arg(config)
+        .args(["--level", "Off"]);
     c
 }
 
@@ -176,13 +195,60 @@ fn firecracker_or_skip(bin: Option<&Path>, image: &Path, fc_config: &Path) -> Op
     }
 }
 
+/// What to run and how often.
+pub struct Opts<'a> {
+    /// The guest image every contender boots.
+    pub image: &'a Path,
+    /// Boots per contender.
+    pub runs: usize,
+    /// Also QEMU and Firecracker, when installed.
+    pub peers: bool,
+    /// The Firecracker binary given on the command line.
+    pub firecracker: Option<&'a Path>,
+    /// The pause before every timed run, whichever contender.
+    pub settle: Duration,
+}
+
+/// One contender's samples.
+#[derive(Clone, Default)]
+struct Series {
+    ready: Vec<f64>,
+    exit: Vec<f64>,
+    failures: usize,
+    first_failure: Option<String>,
+}
+
+/// The commands of one round, in order: (contender index, command, ready mark).
+fn round<'a>(
+    exe: &Path,
+    o: &Opts,
+    qemu: Option<&Path>,
+    fc: Option<(&Path, &Path)>,
+    floor: Option<&Path>,
+) -> Vec<(usize, Command, Option<&'a str>)> {
+    let mut runs = Vec::new();
+    let mut d = Command::new(exe);
+    d.arg("run").arg(o.image).args(["--cmdline", "bench"]);
+    runs.push((0, d, Some(READY_MARK)));
+    if let Some(q) = qemu {
+        runs.push((1, qemu_cmd(q, o.image), Some(READY_MARK)));
+    }
+    if let Some((fc, config)) = fc {
+        runs.push((2, firecracker_cmd(fc, config), Some(READY_MARK)));
+    }
+    if let Some(floor) = floor {
+        runs.push((3, Command::new(floor), None));
+    }
+    runs
+}
+
 /// Run the comparison; returns rows (dust, qemu if asked and present, static floor).
-pub fn run(
-    image: &Path,
-    n: usize,
-    peers: bool,
-    firecracker_bin: Option<&Path>,
-) -> Result<Vec<Row>, String> {
+///
+/// Every timed run, whichever contender's, starts `settle` after the previous one was
+/// reaped: a VMM's exit leaves work behind in the kernel (the VM's teardown, freed pages,
+/// RCU callbacks) that would otherwise be charged to whoever runs next on the same cores.
+/// The order rotates from round to round for the same reason.
+pub fn run(o: &Opts) -> Result<Vec<Row>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("dust-bench-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -193,55 +259,55 @@ pub fn run(
             .and_then(|_| std::fs::set_permissions(&floor, std::fs::Permissions::from_mode(0o755)))
     };
     let fc_config = dir.join("firecracker.json");
-    let (qemu, fc) = if peers {
+    let (qemu, fc) = if o.peers {
         (
             qemu_or_skip(),
-            firecracker_or_skip(firecracker_bin, image, &fc_config),
+            firecracker_or_skip(o.firecracker, o.image, &fc_config),
         )
     } else {
         (None, None)
     };
-    let mut samples: Vec<(Vec<f64>, Vec<f64>, usize)> = vec![(vec![], vec![], 0); 4];
-    for _ in 0..n {
-        let mut runs: Vec<(usize, Command, Option<&str>)> = Vec::new();
-        let mut d = Command::new(&exe);
-        d.arg("run").arg(image).args(["--cmdline", "bench"]);
-        runs.push((0, d, Some(READY_MARK)));
-        if let Some(q) = &qemu {
-            runs.push((1, qemu_cmd(q, image), Some(READY_MARK)));
-        }
-        if let Some(fc) = &fc {
-            runs.push((2, firecracker_cmd(fc, &fc_config), Some(READY_MARK)));
-        }
-        if written.is_ok() {
-            runs.push((3, Command::new(&floor), None));
-        }
+    let mut series = vec![Series::default(); 4];
+    for n in 0..o.runs {
+        let fc = fc.as_deref().map(|f| (f, fc_config.as_path()));
+        let floor = written.is_ok().then_some(floor.as_path());
+        let mut runs = round(&exe, o, qemu.as_deref(), fc, floor);
+        // Each round starts with the next contender, so that each follows every other
+        // equally often.
+        let k = runs.len();
+        runs.rotate_left(n % k);
         for (i, cmd, mark) in runs {
+            std::thread::sleep(o.settle);
+            let s = &mut series[i];
             match time_run(cmd, mark) {
-                Some((r, e)) => {
-                    samples[i].0.push(r);
-                    samples[i].1.push(e);
+                Ok((r, e)) => {
+                    s.ready.push(r);
+                    s.exit.push(e);
                 }
-                None => samples[i].2 += 1,
+                Err(why) => {
+                    s.failures += 1;
+                    s.first_failure.get_or_insert(why);
+                }
             }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(rows(samples))
+    Ok(rows(series))
 }
 
 /// One row per runner that ran (dust always): its ready and exit summaries and failures.
-fn rows(samples: Vec<(Vec<f64>, Vec<f64>, usize)>) -> Vec<Row> {
+fn rows(series: Vec<Series>) -> Vec<Row> {
     let names = ["dust", "qemu-microvm", "firecracker", "static-process"];
-    samples
+    series
         .into_iter()
         .enumerate()
-        .filter(|(i, s)| !s.0.is_empty() || s.2 > 0 || *i == 0)
-        .map(|(i, (r, e, f))| Row {
+        .filter(|(i, s)| !s.ready.is_empty() || s.failures > 0 || *i == 0)
+        .map(|(i, s)| Row {
             name: names[i].to_string(),
-            ready: summarize(&r),
-            exit: summarize(&e),
-            failures: f,
+            ready: summarize(&s.ready),
+            exit: summarize(&s.exit),
+            failures: s.failures,
+            first_failure: s.first_failure,
         })
         .collect()
 }
@@ -257,6 +323,11 @@ pub fn print(rows: &[Row]) {
             "{:<16} {:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>9}",
             r.name, r.ready.p50, r.ready.p99, r.exit.p50, r.exit.p99, r.failures
         );
+    }
+    for r in rows {
+        if let Some(why) = &r.first_failure {
+            println!("{}: first failure: {why}", r.name);
+        }
     }
     let get = |n: &str| rows.iter().find(|r| r.name == n && r.ready.count > 0);
     for (peer, short) in [("qemu-microvm", "qemu"), ("firecracker", "firecracker")] {

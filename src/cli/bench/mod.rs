@@ -83,6 +83,10 @@ pub struct BootArgs {
     /// JSON output path.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Pause before every timed run, every contender alike (e.g. 20ms, 0s), so that what the
+    /// kernel still does for the previous VMM's exit is not charged to the next.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub settle: std::time::Duration,
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -99,7 +103,14 @@ pub fn bench(args: BenchArgs) -> ExitCode {
             );
         };
         let peers = b.peers || b.firecracker.is_some();
-        return match boot::run(&image, b.runs.max(1), peers, b.firecracker.as_deref()) {
+        let opts = boot::Opts {
+            image: &image,
+            runs: b.runs.max(1),
+            peers,
+            firecracker: b.firecracker.as_deref(),
+            settle: b.settle,
+        };
+        return match boot::run(&opts) {
             Ok(rows) => {
                 boot::print(&rows);
                 if let Some(path) = b.json {

@@ -99,18 +99,14 @@ impl Vm {
         let mut kicks = Vec::with_capacity(self.vcpus.len());
         let threads = self.threads.0.drain(..);
         for ((join, go), vcpu) in threads.zip(self.vcpus.drain(..)) {
-            use std::os::unix::thread::JoinHandleExt;
-            let alive = Arc::new(Mutex::new(true));
-            kicks.push(Kick {
-                thread: join.as_pthread_t(),
-                alive: alive.clone(),
-            });
+            let tid = Arc::new(Mutex::new(None));
+            kicks.push(Kick { tid: tid.clone() });
             joins.push(join);
             // The thread waits for exactly this; it cannot have gone.
             let _ = go.send(Launch {
                 vcpu,
                 state: self.state.clone(),
-                alive,
+                tid,
                 done: done_tx.clone(),
             });
         }
@@ -144,7 +140,8 @@ impl Vm {
 struct Launch {
     vcpu: Vcpu,
     state: Arc<RunState>,
-    alive: Arc<Mutex<bool>>,
+    /// Where the thread says who it is while it runs the vCPU ([`Kick`]).
+    tid: Arc<Mutex<Option<libc::pid_t>>>,
     done: mpsc::Sender<()>,
 }
 
@@ -164,12 +161,15 @@ impl VcpuThreads {
                     // Filtered before the thread can see a vCPU (docs/security.md).
                     let filtered = dust_jail::seccomp::apply(dust_jail::seccomp::ThreadKind::Vcpu);
                     if let Ok(l) = wait.recv() {
+                        // SAFETY: gettid has no preconditions.
+                        *l.tid.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(unsafe { libc::gettid() });
                         let exit = match filtered {
                             Ok(()) => l.vcpu.run(&l.state),
                             Err(e) => VmExit::VmmError(e.to_string()),
                         };
                         l.state.finish(exit);
-                        *l.alive.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                        *l.tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         let _ = l.done.send(());
                     }
                 })

@@ -4,14 +4,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use devices::legacy::OutputTail;
 
 use super::protocol::{Command, Event, Output, CONTROL_FD};
-use crate::{BuildError, Killer, Vm};
+use crate::{BuildError, Killer, Vm, VmHandle};
 
 type Out = Arc<Mutex<UnixStream>>;
 
@@ -30,8 +30,8 @@ fn send_error(out: &Out, message: String) {
 enum State {
     /// Nothing built yet.
     Empty,
-    /// A shell that has never run guest code.
-    Built(Box<Vm>),
+    /// A shell that has never run guest code, and the thread that will wait for its end.
+    Built(Box<Vm>, Waiter),
     /// Running; the waiter thread reports its end and exits the process.
     Running {
         killer: Killer,
@@ -89,7 +89,7 @@ fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
             shell(vm, "", out).map_or(Break(dust_abi::status::VMM_ERROR), Continue)
         }
         (Command::Snapshot { config, dir }, State::Empty) => Break(snapshot(&config, &dir, out)),
-        (Command::Start, State::Built(vm)) => match start(*vm, out) {
+        (Command::Start, State::Built(vm, waiter)) => match start(*vm, waiter, out) {
             Ok((killer, waiter, tail)) => Continue(State::Running {
                 killer,
                 waiter,
@@ -111,7 +111,7 @@ fn step(cmd: Command, state: State, out: &Out) -> ControlFlow<u8, State> {
         (Command::Output, s) => {
             let output = match &s {
                 State::Running { tail, .. } => Output::of(tail),
-                State::Built(vm) => Output::of(&vm.serial_tail()),
+                State::Built(vm, _) => Output::of(&vm.serial_tail()),
                 State::Empty => Output::default(),
             };
             send(out, &Event::Output { output });
@@ -145,7 +145,8 @@ fn snapshot(config: &crate::VmConfig, dir: &std::path::Path, out: &Out) -> u8 {
 }
 
 /// A shell was built or restored (or not): filter this thread before the shell is reported
-/// built (docs/security.md), then report it. `None`: the worker must exit, the error sent.
+/// built (docs/security.md), then get ready to start it and report it. `None`: the worker
+/// must exit, the error sent.
 fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
     let vm = match vm {
         Ok(vm) => vm,
@@ -158,17 +159,66 @@ fn shell(vm: Result<Vm, String>, cmdline: &str, out: &Out) -> Option<State> {
         send_error(out, e.to_string());
         return None;
     }
+    // What a start would do first, done now, off the request: the kick signal's handler
+    // and the thread that waits for the VM's end (a thread start and its first
+    // allocations cost more than the rest of a start on this path).
+    let ready = crate::vcpu::install_kick_handler()
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+        .and_then(|()| Waiter::spawn(out.clone()));
+    let waiter = match ready {
+        Ok(w) => w,
+        Err(e) => {
+            send_error(out, BuildError::Thread(e).to_string());
+            return None;
+        }
+    };
     let timings = vm.timings().clone();
     send(out, &Event::Built { timings });
-    Some(State::Built(Box::new(vm)))
+    Some(State::Built(Box::new(vm), waiter))
 }
 
-/// Start the VM; a waiter thread reports its end (with its last serial output) and exits
-/// the process.
-fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>, OutputTail), BuildError> {
+/// The thread that waits for a running VM's end, reports it (with its last serial output)
+/// and exits the process. Started with the shell; dropped unused, it ends.
+struct Waiter {
+    go: mpsc::Sender<(VmHandle, OutputTail)>,
+    thread: JoinHandle<()>,
+}
+
+impl Waiter {
+    fn spawn(out: Out) -> std::io::Result<Self> {
+        let (go, wait) = mpsc::channel::<(VmHandle, OutputTail)>();
+        let thread = std::thread::Builder::new()
+            .name("vm-wait".into())
+            .spawn(move || {
+                let Ok((handle, tail)) = wait.recv() else {
+                    return;
+                };
+                let report = handle.wait();
+                let code = report.exit.exit_code();
+                let (exit, timings) = (report.exit, report.timings);
+                let output = Output::of(&tail);
+                send(
+                    &out,
+                    &Event::Exited {
+                        exit,
+                        timings,
+                        output,
+                    },
+                );
+                std::process::exit(i32::from(code));
+            })?;
+        Ok(Self { go, thread })
+    }
+}
+
+/// Start the VM and hand it to its waiter.
+fn start(
+    vm: Vm,
+    waiter: Waiter,
+    out: &Out,
+) -> Result<(Killer, JoinHandle<()>, OutputTail), BuildError> {
     dust_jail::seccomp::worker_starting();
     let tail = vm.serial_tail();
-    let end_tail = tail.clone();
     let t0 = Instant::now();
     let ready_out = out.clone();
     vm.on_ready(move |at| {
@@ -177,24 +227,7 @@ fn start(vm: Vm, out: &Out) -> Result<(Killer, JoinHandle<()>, OutputTail), Buil
     });
     let handle = vm.start()?;
     let killer = handle.killer();
-    let exit_out = out.clone();
-    let waiter = std::thread::Builder::new()
-        .name("vm-wait".into())
-        .spawn(move || {
-            let report = handle.wait();
-            let code = report.exit.exit_code();
-            let (exit, timings) = (report.exit, report.timings);
-            let output = Output::of(&end_tail);
-            send(
-                &exit_out,
-                &Event::Exited {
-                    exit,
-                    timings,
-                    output,
-                },
-            );
-            std::process::exit(i32::from(code));
-        })
-        .map_err(BuildError::Thread)?;
-    Ok((killer, waiter, tail))
+    // The waiter only ends early if it could not be started, which `shell` reported.
+    let _ = waiter.go.send((handle, tail.clone()));
+    Ok((killer, waiter.thread, tail))
 }

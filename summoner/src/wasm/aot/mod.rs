@@ -220,13 +220,35 @@ fn link_script() -> String {
 }
 
 /// The translation unit clang compiles: the module's C, then the runtime.
+///
+/// wasm2c's loads end in an empty `asm` that takes the loaded value (`wasm_asm`, defined
+/// only `#ifdef __GNUC__`): its signal-handler mode needs every load to happen, since the
+/// load is what traps. Our bounds checks are explicit, so the check traps whether or not
+/// the value is used, and the `asm` only costs: clang must keep every load and cannot
+/// reuse the memory's base and size across it (~8 % more guest instructions per request
+/// for hello-rust, docs/benchmarks.md). So m.c is compiled with `__GNUC__` undefined,
+/// after the headers it includes (which see the compiler as it is); its `wasm_asm` is
+/// then empty. Nothing else in wasm2c 1.0.32's output looks at `__GNUC__`.
 fn unit_c(exports_memory: bool) -> String {
     let memory = if exports_memory {
         "#define DUST_AOT_HAS_MEMORY 1\n"
     } else {
         ""
     };
-    format!("{memory}#include \"m.c\"\n#include \"runtime.c\"\n")
+    let headers = [
+        "<assert.h>",
+        "<math.h>",
+        "<stddef.h>",
+        "<string.h>",
+        "<alloca.h>",
+    ]
+    .map(|h| format!("#include {h}\n"))
+    .concat();
+    format!(
+        "{memory}{headers}#include \"m.h\"\n\
+         #pragma push_macro(\"__GNUC__\")\n#undef __GNUC__\n#include \"m.c\"\n\
+         #pragma pop_macro(\"__GNUC__\")\n#include \"runtime.c\"\n"
+    )
 }
 
 /// Whether the module exports a memory named `memory` (what the WASI imports use).

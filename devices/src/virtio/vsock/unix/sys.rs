@@ -67,8 +67,10 @@ pub fn send_vectored(stream: &UnixStream, bufs: &[IoSlice<'_>]) -> io::Result<us
     // `IoSlice` is ABI-compatible with `iovec` on Unix (documented by std); sendmsg does not
     // write through the pointer.
     msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
-    msg.msg_iovlen = bufs.len();
-    // SAFETY: `msg` points at `bufs.len()` valid iovecs that outlive the call; the descriptor
+    // A `size_t` in glibc, an `int` in musl. At most IOV_MAX (1024) buffers go in one call: a
+    // short send is a result the caller handles anyway.
+    msg.msg_iovlen = bufs.len().min(1024) as _;
+    // SAFETY: `msg` points at `msg_iovlen` (<= `bufs.len()`) valid iovecs that outlive the call; the descriptor
     // is open.
     result(unsafe {
         libc::sendmsg(
