@@ -179,6 +179,12 @@ impl Ahead {
         }
     }
 
+    /// How many wait on the shelf, made and ready to take.
+    #[cfg(test)]
+    pub fn ready(&self) -> usize {
+        lock(&self.shelf).made.len()
+    }
+
     /// Remove everything made ahead and make no more (the daemon is done); waits for the
     /// thread, which removes what it is making.
     pub fn close(&self) {

@@ -524,9 +524,10 @@ mod tests {
                 .collect()
         };
         let first = jail.prepare("vm-1", files.clone()).unwrap();
-        // The first build ordered one ahead; wait for the thread to make it.
+        // The first build ordered one ahead; wait for the thread to make it and put it on
+        // the shelf (its directory exists a moment before it is ready to take).
         let t = std::time::Instant::now();
-        while ahead(&run).is_empty() {
+        while jail.ahead.as_ref().map_or(0, Ahead::ready) == 0 {
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(10),
                 "nothing made ahead"
