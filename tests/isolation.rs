@@ -157,6 +157,13 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         // Its processes: it is pid 1 of its own namespace.
         let nspid = status_field(&format!("/proc/{w}/status"), "NSpid:");
         assert!(nspid.ends_with(" 1") || nspid.ends_with("\t1"), "{nspid}");
+        // One VM in it: the one its spare made ahead (vmm's `prepare_ahead`) or its own.
+        let vms = std::fs::read_dir(format!("/proc/{w}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.as_os_str() == "anon_inode:kvm-vm")
+            .count();
+        assert_eq!(vms, 1, "worker {w}: {vms} KVM VMs");
     }
     assert_ne!(
         pid_namespaces[0], pid_namespaces[1],

@@ -17,7 +17,7 @@ pub fn worker() -> ExitCode {
         // Ahead of every fork: /dev/kvm open and the CPUID table read. Without /dev/kvm
         // each forked worker reports the error itself.
         let kvm = vmm::before_jail().unwrap_or(-1);
-        return ExitCode::from(dust_jail::zygote::serve(kvm, run));
+        return ExitCode::from(dust_jail::zygote::serve(kvm, run, vmm::prepare_ahead));
     }
     // Still one thread here, as the jail needs.
     match dust_jail::spec_from_env() {

@@ -10,6 +10,7 @@ mod event_loop;
 mod kvm;
 mod loader;
 mod memory;
+mod prepared;
 mod run_state;
 pub mod snapshot;
 mod timings;
@@ -56,6 +57,7 @@ pub use config::{
 pub use kvm::KvmError;
 pub use loader::{check_image, ImageError};
 pub use memory::MemoryError;
+pub use prepared::prepare_ahead;
 pub use snapshot::restore;
 pub use snapshot::SnapshotError;
 pub use timings::Timings;

@@ -18,7 +18,7 @@ use crate::JailSpec;
 
 mod serve;
 mod spare;
-pub use serve::{serve, Run, ENV, NAME};
+pub use serve::{serve, Ahead, Run, ENV, NAME};
 pub use spare::NAME as SPARE_NAME;
 
 /// How long a fork may take before the zygote is given up on.

@@ -37,11 +37,16 @@ const MAX_REQUEST: usize = 64 << 10;
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
 
+/// What a spare does ahead of its request (the config-independent part of the worker's
+/// work: `vmm::prepare_ahead`, its KVM VM); returns the fds it opened (-1: none), which
+/// the worker keeps.
+pub type Ahead = fn() -> [RawFd; 2];
+
 /// Serve fork requests on fd 3 until the daemon hangs up. Must be single-threaded. What
 /// every worker needs from the host is opened ahead of the forks by the caller (/dev/kvm,
 /// the CPUID table); `keep` (/dev/kvm, or -1) is the one fd besides 0-4 a forked worker
-/// keeps.
-pub fn serve(keep: RawFd, run: Run) -> u8 {
+/// keeps; `ahead` is what each spare does before its request comes.
+pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
     set_name(NAME);
     // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
@@ -68,7 +73,7 @@ pub fn serve(keep: RawFd, run: Run) -> u8 {
                     }
                 };
                 let pid =
-                    handed.unwrap_or_else(|| fork(spec.as_ref(), [fds[0], fds[1], keep], run));
+                    handed.unwrap_or_else(|| fork(spec.as_ref(), [fds[0], fds[1]], keep, run));
                 (pid, Some(ns))
             }
             _ => (-libc::EINVAL, None),
@@ -82,7 +87,7 @@ pub fn serve(keep: RawFd, run: Run) -> u8 {
         }
         // The next worker's process, namespaces and all, made now: off its build's path.
         if let (Some(ns), None) = (ns, &spare) {
-            spare = Spare::fork(ns, keep, run, &mut buf);
+            spare = Spare::fork(ns, keep, (run, ahead), &mut buf);
             if let Some(s) = &spare {
                 if sock.send(&s.notice()).is_err() {
                     return 0;
@@ -147,37 +152,50 @@ pub(super) fn clone(flags: u64) -> i32 {
 }
 
 /// Fork one worker (the daemon's child); returns its pid or `-errno`.
-fn fork(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> i32 {
+fn fork(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: RawFd, run: Run) -> i32 {
     let pid = clone(clone_flags(namespaces(spec)));
     if pid == 0 {
-        child(spec, fds, run)
+        child(spec, fds, [keep, -1, -1], run)
     }
     pid
 }
 
 /// In the forked worker: its fds in place (the zygote's socket at fd 3 is replaced by the
-/// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr,
-/// the fd to keep.
-pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 3], run: Run) -> ! {
-    let [control, stderr, kvm] = fds;
+/// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr;
+/// `keep`: the fds besides 0-4 it keeps (/dev/kvm, a VM made ahead; -1: none).
+pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: [RawFd; 3], run: Run) -> ! {
+    let [control, stderr] = fds;
     // SAFETY: fd calls on fds valid in this process; prctl/poll as in `die_with_daemon`.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         if libc::dup2(control, CONTROL_FD) < 0 || libc::dup2(stderr, 2) < 0 {
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
-        // Nothing but fds 0-4 and /dev/kvm (the received fds, anything else).
-        if kvm > 4 {
-            libc::syscall(libc::SYS_close_range, 5, kvm - 1, 0);
-            libc::syscall(libc::SYS_close_range, kvm + 1, u32::MAX, 0);
-        } else {
-            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
-        }
         let _ = (control, stderr);
     }
+    // Nothing but fds 0-4 and `keep` (the received fds, anything else).
+    close_others(keep);
     set_name(c"dust");
     crate::die_with_daemon_keep_fd();
     let code = run(spec);
     // SAFETY: ends the worker; nothing of the zygote's loop runs in it.
     unsafe { libc::_exit(i32::from(code)) }
+}
+
+/// Close every fd from 5 up but those in `keep` (-1 and fds below 5 ignored).
+pub(super) fn close_others(mut keep: [RawFd; 3]) {
+    keep.sort_unstable();
+    let mut from: RawFd = 5;
+    for k in keep {
+        if k < from {
+            continue;
+        }
+        if k > from {
+            // SAFETY: closes fds of this process that nothing in it uses any more.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }

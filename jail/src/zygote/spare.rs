@@ -19,7 +19,7 @@ use std::os::unix::net::UnixDatagram;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use super::serve::{child, clone, clone_flags, set_name, Run};
+use super::serve::{child, clone, clone_flags, close_others, set_name, Ahead, Run};
 use crate::{JailSpec, CONTROL_FD};
 
 /// The tag of a spare's notice to the daemon: `[pid, NOTICE]` as two native-endian i32
@@ -42,7 +42,7 @@ impl Spare {
     /// Fork a spare for a worker with or without namespaces; `None` if the fork failed (the
     /// next request is then forked as it comes). `buf` is the zygote's request buffer,
     /// which the spare reads its request into (its own copy: no pages written ahead).
-    pub fn fork(namespaces: bool, keep: RawFd, run: Run, buf: &mut [u8]) -> Option<Self> {
+    pub fn fork(namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> Option<Self> {
         let (ours, theirs) = super::seqpacket_pair().ok()?;
         let pid = clone(clone_flags(namespaces));
         if pid == 0 {
@@ -76,26 +76,28 @@ impl Spare {
 }
 
 /// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
-/// pidfd) and `keep`, make the mount tree private; then wait for the one request.
-fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run, buf: &mut [u8]) -> ! {
+/// pidfd) and `keep`, make the mount tree private, do the `Ahead` work (its KVM VM); then
+/// wait for the one request.
+fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+    let (run, ahead) = run;
     // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         if libc::dup2(sock, CONTROL_FD) < 0 {
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
-        if keep > 4 {
-            libc::syscall(libc::SYS_close_range, 5, keep - 1, 0);
-            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
-        } else {
-            libc::syscall(libc::SYS_close_range, 5, u32::MAX, 0);
-        }
     }
+    close_others([keep, -1, -1]);
     set_name(NAME);
     crate::die_with_daemon_keep_fd();
     if namespaces {
         crate::enter::make_root_private();
     }
+    // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
+    // fds its build would have made after the request (docs/security.md). Only once the
+    // spare has sat idle a moment: forked as the previous worker builds, it would take
+    // CPU from that build; asked for at once, it leaves the work to its own build.
+    let made = if idle(CONTROL_FD) { ahead() } else { [-1, -1] };
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut fds = [-1 as RawFd; 2];
@@ -116,5 +118,19 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: Run, buf: &mut [u8]) ->
     };
     // `child` puts the control socket in place of this one at fd 3.
     std::mem::forget(sock);
-    child(spec.as_ref(), [fds[0], fds[1], keep], run)
+    child(spec.as_ref(), fds, [keep, made[0], made[1]], run)
+}
+
+/// How long a spare waits, idle, before its [`Ahead`] work: about one shell build here.
+const IDLE_MS: i32 = 3;
+
+/// Whether nothing came on `sock` (no request, no end-of-file) for [`IDLE_MS`].
+fn idle(sock: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call.
+    unsafe { libc::poll(&mut p, 1, IDLE_MS) == 0 }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use devices::EventFdInterrupt;
 use kvm_bindings::kvm_clock_data;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::load::{load, Loaded};
 use super::memory::map_private;
@@ -37,8 +37,12 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
 
     let kvm = kvm().map_err(|e| build_err(BuildError::OpenKvm(e)))?;
     let threads = VcpuThreads::spawn(1).map_err(build_err)?;
+    // The VM and vCPU 0 a zygote's spare made ahead, if any (crate::prepared).
     let t = Instant::now();
-    let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let (vm_fd, mut vcpu0) = match crate::prepared::take(false) {
+        Some((vm_fd, vcpu0)) => (vm_fd, Some(vcpu0)),
+        None => (kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?, None),
+    };
     timings.create_vm_us = since(t);
 
     let t = Instant::now();
@@ -57,7 +61,7 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
     timings.devices_us = since(t);
 
     let t = Instant::now();
-    let vcpu = restore_vcpu(kvm, &vm_fd, &config, &mem, &devs, &loaded)?;
+    let vcpu = restore_vcpu(kvm, (&vm_fd, &mut vcpu0), &config, &mem, &devs, &loaded)?;
     timings.vcpu_setup_us = since(t);
 
     let (vcpus, timeout) = (vec![vcpu], config.timeout);
@@ -115,7 +119,7 @@ fn restore_devices(
 /// (the restored VM's id, a generation past the template's).
 fn restore_vcpu(
     kvm: &Kvm,
-    vm_fd: &VmFd,
+    (vm_fd, vcpu0): (&VmFd, &mut Option<VcpuFd>),
     config: &VmConfig,
     mem: &GuestMem,
     devs: &Devices,
@@ -123,9 +127,7 @@ fn restore_vcpu(
 ) -> Result<Vcpu, SnapshotError> {
     let saved = &loaded.state;
     let base_cpuid = cpuid::supported(kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let fd = vm_fd.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    fd.set_cpuid2(&cpuid::for_vcpu(base_cpuid, 0, 1))
-        .map_err(kvm_err("KVM_SET_CPUID2"))?;
+    let fd = crate::prepared::vcpu(vm_fd, vcpu0, base_cpuid, 0, 1)?;
     saved.vcpu.restore(&fd)?;
     let clock = kvm_clock_data {
         clock: saved.clock.clock,

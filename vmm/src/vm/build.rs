@@ -8,7 +8,7 @@ use devices::EventFdInterrupt;
 use dust_abi::devices as dev;
 use dust_abi::layout::{CMDLINE, CMDLINE_MAX};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -41,8 +41,12 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     // signal stack, TLS) then overlaps the build instead of delaying the first guest entry.
     let threads = VcpuThreads::spawn(config.vcpus)?;
 
+    // The VM (and vCPU 0) a zygote's spare made ahead, if it fits (crate::prepared).
     let t = Instant::now();
-    let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let (vm_fd, mut vcpu0) = match crate::prepared::take(config.irqchip) {
+        Some((vm_fd, vcpu0)) => (vm_fd, Some(vcpu0)),
+        None => (kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?, None),
+    };
     timings.create_vm_us = since(t);
 
     // Memory before the irqchip: with an irqchip (its PIT thread) in place,
@@ -71,7 +75,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
     timings.devices_us = since(t);
 
     let t = Instant::now();
-    let vcpus = create_vcpus(kvm, &vm_fd, config, &mem, &devs, entry)?;
+    let vcpus = create_vcpus(kvm, (&vm_fd, &mut vcpu0), config, &mem, &devs, entry)?;
     timings.vcpu_setup_us = since(t);
 
     let timeout = config.timeout;
@@ -89,10 +93,10 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
 }
 
 /// The vCPUs with their CPUID and MSRs; the boot vCPU also gets the registers that enter the
-/// image at `entry` by `config.boot`'s protocol.
+/// image at `entry` by `config.boot`'s protocol. `vm.1`: vCPU 0 if it was made ahead.
 fn create_vcpus(
     kvm: &Kvm,
-    vm_fd: &VmFd,
+    (vm_fd, vcpu0): (&VmFd, &mut Option<VcpuFd>),
     config: &VmConfig,
     mem: &GuestMem,
     devs: &Devices,
@@ -102,11 +106,7 @@ fn create_vcpus(
     let base_cpuid = cpuid::supported(kvm).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for id in 0..config.vcpus {
-        let fd = vm_fd
-            .create_vcpu(u64::from(id))
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        fd.set_cpuid2(&cpuid::for_vcpu(base_cpuid, id, config.vcpus))
-            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let fd = crate::prepared::vcpu(vm_fd, vcpu0, base_cpuid, id, config.vcpus)?;
         regs::setup_msrs(&fd)?;
         if id == 0 {
             match config.boot {
