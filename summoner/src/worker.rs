@@ -147,9 +147,10 @@ impl Drop for Process {
     }
 }
 
-/// Kill `child` and wait for it in the background; then run `after` (the VM's admission
-/// permit and `max_vms` slot go back as soon as its process is gone), remove its socket
-/// and release its jail (its cgroups and root: off every request's path).
+/// Kill `child` and wait for it in the background; then remove its socket, run `after`
+/// (the VM's admission permit and `max_vms` slot go back as soon as its process is gone)
+/// and release its jail (its cgroups and root: off every request's path). The socket goes
+/// first: a shutdown that saw every slot free must find no socket of a reaped worker.
 fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<OnReaped>) {
     child.kill();
     let vm = vsock
@@ -157,8 +158,7 @@ fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<On
         .unwrap_or_default()
         .to_string_lossy()
         .into_owned();
-    let finish = move || {
-        let _ = std::fs::remove_file(&vsock);
+    let release = move || {
         if let Some(j) = jail {
             j.release();
         }
@@ -169,17 +169,19 @@ fn reap(mut child: Child, vsock: PathBuf, jail: Option<VmJail>, after: Option<On
                 if let Ok(status) = child.wait().await {
                     dust_jail::exit::report(&vm, status);
                 }
+                let _ = std::fs::remove_file(&vsock);
                 if let Some(f) = after {
                     f();
                 }
                 // Removing the VM's cgroups may wait for its last process to go.
-                let _ = tokio::task::spawn_blocking(finish).await;
+                let _ = tokio::task::spawn_blocking(release).await;
             });
         }
         Err(_) => {
             // No runtime (shutdown): the drop kills and waits for it; clean up after.
             drop(child);
-            finish();
+            let _ = std::fs::remove_file(&vsock);
+            release();
             if let Some(f) = after {
                 f();
             }

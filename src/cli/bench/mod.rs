@@ -205,6 +205,14 @@ async fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String,
     svc.pool_size = args.pool;
     svc.max_concurrent = args.max_concurrent;
     svc.snapshot = args.snapshot;
-    let addr = summoner.add(svc).await.map_err(|e| e.to_string())?;
-    Ok((summoner, format!("http://{addr}/"), dir))
+    match summoner.add(svc).await {
+        Ok(addr) => Ok((summoner, format!("http://{addr}/"), dir)),
+        Err(e) => {
+            // A service that could not start (e.g. its snapshot template failed) leaves
+            // nothing behind: no worker, no run dir.
+            summoner.shutdown(Duration::from_secs(5)).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e.to_string())
+        }
+    }
 }
