@@ -259,6 +259,8 @@ async fn a_template_that_never_gets_ready_fails_the_service_and_leaves_nothing()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(run_dir_files(&tmp), Vec::<String>::new());
+    // The daemon's own cgroup directory goes with its shutdown.
+    s.shutdown(Duration::from_secs(5)).await;
 }
 
 #[test]
