@@ -52,6 +52,15 @@ pub(crate) fn take(irqchip: bool) -> Option<(VmFd, VcpuFd)> {
     (!irqchip).then_some((p.vm, p.vcpu0))
 }
 
+/// The VM for a build or restore: the one made ahead (with its vCPU 0) if it fits
+/// `irqchip`, else a new one (and no vCPU yet).
+pub(crate) fn vm(kvm: &Kvm, irqchip: bool) -> Result<(VmFd, Option<VcpuFd>), KvmError> {
+    match take(irqchip) {
+        Some((vm_fd, vcpu0)) => Ok((vm_fd, Some(vcpu0))),
+        None => Ok((kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?, None)),
+    }
+}
+
 /// vCPU `id` of a VM of `count` vCPUs, its CPUID set: the one made ahead (`ahead`, taken)
 /// for vCPU 0 if there is one, else a new one.
 pub(crate) fn vcpu(

@@ -39,10 +39,7 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
     let threads = VcpuThreads::spawn(1).map_err(build_err)?;
     // The VM and vCPU 0 a zygote's spare made ahead, if any (crate::prepared).
     let t = Instant::now();
-    let (vm_fd, mut vcpu0) = match crate::prepared::take(false) {
-        Some((vm_fd, vcpu0)) => (vm_fd, Some(vcpu0)),
-        None => (kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?, None),
-    };
+    let (vm_fd, mut vcpu0) = crate::prepared::vm(kvm, false)?;
     timings.create_vm_us = since(t);
 
     let t = Instant::now();

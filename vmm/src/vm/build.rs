@@ -43,10 +43,7 @@ pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
 
     // The VM (and vCPU 0) a zygote's spare made ahead, if it fits (crate::prepared).
     let t = Instant::now();
-    let (vm_fd, mut vcpu0) = match crate::prepared::take(config.irqchip) {
-        Some((vm_fd, vcpu0)) => (vm_fd, Some(vcpu0)),
-        None => (kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?, None),
-    };
+    let (vm_fd, mut vcpu0) = crate::prepared::vm(kvm, config.irqchip)?;
     timings.create_vm_us = since(t);
 
     // Memory before the irqchip: with an irqchip (its PIT thread) in place,
