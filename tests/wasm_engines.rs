@@ -57,6 +57,10 @@ fn both_engines_answer_every_corpus_request_byte_for_byte_alike() {
         ("corpus", "/null", "", "502", "indirect call"),
         ("corpus", "/exit", "7", "502", "exited with status 7"),
         ("corpus", "/recurse", "500", "200", ""),
+        // The deepest recursion both engines allow, and one frame more: the AOT call-depth
+        // counter must stop where wasmi stops.
+        ("corpus", "/recurse", "994", "200", ""),
+        ("corpus", "/recurse", "995", "502", "call stack exhausted"),
         (
             "corpus",
             "/recurse",

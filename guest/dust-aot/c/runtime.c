@@ -11,7 +11,8 @@
  *   (reserved whole, see wasm_rt_allocate_memory) and tables come from the Rust heap,
  *   within the limit the Rust side sets.
  * - Stack: wasm code runs on a stack of its own (STACK_SIZE), deep enough for
- *   WASM_RT_MAX_CALL_STACK_DEPTH frames; the depth counter is reset after every trap.
+ *   WASM_RT_MAX_CALL_STACK_DEPTH frames; the depth counter (biased, see
+ *   DUST_AOT_DEPTH_BASE) is reset after every trap.
  *
  * The compile defines DUST_AOT_HAS_MEMORY when the module exports a memory named `memory`
  * (the one the WASI imports read and write). */
@@ -31,7 +32,13 @@ enum { WASM_PAGE = 65536, STACK_SIZE = 2 << 20, MAX_TYPES = 4096, TYPE_BYTES = 1
 /* What `dust_aot_call` returns besides a trap code (wasm_rt_trap_t, 1..). */
 enum { DUST_AOT_RETURNED = 0, DUST_AOT_EXITED = 0x100 };
 
-uint32_t wasm_rt_call_stack_depth;
+/* The call-depth counter starts DUST_AOT_DEPTH_BASE frames below 0x7fffffff, the limit the
+ * generated code is compiled against (the compile unit redefines it for m.c), so the
+ * WASM_RT_MAX_CALL_STACK_DEPTH+1st nested call is the one that sets its sign bit and traps:
+ * the same frames as `++depth > WASM_RT_MAX_CALL_STACK_DEPTH` from 0, tested with the flags
+ * of the increment. */
+#define DUST_AOT_DEPTH_BASE (0x7fffffffu - (uint32_t)WASM_RT_MAX_CALL_STACK_DEPTH)
+uint32_t wasm_rt_call_stack_depth = DUST_AOT_DEPTH_BASE;
 
 static uint8_t wasm_stack[STACK_SIZE] __attribute__((aligned(16)));
 /* The protected call's jump buffer (__builtin_setjmp layout), whether one is active, and
@@ -197,7 +204,7 @@ static __attribute__((noinline)) uint32_t protected_call(void *arg) {
   struct call *c = arg;
   if (__builtin_setjmp(jump)) {
     protected_depth = 0;
-    wasm_rt_call_stack_depth = 0;
+    wasm_rt_call_stack_depth = DUST_AOT_DEPTH_BASE;
     return jump_code;
   }
   protected_depth = 1;

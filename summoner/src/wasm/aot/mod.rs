@@ -229,6 +229,13 @@ fn link_script() -> String {
 /// for hello-rust, docs/benchmarks.md). So m.c is compiled with `__GNUC__` undefined,
 /// after the headers it includes (which see the compiler as it is); its `wasm_asm` is
 /// then empty. Nothing else in wasm2c 1.0.32's output looks at `__GNUC__`.
+///
+/// The call-depth counter (wasm2c's `FUNC_PROLOGUE`, `if (++wasm_rt_call_stack_depth >
+/// WASM_RT_MAX_CALL_STACK_DEPTH) TRAP(EXHAUSTION)`) counts the same frames, but m.c sees
+/// the limit as `0x7fffffff` and the counter starts that far below it (`DUST_AOT_DEPTH_BASE`
+/// in runtime.c): the test is then the sign of the incremented counter, which clang emits
+/// as `addl $1, depth; js` (2 instructions) instead of load, add, store, compare and
+/// branch (5). The limit in frames stays `WASM_RT_MAX_CALL_STACK_DEPTH` (wasmi's).
 fn unit_c(exports_memory: bool) -> String {
     let memory = if exports_memory {
         "#define DUST_AOT_HAS_MEMORY 1\n"
@@ -246,7 +253,11 @@ fn unit_c(exports_memory: bool) -> String {
     .concat();
     format!(
         "{memory}{headers}#include \"m.h\"\n\
-         #pragma push_macro(\"__GNUC__\")\n#undef __GNUC__\n#include \"m.c\"\n\
+         #pragma push_macro(\"__GNUC__\")\n#undef __GNUC__\n\
+         #pragma push_macro(\"WASM_RT_MAX_CALL_STACK_DEPTH\")\n\
+         #undef WASM_RT_MAX_CALL_STACK_DEPTH\n#define WASM_RT_MAX_CALL_STACK_DEPTH 0x7fffffffu\n\
+         #include \"m.c\"\n\
+         #pragma pop_macro(\"WASM_RT_MAX_CALL_STACK_DEPTH\")\n\
          #pragma pop_macro(\"__GNUC__\")\n#include \"runtime.c\"\n"
     )
 }
