@@ -31,39 +31,30 @@ pub fn invocation(req: &Request, vm: &str, extra: &[(&str, &str)]) -> Invocation
     let (server, port) = server_and_port(host);
     // Built from byte slices, without `core::fmt`, and each entry allocated once: in a
     // restored VM on an emulating KVM every instruction counts (docs/benchmarks.md,
-    // "guestcost").
+    // "guestcost"). Each name comes with its `=` as one piece, and constant entries are
+    // one piece: every piece is a copy of its own.
     let mut env = Strings::with_capacity(24 + extra.len(), 1024);
-    let mut set = |k: &[&[u8]], v: &[&[u8]]| {
-        let mut parts: [&[u8]; 6] = [b""; 6];
-        parts[..k.len()].copy_from_slice(k);
-        parts[k.len()] = b"=";
-        parts[k.len() + 1..k.len() + 1 + v.len()].copy_from_slice(v);
-        env.push(&parts[..k.len() + 1 + v.len()]);
-    };
     let mut digits = [0u8; 20];
-    set(&[b"GATEWAY_INTERFACE"], &[b"CGI/1.1"]);
-    set(&[b"REQUEST_METHOD"], &[req.method().as_bytes()]);
-    set(&[b"SCRIPT_NAME"], &[]);
-    set(&[b"PATH_INFO"], &[path.as_bytes()]);
-    set(&[b"QUERY_STRING"], &[query.as_bytes()]);
-    set(
-        &[b"CONTENT_TYPE"],
-        &[req.header("content-type").unwrap_or(b"")],
-    );
+    env.push(&[b"GATEWAY_INTERFACE=CGI/1.1"]);
+    env.push(&[b"REQUEST_METHOD=", req.method().as_bytes()]);
+    env.push(&[b"SCRIPT_NAME="]);
+    env.push(&[b"PATH_INFO=", path.as_bytes()]);
+    env.push(&[b"QUERY_STRING=", query.as_bytes()]);
+    let content_type = req.header("content-type").unwrap_or(b"");
+    env.push(&[b"CONTENT_TYPE=", content_type]);
     let length = dust_abi::decimal(req.body().len() as u64, &mut digits);
-    set(&[b"CONTENT_LENGTH"], &[length]);
-    set(&[b"SERVER_NAME"], &[server.as_bytes()]);
-    set(&[b"SERVER_PORT"], &[port.as_bytes()]);
+    env.push(&[b"CONTENT_LENGTH=", length]);
+    env.push(&[b"SERVER_NAME=", server.as_bytes()]);
+    env.push(&[b"SERVER_PORT=", port.as_bytes()]);
     let minor = dust_abi::decimal(req.minor_version().into(), &mut digits);
-    set(&[b"SERVER_PROTOCOL"], &[b"HTTP/1.", minor]);
-    set(&[b"SERVER_SOFTWARE"], &[b"dust"]);
-    set(&[b"REMOTE_ADDR"], &[remote_addr(req).as_bytes()]);
-    let url: [&[u8]; 3] = [b"http://", host.as_bytes(), target.as_bytes()];
-    set(&[b"X_FULL_URL"], &url);
-    set(&[b"X_DUST_VM"], &[vm.as_bytes()]);
-    header_variables(req, &mut set);
+    env.push(&[b"SERVER_PROTOCOL=HTTP/1.", minor]);
+    env.push(&[b"SERVER_SOFTWARE=dust"]);
+    env.push(&[b"REMOTE_ADDR=", remote_addr(req).as_bytes()]);
+    env.push(&[b"X_FULL_URL=http://", host.as_bytes(), target.as_bytes()]);
+    env.push(&[b"X_DUST_VM=", vm.as_bytes()]);
+    header_variables(req, &mut env);
     for (k, v) in extra {
-        set(&[k.as_bytes()], &[v.as_bytes()]);
+        env.push(&[k.as_bytes(), b"=", v.as_bytes()]);
     }
     let mut args = alloc::vec![PROGRAM.as_bytes().to_vec()];
     if !query.is_empty() {
@@ -88,26 +79,32 @@ fn remote_addr(req: &Request) -> &str {
         .map_or("0.0.0.0", str::trim)
 }
 
-/// An `HTTP_<NAME>` variable for each request header (upper case, `-` as `_`), through
-/// `set(key parts, value parts)`.
-fn header_variables(req: &Request, set: &mut impl FnMut(&[&[u8]], &[&[u8]])) {
-    for (name, value) in req.headers() {
-        let mut k = [0u8; 64];
+/// An `HTTP_<NAME>=value` entry in `env` for each request header (upper case, `-` as `_`).
+fn header_variables(req: &Request, env: &mut Strings) {
+    const PREFIX: &[u8] = b"HTTP_";
+    for (name, value) in req.header_fields() {
+        // `HTTP_`, the name, `=`: one piece.
+        let mut k = [0u8; 72];
         let mut long = Vec::new();
-        let upper = match k.get_mut(..name.len()) {
+        let key = match k.get_mut(..PREFIX.len() + name.len() + 1) {
             Some(k) => k,
             None => {
-                long.resize(name.len(), 0);
+                long.resize(PREFIX.len() + name.len() + 1, 0);
                 &mut long[..]
             }
         };
-        for (u, c) in upper.iter_mut().zip(name.bytes()) {
+        let (prefix, rest) = key.split_at_mut(PREFIX.len());
+        prefix.copy_from_slice(PREFIX);
+        for (u, &c) in rest.iter_mut().zip(name) {
             *u = match c {
                 b'-' => b'_',
                 c => c.to_ascii_uppercase(),
             };
         }
-        set(&[b"HTTP_", upper], &[value]);
+        if let Some(eq) = rest.last_mut() {
+            *eq = b'=';
+        }
+        env.push(&[key, value]);
     }
 }
 

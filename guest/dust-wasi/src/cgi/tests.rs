@@ -132,3 +132,22 @@ fn a_status_with_its_reason_phrase_keeps_the_code() {
     // The phrase the guest writes is the standard one for the code.
     assert_eq!(dust_guest::http::reason(r.status), "Insufficient Storage");
 }
+
+#[test]
+fn the_environment_is_these_bytes_in_this_order() {
+    let long = "X-".to_string() + &"a-".repeat(40);
+    let head = alloc::format!(
+        "PUT /p?q HTTP/1.0\r\nHost: h:81\r\nUser-Agent: t\r\n{long}: l\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+    );
+    let inv = invocation(&request(&head), "vm-1", &[("K", "v"), ("E", "")]);
+    let upper = long.to_ascii_uppercase().replace('-', "_");
+    let want = alloc::format!(
+        "GATEWAY_INTERFACE=CGI/1.1\0REQUEST_METHOD=PUT\0SCRIPT_NAME=\0PATH_INFO=/p\0\
+         QUERY_STRING=q\0CONTENT_TYPE=\0CONTENT_LENGTH=0\0SERVER_NAME=h\0SERVER_PORT=81\0\
+         SERVER_PROTOCOL=HTTP/1.0\0SERVER_SOFTWARE=dust\0REMOTE_ADDR=1.2.3.4\0\
+         X_FULL_URL=http://h:81/p?q\0X_DUST_VM=vm-1\0HTTP_HOST=h:81\0HTTP_USER_AGENT=t\0\
+         HTTP_{upper}=l\0HTTP_X_FORWARDED_FOR=1.2.3.4\0K=v\0E=\0"
+    );
+    assert_eq!(String::from_utf8_lossy(inv.env.with_nuls()), want.as_str());
+    assert_eq!(inv.env.len(), 20);
+}
