@@ -68,6 +68,7 @@ fn both_engines_answer_every_corpus_request_byte_for_byte_alike() {
             "502",
             "call stack exhausted",
         ),
+        ("corpus", "/widths", "", "200", ""),
         ("corpus", "/grow", "", "200", ""),
         ("corpus", "/out", "", "200", ""),
         (

@@ -74,6 +74,32 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (!strcmp(p, "/widths")) {
+        /* Stores of every width into the same bytes, at offsets the compiler cannot see,
+         * each read back in every width: an engine that reorders overlapping accesses of
+         * different widths answers differently. */
+        static unsigned char buf[64];
+        unsigned long long h = 1469598103934665603ull;
+        volatile int a = 3, b = 5;
+        for (int i = 0; i < 40; i++) {
+            unsigned long long q = 0x0102030405060708ull * (unsigned)(i + 1);
+            unsigned int d = 0xa0b0c0d0u ^ (unsigned)i;
+            unsigned short w = (unsigned short)(0x1234 + i);
+            int o = (i * a) % 48, o2 = (i * b) % 48;
+            memcpy(buf + o, &q, 8);
+            memcpy(buf + o2, &d, 4);
+            memcpy(buf + o + 1, &w, 2);
+            buf[o2 + 2] ^= (unsigned char)i;
+            memcpy(&q, buf + o2, 8);
+            memcpy(&d, buf + o, 4);
+            memcpy(&w, buf + o2 + 1, 2);
+            h = (h ^ q ^ d ^ w) * 1099511628211ull;
+        }
+        for (int i = 0; i < 64; i++)
+            h = (h ^ buf[i]) * 1099511628211ull;
+        printf("Content-Type: text/plain\n\nwidths: %llx\n", h);
+        return 0;
+    }
     printf("Content-Type: text/plain\n\ncorpus: %s\n", p);
     return 0;
 }

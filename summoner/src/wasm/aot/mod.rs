@@ -23,7 +23,7 @@ use cache::{Entry, Lookup};
 
 /// The C runtime compiled with every module.
 pub const RUNTIME_C: &str = include_str!("../../../../guest/dust-aot/c/runtime.c");
-/// Linear-memory loads and stores as typed accesses (included before the module's code).
+/// 4-byte linear-memory stores as typed stores (included before the module's code).
 pub const ACCESS_H: &str = include_str!("../../../../guest/dust-aot/c/access.h");
 /// The guest linker script (its load address filled in from dust-abi).
 const LINK_LD_IN: &str = include_str!("../../../../guest/dust-guest/link.ld.in");
@@ -250,10 +250,11 @@ fn link_script() -> String {
 /// as `addl $1, depth; js` (2 instructions) instead of load, add, store, compare and
 /// branch (5). The limit in frames stays `WASM_RT_MAX_CALL_STACK_DEPTH` (wasmi's).
 ///
-/// `access.h`, between the header and the code, makes each load and store of linear memory
-/// a typed access that cannot alias the instance, so a store no longer makes clang reload
-/// the memory's base and size and the globals (~5 % fewer guest instructions per request
-/// for hello-rust, docs/benchmarks.md).
+/// `access.h`, between the header and the code, makes each 4-byte store into linear
+/// memory a typed store that cannot alias the instance, so it no longer makes clang reload
+/// the memory's base and size and the globals (~4 % fewer guest instructions per request
+/// for hello-rust, docs/benchmarks.md); only one width, so that all accesses to linear
+/// memory still alias one another.
 fn unit_c(exports_memory: bool) -> String {
     let memory = if exports_memory {
         "#define DUST_AOT_HAS_MEMORY 1\n"
