@@ -120,6 +120,47 @@ fn spin_is_killed_at_its_timeout() {
     );
 }
 
+/// Whether process `pid` has a thread named `name`.
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+}
+
+#[test]
+fn sigterm_kills_the_vm_not_the_process() {
+    require_kvm!();
+    // vCPU 0 runs on the main thread; the signal goes to a thread of its own, which must
+    // still interrupt the guest (a loop without exits) and let dust tear it down.
+    let mut child = common::dust()
+        .args(["run", guest("spin").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dust");
+    // Once the signal thread exists, SIGTERM is blocked everywhere else and waited for.
+    while !has_thread(child.id(), "signals") {
+        let ended = child.try_wait().expect("poll dust");
+        assert!(
+            ended.is_none(),
+            "dust ended before it could be signalled: {ended:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().expect("wait for dust");
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(status::KILLED)),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("VM killed"), "{}", stderr(&o));
+}
+
 #[test]
 fn usage_errors_have_their_own_status() {
     let o = dust_run(&[]);

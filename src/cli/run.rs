@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -118,21 +119,39 @@ fn take_snapshot(config: &vmm::VmConfig, dir: &std::path::Path, timings: bool) -
     }
 }
 
-/// A thread that waits for one of the blocked `stop_signals` and kills the VM.
-fn kill_on_signal(stop_signals: libc::sigset_t, killer: vmm::Killer) {
+/// Where the signal thread finds the VM to kill: its [`vmm::Killer`] once it runs, or that
+/// a stop signal came first.
+#[derive(Default)]
+struct StopSlot {
+    killer: Option<vmm::Killer>,
+    signalled: bool,
+}
+
+/// A thread that waits for one of the blocked `stop_signals` and kills the VM. It starts
+/// before the build (its start-up overlaps it rather than the guest's); a signal that
+/// comes before the VM runs kills it as it starts.
+fn kill_on_signal(stop_signals: libc::sigset_t) -> Arc<Mutex<StopSlot>> {
+    let slot = Arc::new(Mutex::new(StopSlot::default()));
+    let theirs = slot.clone();
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut sig = 0;
             // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
             if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
-                killer.kill();
+                let mut s = theirs.lock().unwrap_or_else(|p| p.into_inner());
+                s.signalled = true;
+                if let Some(k) = &s.killer {
+                    k.kill();
+                }
             }
         });
+    slot
 }
 
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
-/// the VM is torn down and the serial output flushed.
+/// the VM is torn down and the serial output flushed. vCPU 0 runs on this thread
+/// ([`vmm::Vm::run_here`]).
 pub fn run(args: RunArgs) -> ExitCode {
     if let Some(module) = &args.wasm.flags.wasm {
         let image = args.image.as_deref();
@@ -143,26 +162,28 @@ pub fn run(args: RunArgs) -> ExitCode {
     if let Some(dir) = &args.snapshot_out {
         return take_snapshot(&config, dir, args.timings);
     }
+    let slot = kill_on_signal(stop_signals);
     let built = match &args.restore {
         Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
-        None => vmm::build(&config).map_err(|e| e.to_string()),
+        None => vmm::build_for_caller(&config).map_err(|e| e.to_string()),
     };
-    let vm = match built {
-        Ok(vm) => vm,
+    let report = built.and_then(|vm| {
+        vm.run_here(|killer| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.signalled {
+                killer.kill();
+            }
+            s.killer = Some(killer);
+        })
+        .map_err(|e| e.to_string())
+    });
+    let report = match report {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("dust: {e}");
             return ExitCode::from(status::VMM_ERROR);
         }
     };
-    let handle = match vm.start() {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("dust: {e}");
-            return ExitCode::from(status::VMM_ERROR);
-        }
-    };
-    kill_on_signal(stop_signals, handle.killer());
-    let report = handle.wait();
     if args.timings {
         eprint!("{}", report.timings.render());
     }

@@ -62,4 +62,4 @@ pub use snapshot::restore;
 pub use snapshot::SnapshotError;
 pub use timings::Timings;
 pub use vcpu::VmExit;
-pub use vm::{build, BuildError, Killer, Vm, VmHandle, VmReport};
+pub use vm::{build, build_for_caller, BuildError, Killer, Vm, VmHandle, VmReport};
