@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
@@ -85,9 +84,10 @@ impl RunArgs {
     }
 }
 
-/// Block SIGINT/SIGTERM in this thread and every thread it starts after, and return the set
-/// so one thread can wait for them with `sigwait`.
-fn block_stop_signals() -> libc::sigset_t {
+/// Block SIGINT/SIGTERM in this thread and every thread it starts after: while vCPU 0 runs
+/// on this thread they are unblocked here alone ([`vmm::stop_on`]); one that comes sooner
+/// waits, pending, until then.
+fn block_stop_signals() {
     // SAFETY: a zeroed sigset_t is a valid argument for sigemptyset, which initialises it;
     // the calls only touch that local set and this thread's mask.
     unsafe {
@@ -96,7 +96,6 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
     }
 }
 
@@ -119,36 +118,6 @@ fn take_snapshot(config: &vmm::VmConfig, dir: &std::path::Path, timings: bool) -
     }
 }
 
-/// Where the signal thread finds the VM to kill: its [`vmm::Killer`] once it runs, or that
-/// a stop signal came first.
-#[derive(Default)]
-struct StopSlot {
-    killer: Option<vmm::Killer>,
-    signalled: bool,
-}
-
-/// A thread that waits for one of the blocked `stop_signals` and kills the VM. It starts
-/// before the build (its start-up overlaps it rather than the guest's); a signal that
-/// comes before the VM runs kills it as it starts.
-fn kill_on_signal(stop_signals: libc::sigset_t) -> Arc<Mutex<StopSlot>> {
-    let slot = Arc::new(Mutex::new(StopSlot::default()));
-    let theirs = slot.clone();
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
-                let mut s = theirs.lock().unwrap_or_else(|p| p.into_inner());
-                s.signalled = true;
-                if let Some(k) = &s.killer {
-                    k.kill();
-                }
-            }
-        });
-    slot
-}
-
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
 /// the VM is torn down and the serial output flushed. vCPU 0 runs on this thread
 /// ([`vmm::Vm::run_here`]).
@@ -157,26 +126,21 @@ pub fn run(args: RunArgs) -> ExitCode {
         let image = args.image.as_deref();
         return super::wasm::run(image, module, &args.wasm, args.memory_mib, args.timeout);
     }
-    let stop_signals = block_stop_signals();
+    block_stop_signals();
     let config = args.config();
     if let Some(dir) = &args.snapshot_out {
         return take_snapshot(&config, dir, args.timings);
     }
-    let slot = kill_on_signal(stop_signals);
+    // Taken on this thread while vCPU 0 runs here: no thread of their own.
+    if let Err(e) = vmm::stop_on(&[libc::SIGINT, libc::SIGTERM]) {
+        eprintln!("dust: stop signals: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
     let built = match &args.restore {
         Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
         None => vmm::build_for_caller(&config).map_err(|e| e.to_string()),
     };
-    let report = built.and_then(|vm| {
-        vm.run_here(|killer| {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if s.signalled {
-                killer.kill();
-            }
-            s.killer = Some(killer);
-        })
-        .map_err(|e| e.to_string())
-    });
+    let report = built.and_then(|vm| vm.run_here(|_| {}).map_err(|e| e.to_string()));
     let report = match report {
         Ok(r) => r,
         Err(e) => {

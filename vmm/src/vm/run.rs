@@ -99,7 +99,9 @@ impl Vm {
     /// Run the VM to its end with vCPU 0 on the calling thread (any other vCPU on its own
     /// thread), which saves the hand-over to a thread that has been asleep since the build
     /// began: on a nested host waking it costs tens of microseconds before the guest's
-    /// first instruction. `started` gets the VM's [`Killer`] before the guest runs.
+    /// first instruction. `started` gets the VM's [`Killer`] before the guest runs. The
+    /// signals named with [`crate::stop_on`] are taken on this thread while vCPU 0 runs
+    /// (not where seccomp filters keep vCPU 0 on a thread of its own).
     ///
     /// For a process whose threads are not filtered (`dust run`): where the jail's seccomp
     /// filters are on, vCPU 0 keeps its own filtered thread and this is [`Vm::start`] then
@@ -127,7 +129,7 @@ impl Vm {
         };
         // SAFETY: gettid has no preconditions.
         *tid.lock().unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::gettid() });
-        let exit = vcpu0.run(&state);
+        let exit = vcpu0.run_taking_stop_signals(&state);
         state.finish(exit);
         *tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if let Some(w) = watchdog {
