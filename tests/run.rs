@@ -120,6 +120,50 @@ fn spin_is_killed_at_its_timeout() {
     );
 }
 
+/// Whether process `pid` has a handler for `signal` (the `SigCgt` mask of its status).
+fn catches(pid: u32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn sigterm_kills_the_vm_not_the_process() {
+    require_kvm!();
+    // vCPU 0 runs on the main thread, which takes the signal itself: it must interrupt the
+    // guest (a loop without exits) and let dust tear it down. A signal that comes during
+    // the build waits, blocked, until the vCPU runs.
+    let mut child = common::dust()
+        .args(["run", guest("spin").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn dust");
+    // Once dust has a handler for SIGTERM, the signal is blocked or taken by the vCPU's
+    // thread (it is blocked before the handler is installed).
+    while !catches(child.id(), libc::SIGTERM) {
+        let ended = child.try_wait().expect("poll dust");
+        assert!(
+            ended.is_none(),
+            "dust ended before it could be signalled: {ended:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().expect("wait for dust");
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(status::KILLED)),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("VM killed"), "{}", stderr(&o));
+}
+
 #[test]
 fn usage_errors_have_their_own_status() {
     let o = dust_run(&[]);

@@ -84,9 +84,10 @@ impl RunArgs {
     }
 }
 
-/// Block SIGINT/SIGTERM in this thread and every thread it starts after, and return the set
-/// so one thread can wait for them with `sigwait`.
-fn block_stop_signals() -> libc::sigset_t {
+/// Block SIGINT/SIGTERM in this thread and every thread it starts after: while vCPU 0 runs
+/// on this thread they are unblocked here alone ([`vmm::stop_on`]); one that comes sooner
+/// waits, pending, until then.
+fn block_stop_signals() {
     // SAFETY: a zeroed sigset_t is a valid argument for sigemptyset, which initialises it;
     // the calls only touch that local set and this thread's mask.
     unsafe {
@@ -95,7 +96,6 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
     }
 }
 
@@ -118,51 +118,36 @@ fn take_snapshot(config: &vmm::VmConfig, dir: &std::path::Path, timings: bool) -
     }
 }
 
-/// A thread that waits for one of the blocked `stop_signals` and kills the VM.
-fn kill_on_signal(stop_signals: libc::sigset_t, killer: vmm::Killer) {
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: `stop_signals` is an initialised set and `sig` a valid out pointer.
-            if unsafe { libc::sigwait(&stop_signals, &mut sig) } == 0 {
-                killer.kill();
-            }
-        });
-}
-
 /// Boot, wait, report. SIGINT/SIGTERM kill the VM (status 245) instead of the process, so
-/// the VM is torn down and the serial output flushed.
+/// the VM is torn down and the serial output flushed. vCPU 0 runs on this thread
+/// ([`vmm::Vm::run_here`]).
 pub fn run(args: RunArgs) -> ExitCode {
     if let Some(module) = &args.wasm.flags.wasm {
         let image = args.image.as_deref();
         return super::wasm::run(image, module, &args.wasm, args.memory_mib, args.timeout);
     }
-    let stop_signals = block_stop_signals();
+    block_stop_signals();
     let config = args.config();
     if let Some(dir) = &args.snapshot_out {
         return take_snapshot(&config, dir, args.timings);
     }
+    // Taken on this thread while vCPU 0 runs here: no thread of their own.
+    if let Err(e) = vmm::stop_on(&[libc::SIGINT, libc::SIGTERM]) {
+        eprintln!("dust: stop signals: {e}");
+        return ExitCode::from(status::VMM_ERROR);
+    }
     let built = match &args.restore {
         Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
-        None => vmm::build(&config).map_err(|e| e.to_string()),
+        None => vmm::build_for_caller(&config).map_err(|e| e.to_string()),
     };
-    let vm = match built {
-        Ok(vm) => vm,
+    let report = built.and_then(|vm| vm.run_here(|_| {}).map_err(|e| e.to_string()));
+    let report = match report {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("dust: {e}");
             return ExitCode::from(status::VMM_ERROR);
         }
     };
-    let handle = match vm.start() {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("dust: {e}");
-            return ExitCode::from(status::VMM_ERROR);
-        }
-    };
-    kill_on_signal(stop_signals, handle.killer());
-    let report = handle.wait();
     if args.timings {
         eprint!("{}", report.timings.render());
     }

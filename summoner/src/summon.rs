@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UnixStream;
-
 use crate::admission::Rejected;
 use crate::metrics::{Outcome, Phase};
 use crate::service::ServiceInner;
@@ -147,8 +145,8 @@ impl Failure {
 pub struct Summoned {
     /// The serving VM (killed when dropped).
     pub vm: ServingWorker,
-    /// The stream to the guest's port.
-    pub stream: UnixStream,
+    /// The stream to the guest's port, its `OK` line consumed.
+    pub stream: GuestStream,
     /// Phases so far.
     pub phases: Phases,
 }

@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use dust_abi::vsock;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::UnixStream;
 
 /// Why the request could not reach the guest's port.
@@ -61,23 +61,15 @@ async fn connect_line(path: &Path, port: u32) -> Result<UnixStream, ConnectError
     Ok(s)
 }
 
-/// The whole handshake on the VM's socket `path`: returns once the guest accepted.
-pub async fn connect(path: &Path, port: u32) -> Result<UnixStream, ConnectError> {
-    let mut s = connect_line(path, port).await?;
-    // Byte by byte, so that nothing the guest sends after the OK line is consumed here.
-    let mut line = Vec::with_capacity(vsock::LINE_MAX);
-    while line.last() != Some(&b'\n') && line.len() < vsock::LINE_MAX {
-        let mut b = [0u8; 1];
-        if s.read(&mut b).await? == 0 {
-            return Err(ConnectError::NotListening(port));
-        }
-        line.push(b[0]);
-    }
-    match vsock::parse_ok(&line) {
-        Some(_) => Ok(s),
-        None => Err(ConnectError::Refused(
-            String::from_utf8_lossy(&line).into_owned(),
-        )),
+/// The whole handshake on the VM's socket `path`: returns once the guest accepted, with
+/// nothing the guest sent after its `OK` line consumed. The same parser as [`open`]'s,
+/// waited for before the stream is handed on.
+pub async fn connect(path: &Path, port: u32) -> Result<GuestStream, ConnectError> {
+    let mut s = open(path, port).await?;
+    std::future::poll_fn(|cx| s.poll_answer(cx)).await?;
+    match s.handshake.error(port) {
+        Some(e) => Err(e),
+        None => Ok(s),
     }
 }
 
@@ -330,6 +322,30 @@ mod tests {
         assert!(matches!(
             s.handshake().error(81),
             Some(ConnectError::NotListening(81))
+        ));
+    }
+
+    #[tokio::test]
+    async fn connect_waits_for_ok_and_keeps_what_follows() {
+        let (_dir, path, _dev) = device(b"OK 1073741824\nhello").await;
+        let mut s = connect(&path, 80).await.unwrap();
+        assert!(matches!(s.handshake().answer(), Answer::Accepted(_)));
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello");
+    }
+
+    #[tokio::test]
+    async fn connect_names_a_refusal() {
+        let (_dir, path, _dev) = device(b"").await;
+        assert!(matches!(
+            connect(&path, 81).await,
+            Err(ConnectError::NotListening(81))
+        ));
+        let (_dir, path, _dev) = device(b"NO\n").await;
+        assert!(matches!(
+            connect(&path, 80).await,
+            Err(ConnectError::Refused(l)) if l == "NO\n"
         ));
     }
 

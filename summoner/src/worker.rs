@@ -362,7 +362,12 @@ impl Spawner {
         let vm_id = launch.vm_id.clone();
         let mut proc = self.start_process(launch)?;
         proc.send(cmd).await?;
-        match proc.next().await? {
+        let answer = proc.next().await;
+        // The build is over: the zygote's next spare is forked now, not during it.
+        if let Some(z) = &self.zygote {
+            z.refill();
+        }
+        match answer? {
             Event::Built { timings } => Ok(IdleWorker {
                 vm_id,
                 build: timings,

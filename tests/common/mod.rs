@@ -69,9 +69,18 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
-/// The `dust` binary under test.
+/// The `dust` binary under test: the one cargo built with these tests, or the one
+/// `$DUST_TEST_BIN` names (scripts/test runs some tests again against the static musl build,
+/// the one that ships).
+pub fn dust_bin() -> PathBuf {
+    std::env::var_os("DUST_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dust")), PathBuf::from)
+}
+
+/// A command running the `dust` binary under test ([`dust_bin`]).
 pub fn dust() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dust"))
+    Command::new(dust_bin())
 }
 
 /// Run `dust run <args>`, returning its output.

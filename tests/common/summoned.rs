@@ -2,7 +2,6 @@
 //! /dev/kvm, with the end-of-test check that nothing is left behind.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use summoner::Summoner;
@@ -23,11 +22,7 @@ pub struct Env {
 pub async fn env(tag: &str) -> Env {
     let serial = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new(tag);
-    let summoner = Summoner::new(
-        PathBuf::from(env!("CARGO_BIN_EXE_dust")),
-        dir.path().join("run"),
-    )
-    .expect("summoner");
+    let summoner = Summoner::new(super::dust_bin(), dir.path().join("run")).expect("summoner");
     Env {
         summoner,
         dir,

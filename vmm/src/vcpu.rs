@@ -134,8 +134,21 @@ pub struct Vcpu {
 impl Vcpu {
     /// Run until the VM stops; returns how it ended (as seen by this vCPU).
     pub fn run(mut self, state: &RunState) -> VmExit {
+        self.run_loop(state)
+    }
+
+    /// [`Vcpu::run`] on the thread that takes the stop signals ([`crate::stop`]): they are
+    /// unblocked here while the vCPU runs, and blocked again before it is dropped.
+    pub fn run_taking_stop_signals(mut self, state: &RunState) -> VmExit {
+        let armed = crate::stop::Armed::new(self.fd.get_kvm_run());
+        let exit = self.run_loop(state);
+        drop(armed);
+        exit
+    }
+
+    fn run_loop(&mut self, state: &RunState) -> VmExit {
         loop {
-            if state.stopping() {
+            if state.stopping() || crate::stop::requested() {
                 return VmExit::Killed;
             }
             let entered = state.enter(self.id);

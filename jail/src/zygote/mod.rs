@@ -185,6 +185,16 @@ impl Zygote {
         Ok((worker?, err_r))
     }
 
+    /// The last worker this zygote forked has answered its first command: have the
+    /// zygote fork the next spare now (best effort; its notice is read with the next
+    /// answer). A no-op while no zygote runs.
+    pub fn refill(&self) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(z) = running.as_ref() {
+            let _ = z.sock.send(serve::REFILL);
+        }
+    }
+
     /// Stop the zygote (the daemon is shutting down).
     pub fn stop(&self) {
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -34,6 +34,11 @@ pub(super) fn set_name(name: &std::ffi::CStr) {
 /// The largest request (a JailSpec as JSON).
 const MAX_REQUEST: usize = 64 << 10;
 
+/// The daemon's word that the last worker it was handed has answered its first command
+/// (built, restored or failed): the zygote forks the next spare then, not while that
+/// worker is still building (docs/security.md, "The spare"). No answer but the notice.
+pub(super) const REFILL: &[u8] = b"refill";
+
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
 
@@ -52,10 +57,26 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut spare: Option<Spare> = None;
+    // The kind (namespaces or not) of the last request: that of the next spare.
+    let mut last: Option<bool> = None;
     loop {
         let Some((n, fds)) = receive(&sock, &mut buf) else {
             return 0;
         };
+        if fds.is_empty() && &buf[..n] == REFILL {
+            // The next worker's process, namespaces and all, made now: off its build's
+            // path, and after the last build (a fork right after a hand-off ran ahead of
+            // the worker just handed its request, on the same CPU).
+            if let (Some(ns), None) = (last, &spare) {
+                spare = Spare::fork(ns, keep, (run, ahead), &mut buf);
+                if let Some(s) = &spare {
+                    if sock.send(&s.notice()).is_err() {
+                        return 0;
+                    }
+                }
+            }
+            continue;
+        }
         let request = &buf[..n];
         let (answer, ns) = match (
             fds.len(),
@@ -85,15 +106,7 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
         if sock.send(&answer.to_ne_bytes()).is_err() {
             return 0;
         }
-        // The next worker's process, namespaces and all, made now: off its build's path.
-        if let (Some(ns), None) = (ns, &spare) {
-            spare = Spare::fork(ns, keep, (run, ahead), &mut buf);
-            if let Some(s) = &spare {
-                if sock.send(&s.notice()).is_err() {
-                    return 0;
-                }
-            }
-        }
+        last = ns.or(last);
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Forking a worker with its namespaces (the new network namespace above all, and the copy
 //! of the mount namespace) was the dearest step left between a spawn request and the jail.
-//! So once the zygote has answered a request it forks the next worker at once, with the
+//! So once the worker it last forked has answered its first command (the daemon says so:
+//! [`super::Zygote::refill`]), the zygote forks the next worker, with the
 //! same clone flags (`CLONE_PARENT` and the namespaces: the daemon's child, pid 1 of a pid
 //! namespace of its own, a network namespace nobody else ever uses), makes its mount tree
 //! private, and leaves it waiting on a socket of its own. The next request is handed to it
@@ -94,9 +95,10 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
         crate::enter::make_root_private();
     }
     // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
-    // fds its build would have made after the request (docs/security.md). Only once the
-    // spare has sat idle a moment: forked as the previous worker builds, it would take
-    // CPU from that build; asked for at once, it leaves the work to its own build.
+    // fds its build would have made after the request (docs/security.md). The spare is
+    // forked once the previous worker has built (the daemon's refill), so this takes no
+    // CPU from that build; a spare whose request is already there leaves the work to its
+    // own build.
     let made = if idle(CONTROL_FD) { ahead() } else { [-1, -1] };
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
@@ -121,10 +123,7 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     child(spec.as_ref(), fds, [keep, made[0], made[1]], run)
 }
 
-/// How long a spare waits, idle, before its [`Ahead`] work: about one shell build here.
-const IDLE_MS: i32 = 3;
-
-/// Whether nothing came on `sock` (no request, no end-of-file) for [`IDLE_MS`].
+/// Whether nothing came on `sock` yet (no request, no end-of-file).
 fn idle(sock: RawFd) -> bool {
     let mut p = libc::pollfd {
         fd: sock,
@@ -132,5 +131,5 @@ fn idle(sock: RawFd) -> bool {
         revents: 0,
     };
     // SAFETY: one pollfd, valid for the call.
-    unsafe { libc::poll(&mut p, 1, IDLE_MS) == 0 }
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }

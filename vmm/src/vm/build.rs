@@ -34,12 +34,23 @@ pub(crate) fn mem_err(
 ///
 /// The order is the boot order: KVM VM, memory, image and boot data, devices, vCPUs.
 pub fn build(config: &VmConfig) -> Result<Vm, BuildError> {
+    build_with(config, 0)
+}
+
+/// [`build`] for [`Vm::run_here`]: no thread is made for vCPU 0, which the caller runs
+/// (unless this process filters its threads with seccomp, where vCPU 0 keeps its own).
+pub fn build_for_caller(config: &VmConfig) -> Result<Vm, BuildError> {
+    build_with(config, u8::from(!dust_jail::seccomp::enabled()))
+}
+
+/// [`build`], vCPUs from `first_thread` on getting a thread.
+fn build_with(config: &VmConfig, first_thread: u8) -> Result<Vm, BuildError> {
     config.validate()?;
     let kvm = kvm().map_err(BuildError::OpenKvm)?;
     let mut timings = Timings::default();
     // The vCPU threads start now and wait for their vCPUs: a thread's start-up (stack,
     // signal stack, TLS) then overlaps the build instead of delaying the first guest entry.
-    let threads = VcpuThreads::spawn(config.vcpus)?;
+    let threads = VcpuThreads::spawn_from(first_thread, config.vcpus)?;
 
     // The VM (and vCPU 0) a zygote's spare made ahead, if it fits (crate::prepared).
     let t = Instant::now();

@@ -22,7 +22,7 @@ use crate::run_state::RunState;
 use crate::timings::Timings;
 use crate::vcpu::Vcpu;
 
-pub use build::build;
+pub use build::{build, build_for_caller};
 pub(crate) use build::{mem_err, register_memory};
 pub(crate) use platform::{create_devices, Devices};
 pub use run::{Killer, VmHandle, VmReport};

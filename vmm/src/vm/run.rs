@@ -59,6 +59,9 @@ pub struct VmReport {
 pub struct VmHandle {
     killer: Killer,
     joins: Vec<std::thread::JoinHandle<()>>,
+    /// vCPUs that report their end on `done`: one per thread in `joins`, and vCPU 0 where
+    /// it runs on the caller ([`Vm::run_here`]).
+    running: usize,
     done: Receiver<()>,
     deadline: Option<Instant>,
     started: Instant,
@@ -89,14 +92,71 @@ impl Vm {
     }
 
     /// Start the vCPUs.
-    pub fn start(mut self) -> Result<VmHandle, BuildError> {
+    pub fn start(self) -> Result<VmHandle, BuildError> {
+        Ok(self.launch(None)?.0)
+    }
+
+    /// Run the VM to its end with vCPU 0 on the calling thread (any other vCPU on its own
+    /// thread), which saves the hand-over to a thread that has been asleep since the build
+    /// began: on a nested host waking it costs tens of microseconds before the guest's
+    /// first instruction. `started` gets the VM's [`Killer`] before the guest runs. The
+    /// signals named with [`crate::stop_on`] are taken on this thread while vCPU 0 runs
+    /// (not where seccomp filters keep vCPU 0 on a thread of its own).
+    ///
+    /// For a process whose threads are not filtered (`dust run`): where the jail's seccomp
+    /// filters are on, vCPU 0 keeps its own filtered thread and this is [`Vm::start`] then
+    /// [`VmHandle::wait`].
+    pub fn run_here(mut self, started: impl FnOnce(Killer)) -> Result<VmReport, BuildError> {
+        if dust_jail::seccomp::enabled() {
+            let handle = self.start()?;
+            started(handle.killer());
+            return Ok(handle.wait());
+        }
+        if self.threads.0.len() == self.vcpus.len() {
+            // A thread made for vCPU 0 (a restore makes them all): it ends unused.
+            let (join, go) = self.threads.0.remove(0);
+            drop(go);
+            let _ = join.join();
+        }
+        let vcpu0 = self.vcpus.remove(0);
+        let tid = Arc::new(Mutex::new(None));
+        let (handle, done) = self.launch(Some(&tid))?;
+        started(handle.killer());
+        let state = handle.run_state().clone();
+        let watchdog = match handle.deadline {
+            Some(d) => Some(Watchdog::spawn(d, handle.killer()).map_err(BuildError::Thread)?),
+            None => None,
+        };
+        // SAFETY: gettid has no preconditions.
+        *tid.lock().unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::gettid() });
+        let exit = vcpu0.run_taking_stop_signals(&state);
+        state.finish(exit);
+        *tid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(w) = watchdog {
+            w.end();
+        }
+        let _ = done.send(());
+        Ok(handle.wait())
+    }
+
+    /// Hand each vCPU that has a thread to it; `here`: vCPU 0 (already taken out of
+    /// `self.vcpus`) runs on the caller, which sets this tid while it does. Returns the
+    /// handle and the sender the caller's vCPU reports its end on.
+    fn launch(
+        mut self,
+        here: Option<&Arc<Mutex<Option<libc::pid_t>>>>,
+    ) -> Result<(VmHandle, mpsc::Sender<()>), BuildError> {
         install_kick_handler()
             .map_err(|e| BuildError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
         let started = Instant::now();
         let deadline = self.timeout.map(|t| started + t);
         let (done_tx, done) = mpsc::channel();
         let mut joins = Vec::with_capacity(self.vcpus.len());
-        let mut kicks = Vec::with_capacity(self.vcpus.len());
+        let mut kicks: Vec<Kick> = here
+            .map(|tid| Kick { tid: tid.clone() })
+            .into_iter()
+            .collect();
+        let running = self.vcpus.len() + kicks.len();
         let threads = self.threads.0.drain(..);
         for ((join, go), vcpu) in threads.zip(self.vcpus.drain(..)) {
             let tid = Arc::new(Mutex::new(None));
@@ -115,12 +175,13 @@ impl Vm {
             // A restored VM resumes after its guest's ready signal.
             self.state.ready();
         }
-        Ok(VmHandle {
+        let handle = VmHandle {
             killer: Killer {
                 state: self.state,
                 kicks: Arc::new(kicks),
             },
             joins,
+            running,
             done,
             deadline,
             started,
@@ -132,7 +193,45 @@ impl Vm {
                 serial: self.serial,
                 vsock: self.vsock,
             }),
-        })
+        };
+        Ok((handle, done_tx))
+    }
+}
+
+/// The timeout of a VM whose vCPU 0 runs on the caller ([`Vm::run_here`]): a thread that
+/// stops the VM at its deadline and kicks until the caller's vCPU has left KVM_RUN (a kick
+/// that lands just before KVM_RUN is entered is lost).
+struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+    join: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn spawn(deadline: Instant, killer: Killer) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = done.clone();
+        let join = std::thread::Builder::new()
+            .name("timeout".into())
+            .spawn(move || {
+                while !seen.load(Ordering::SeqCst) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        killer.stop(VmExit::Timeout);
+                        std::thread::park_timeout(Duration::from_millis(1));
+                    } else {
+                        std::thread::park_timeout(left);
+                    }
+                }
+            })?;
+        Ok(Self { done, join })
+    }
+
+    /// The caller's vCPU has ended: stop watching.
+    fn end(self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.join.thread().unpark();
+        let _ = self.join.join();
     }
 }
 
@@ -152,8 +251,13 @@ pub(crate) struct VcpuThreads(Vec<(std::thread::JoinHandle<()>, mpsc::Sender<Lau
 
 impl VcpuThreads {
     pub(crate) fn spawn(count: u8) -> Result<Self, BuildError> {
+        Self::spawn_from(0, count)
+    }
+
+    /// Threads for vCPUs `first..count` only (vCPU 0 run by the caller, [`Vm::run_here`]).
+    pub(crate) fn spawn_from(first: u8, count: u8) -> Result<Self, BuildError> {
         let mut this = Self::default();
-        for id in 0..count {
+        for id in first..count {
             let (go, wait) = mpsc::channel::<Launch>();
             let join = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -222,7 +326,7 @@ impl VmHandle {
         });
         let t = Instant::now();
         // A kick that lands just before a thread enters KVM_RUN is lost; kick until all leave.
-        while finished < self.joins.len() {
+        while finished < self.running {
             match self.done.recv_timeout(Duration::from_millis(1)) {
                 Ok(()) => finished += 1,
                 Err(RecvTimeoutError::Timeout) => self.killer.kicks.iter().for_each(Kick::kick),
