@@ -174,6 +174,10 @@ async fn shells(args: &JailArgs, image: &Path, exe: &Path, dir: &Path) -> Result
         if let Some(z) = &sp.zygote {
             z.stop();
         }
+        // What was made ahead, and the cgroup directory of this spawner's run dir.
+        if let Some(j) = &sp.jail {
+            j.finish();
+        }
     }
     Ok(())
 }
