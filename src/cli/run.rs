@@ -140,7 +140,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Some(dir) => vmm::restore(&config.restore_from(dir)).map_err(|e| e.to_string()),
         None => vmm::build_for_caller(&config).map_err(|e| e.to_string()),
     };
-    let report = built.and_then(|vm| vm.run_here(|_| {}).map_err(|e| e.to_string()));
+    let report = built.and_then(|vm| vm.run_here().map_err(|e| e.to_string()));
     let report = match report {
         Ok(r) => r,
         Err(e) => {

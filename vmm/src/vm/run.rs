@@ -99,18 +99,15 @@ impl Vm {
     /// Run the VM to its end with vCPU 0 on the calling thread (any other vCPU on its own
     /// thread), which saves the hand-over to a thread that has been asleep since the build
     /// began: on a nested host waking it costs tens of microseconds before the guest's
-    /// first instruction. `started` gets the VM's [`Killer`] before the guest runs. The
-    /// signals named with [`crate::stop_on`] are taken on this thread while vCPU 0 runs
-    /// (not where seccomp filters keep vCPU 0 on a thread of its own).
+    /// first instruction. The signals named with [`crate::stop_on`] are taken on this thread
+    /// while vCPU 0 runs (not where seccomp filters keep vCPU 0 on a thread of its own).
     ///
     /// For a process whose threads are not filtered (`dust run`): where the jail's seccomp
     /// filters are on, vCPU 0 keeps its own filtered thread and this is [`Vm::start`] then
     /// [`VmHandle::wait`].
-    pub fn run_here(mut self, started: impl FnOnce(Killer)) -> Result<VmReport, BuildError> {
+    pub fn run_here(mut self) -> Result<VmReport, BuildError> {
         if dust_jail::seccomp::enabled() {
-            let handle = self.start()?;
-            started(handle.killer());
-            return Ok(handle.wait());
+            return Ok(self.start()?.wait());
         }
         if self.threads.0.len() == self.vcpus.len() {
             // A thread made for vCPU 0 (a restore makes them all): it ends unused.
@@ -121,7 +118,6 @@ impl Vm {
         let vcpu0 = self.vcpus.remove(0);
         let tid = Arc::new(Mutex::new(None));
         let (handle, done) = self.launch(Some(&tid))?;
-        started(handle.killer());
         let state = handle.run_state().clone();
         let watchdog = match handle.deadline {
             Some(d) => Some(Watchdog::spawn(d, handle.killer()).map_err(BuildError::Thread)?),
