@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
-    child_pids, env, get, guest, http_get, is_zygote, worker_pids, Env, TempDir, ONE_AT_A_TIME,
+    child_pids, env, get, guest, http_get, is_spare, is_zygote, worker_pids, Env, TempDir,
+    ONE_AT_A_TIME,
 };
 use summoner::ServiceConfig;
 
@@ -146,6 +147,9 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         assert!(!std::path::Path::new(&format!("{root}/etc/passwd")).exists());
         assert!(std::path::Path::new(&format!("{root}/image")).is_file());
         assert!(std::path::Path::new(&format!("{root}/run")).is_dir());
+        // Its mounts, as it sees them: its root and its image, nothing of the host.
+        let points = mount_points(w);
+        assert_eq!(points, ["/", "/image"], "worker {w}'s mounts");
         // Its network: a loopback device, nothing else.
         let dev = std::fs::read_to_string(format!("/proc/{w}/net/dev")).unwrap();
         let ifaces: Vec<&str> = dev
@@ -169,10 +173,45 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         pid_namespaces[0], pid_namespaces[1],
         "workers share a pid ns"
     );
+    if !summoner::no_zygote() {
+        spare_holds_no_host_mount().await;
+    }
     for _ in 0..3 {
         assert_eq!(get(addr).await.status, 200);
     }
     env.finish().await;
+}
+
+/// The mount points in `pid`'s /proc/<pid>/mountinfo, in order.
+fn mount_points(pid: u32) -> Vec<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+        .collect()
+}
+
+/// The zygote's spare detached the host's mount tree before any request came: its mount
+/// namespace holds one mount, an empty tmpfs as `/` (docs/security.md, "The spare's
+/// jail"). Its root is that tmpfs, so its mountinfo shows the whole namespace.
+async fn spare_holds_no_host_mount() {
+    let t = Instant::now();
+    let spare = loop {
+        let spare = child_pids().into_iter().find(|p| is_spare(*p));
+        if let Some(pid) = spare {
+            // Until it has pivoted, it still holds the host's mounts.
+            if mount_points(pid).len() == 1 || t.elapsed() > Duration::from_secs(10) {
+                break pid;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no spare");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let info = std::fs::read_to_string(format!("/proc/{spare}/mountinfo")).unwrap();
+    let lines: Vec<&str> = info.lines().collect();
+    assert_eq!(lines.len(), 1, "spare {spare}'s mounts:\n{info}");
+    let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(fields[4], "/", "{info}");
+    assert!(lines[0].contains(" - tmpfs "), "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

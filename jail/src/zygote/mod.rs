@@ -157,6 +157,12 @@ impl Zygote {
     /// Fork a worker jailed as `spec` with `control` as its fd 3; returns it and its stderr.
     pub fn spawn(&self, spec: Option<&JailSpec>, control: RawFd) -> io::Result<(Child, OwnedFd)> {
         let request = serde_json::to_vec(&spec).map_err(io::Error::other)?;
+        // A jailed worker's mounts and cgroups as fds: a spare detached the host's mount
+        // tree before its request came (docs/security.md, "The spare's jail").
+        let handles = match spec {
+            Some(s) if s.namespaces => crate::handles::open(s)?,
+            _ => Vec::new(),
+        };
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if running.is_none() {
             *running = Some(self.start()?);
@@ -166,8 +172,10 @@ impl Zygote {
         };
         let (err_r, err_w) = pipe()?;
         let answer = (|| {
+            let mut fds = vec![control, err_w.as_raw_fd()];
+            fds.extend(handles.iter().map(AsRawFd::as_raw_fd));
             z.sock
-                .send_with_fds(&[&request[..]], &[control, err_w.as_raw_fd()])
+                .send_with_fds(&[&request[..]], &fds)
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
             z.answer()
         })();

@@ -68,9 +68,9 @@ impl Spare {
 
     /// Hand it a request (the daemon's bytes and its two fds); its pid, or `None` if it is
     /// gone (killed meanwhile).
-    pub fn hand(self, request: &[u8], fds: [RawFd; 2]) -> Option<i32> {
+    pub fn hand(self, request: &[u8], fds: &[RawFd]) -> Option<i32> {
         self.sock
-            .send_with_fds(&[request], &fds)
+            .send_with_fds(&[request], fds)
             .ok()
             .map(|_| self.pid)
     }
@@ -88,11 +88,14 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
     }
-    close_others([keep, -1, -1]);
+    close_others(&mut [keep]);
     set_name(NAME);
     crate::die_with_daemon_keep_fd();
+    // The jail's dearest step, the host's mount tree detached, done while it waits (its
+    // request then brings the rest as fds: docs/security.md, "The spare's jail"). If it
+    // fails, the request is refused by the jail, which reports the step.
     if namespaces {
-        crate::enter::make_root_private();
+        let _ = crate::handles::prejail();
     }
     // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
     // fds its build would have made after the request (docs/security.md). The spare is
@@ -102,17 +105,20 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     let made = if idle(CONTROL_FD) { ahead() } else { [-1, -1] };
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
-    let mut fds = [-1 as RawFd; 2];
+    let mut fds = [-1 as RawFd; super::serve::MAX_FDS];
     let mut iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     }];
     // SAFETY: the iovec points into `buf`, which any bytes may be written to.
     let got = unsafe { sock.recv_with_fds(&mut iov, &mut fds) };
-    let spec = match got {
-        Ok((n, 2)) if n > 0 => serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
+    let (spec, nfds) = match got {
+        Ok((n, k)) if n > 0 && k >= 2 => (
+            serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
+            k,
+        ),
         // The zygote is gone: so is this spare.
-        _ => None,
+        _ => (None, 0),
     };
     let Some(spec) = spec else {
         // SAFETY: ends the spare; nothing else runs in it.
@@ -120,7 +126,7 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     };
     // `child` puts the control socket in place of this one at fd 3.
     std::mem::forget(sock);
-    child(spec.as_ref(), fds, [keep, made[0], made[1]], run)
+    child(spec.as_ref(), &fds[..nfds], [keep, made[0], made[1]], run)
 }
 
 /// Whether nothing came on `sock` yet (no request, no end-of-file).
