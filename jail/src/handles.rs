@@ -70,6 +70,70 @@ fn clone_tree(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Whether this process (the daemon, before it starts its zygote) and the workers it forks
+/// can take the jail from handles: the kernel has the calls (5.12 or later), no seccomp
+/// filter or unit file refuses them, and it holds `CAP_SYS_CHROOT` (a unit file written for
+/// an older dust may not grant it). Each call is made with arguments it refuses before it
+/// does anything. If not, spares keep the host's tree and workers take the path-based jail.
+pub(crate) fn supported() -> bool {
+    let refused = |rc: libc::c_long| {
+        rc < 0
+            && matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::ENOSYS | libc::EPERM)
+            )
+    };
+    // SAFETY: each call gets an invalid fd or an empty path and fails before any effect.
+    let calls = unsafe {
+        [
+            libc::syscall(libc::SYS_open_tree, -1, c"".as_ptr(), 0),
+            libc::syscall(libc::SYS_move_mount, -1, c"".as_ptr(), -1, c"".as_ptr(), 0),
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                0,
+                std::ptr::null::<libc::mount_attr>(),
+                0,
+            ),
+            libc::syscall(libc::SYS_chroot, c"".as_ptr()),
+        ]
+    };
+    !calls.into_iter().any(refused) && has_chroot_capability()
+}
+
+/// Whether `CAP_SYS_CHROOT` is in this process's effective set.
+fn has_chroot_capability() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_CHROOT: u32 = 18;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a v3 header and room for its two data words.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::addr_of_mut!(header),
+            data.as_mut_ptr(),
+        )
+    };
+    rc == 0 && data[0].effective & (1 << CAP_SYS_CHROOT) != 0
+}
+
 /// The daemon's side: what a worker jailed as `spec` needs from the host, in the order
 /// [`Handles::from_fds`] takes them. Also readies the serial file as the path-based jail
 /// does (created if need be, never through a symlink, owned by the worker's uid).

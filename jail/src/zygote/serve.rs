@@ -23,6 +23,10 @@ use crate::{JailSpec, CONTROL_FD};
 /// The environment variable that makes `dust worker` a zygote.
 pub const ENV: &str = "DUST_ZYGOTE";
 
+/// [`ENV`]'s value when jailed workers take their jail from handles and spares detach the
+/// host's mount tree ahead (`crate::handles`); any other value: the path-based jail.
+pub(super) const HANDLES: &str = "handles";
+
 /// The zygote's process name (`/proc/<pid>/comm`, what `ps` shows); its workers are `dust`.
 pub const NAME: &std::ffi::CStr = c"dust-zygote";
 
@@ -56,6 +60,11 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
     // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut buf = vec![0u8; MAX_REQUEST];
+    let handles = std::env::var(ENV).is_ok_and(|v| v == HANDLES);
+    let taken = |spec: Option<&JailSpec>| match spec {
+        Some(s) if handles => crate::handles::count(s),
+        _ => 0,
+    };
     let mut spare: Option<Spare> = None;
     // The kind (namespaces or not) of the last request: that of the next spare.
     let mut last: Option<bool> = None;
@@ -68,7 +77,7 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
             // path, and after the last build (a fork right after a hand-off ran ahead of
             // the worker just handed its request, on the same CPU).
             if let (Some(ns), None) = (last, &spare) {
-                spare = Spare::fork(ns, keep, (run, ahead), &mut buf);
+                spare = Spare::fork((ns, handles), keep, (run, ahead), &mut buf);
                 if let Some(s) = &spare {
                     if sock.send(&s.notice()).is_err() {
                         return 0;
@@ -81,7 +90,7 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
         let spec = serde_json::from_slice::<Option<JailSpec>>(request);
         let (answer, ns) = match spec {
             // The control socket, stderr, and the jail's handles.
-            Ok(spec) if fds.len() == 2 + spec.as_ref().map_or(0, crate::handles::count) => {
+            Ok(spec) if fds.len() == 2 + taken(spec.as_ref()) => {
                 let ns = namespaces(spec.as_ref());
                 // A spare forked for the other kind of worker stays for a later request.
                 let handed = match spare.take() {

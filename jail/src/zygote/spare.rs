@@ -43,12 +43,20 @@ impl Spare {
     /// Fork a spare for a worker with or without namespaces; `None` if the fork failed (the
     /// next request is then forked as it comes). `buf` is the zygote's request buffer,
     /// which the spare reads its request into (its own copy: no pages written ahead).
-    pub fn fork(namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> Option<Self> {
+    /// `kind`: whether it gets namespaces, and whether it then detaches the host's mount
+    /// tree ahead (its request brings handles).
+    pub fn fork(
+        kind: (bool, bool),
+        keep: RawFd,
+        run: (Run, Ahead),
+        buf: &mut [u8],
+    ) -> Option<Self> {
+        let (namespaces, handles) = kind;
         let (ours, theirs) = super::seqpacket_pair().ok()?;
         let pid = clone(clone_flags(namespaces));
         if pid == 0 {
             drop(ours);
-            wait(theirs.as_raw_fd(), namespaces, keep, run, buf)
+            wait(theirs.as_raw_fd(), (namespaces, handles), keep, run, buf)
         }
         drop(theirs);
         (pid > 0).then_some(Spare {
@@ -79,7 +87,8 @@ impl Spare {
 /// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
 /// pidfd) and `keep`, make the mount tree private, do the `Ahead` work (its KVM VM); then
 /// wait for the one request.
-fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+fn wait(sock: RawFd, kind: (bool, bool), keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+    let (namespaces, handles) = kind;
     let (run, ahead) = run;
     // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
     unsafe {
@@ -94,8 +103,10 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     // The jail's dearest step, the host's mount tree detached, done while it waits (its
     // request then brings the rest as fds: docs/security.md, "The spare's jail"). If it
     // fails, the request is refused by the jail, which reports the step.
-    if namespaces {
+    if namespaces && handles {
         let _ = crate::handles::prejail();
+    } else if namespaces {
+        crate::enter::make_root_private();
     }
     // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
     // fds its build would have made after the request (docs/security.md). The spare is
