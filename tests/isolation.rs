@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{
-    child_pids, env, get, guest, http_get, is_zygote, worker_pids, Env, TempDir, ONE_AT_A_TIME,
+    child_pids, env, get, guest, http_get, is_spare, is_zygote, worker_pids, Env, TempDir,
+    ONE_AT_A_TIME,
 };
 use summoner::ServiceConfig;
 
@@ -146,6 +147,9 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         assert!(!std::path::Path::new(&format!("{root}/etc/passwd")).exists());
         assert!(std::path::Path::new(&format!("{root}/image")).is_file());
         assert!(std::path::Path::new(&format!("{root}/run")).is_dir());
+        // Its mounts, as it sees them: its root and its image, nothing of the host.
+        let points = mount_points(w);
+        assert_eq!(points, ["/", "/image"], "worker {w}'s mounts");
         // Its network: a loopback device, nothing else.
         let dev = std::fs::read_to_string(format!("/proc/{w}/net/dev")).unwrap();
         let ifaces: Vec<&str> = dev
@@ -169,10 +173,75 @@ async fn every_worker_is_jailed_filtered_and_limited_and_requests_still_succeed(
         pid_namespaces[0], pid_namespaces[1],
         "workers share a pid ns"
     );
+    if !summoner::no_zygote() {
+        spare_holds_no_host_mount().await;
+    }
     for _ in 0..3 {
         assert_eq!(get(addr).await.status, 200);
     }
     env.finish().await;
+}
+
+/// A child killed and reaped when dropped (a failed assertion leaves no daemon behind).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The children of every thread of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// The mount points in `pid`'s /proc/<pid>/mountinfo, in order.
+fn mount_points(pid: u32) -> Vec<String> {
+    // A spare may be handed its request (and end) meanwhile: no mounts then.
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+        .collect()
+}
+
+/// The zygote's spare detached the host's mount tree before any request came: its mount
+/// namespace holds one mount, an empty tmpfs as `/` (docs/security.md, "The spare's
+/// jail"). Its root is that tmpfs, so its mountinfo shows the whole namespace.
+async fn spare_holds_no_host_mount() {
+    let t = Instant::now();
+    let spare = loop {
+        let spare = child_pids().into_iter().find(|p| is_spare(*p));
+        if let Some(pid) = spare {
+            // Until it has pivoted, it still holds the host's mounts.
+            if mount_points(pid).len() == 1 || t.elapsed() > Duration::from_secs(10) {
+                break pid;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no spare");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let info = std::fs::read_to_string(format!("/proc/{spare}/mountinfo")).unwrap();
+    let lines: Vec<&str> = info.lines().collect();
+    assert_eq!(lines.len(), 1, "spare {spare}'s mounts:\n{info}");
+    let fields: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(fields[4], "/", "{info}");
+    assert!(lines[0].contains(" - tmpfs "), "{info}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,16 +282,19 @@ fn the_daemon_runs_under_its_own_filter_and_still_serves() {
     require_kvm!();
     let _serial = ONE_AT_A_TIME.blocking_lock();
     let dir = TempDir::new("isolation-daemon");
-    let mut child = common::dust()
-        .args(["serve", "--image"])
-        .arg(guest("http-hello"))
-        .args(["--listen", "127.0.0.1:0", "--pool", "1", "--run-dir"])
-        .arg(dir.path().join("run"))
-        .arg("--api-socket")
-        .arg(dir.path().join("api.sock"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reaped(
+        common::dust()
+            .args(["serve", "--image"])
+            .arg(guest("http-hello"))
+            .args(["--listen", "127.0.0.1:0", "--pool", "1", "--run-dir"])
+            .arg(dir.path().join("run"))
+            .arg("--api-socket")
+            .arg(dir.path().join("api.sock"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     let addr: SocketAddr = loop {
         let mut line = String::new();
@@ -237,6 +309,22 @@ fn the_daemon_runs_under_its_own_filter_and_still_serves() {
     for t in std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap() {
         let st = format!("{}/status", t.unwrap().path().display());
         assert_eq!(status_field(&st, "Seccomp:"), "2", "{st}");
+    }
+    // Under that filter its spares still detach the host's tree ahead (the jail's calls
+    // are let through): a spare of its, forked for the next request, holds one mount.
+    if !summoner::no_zygote() {
+        let t = Instant::now();
+        loop {
+            let spare = children_of(child.id()).into_iter().find(|p| is_spare(*p));
+            if spare.is_some_and(|p| mount_points(p) == ["/"]) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no spare of the daemon without the host's mounts"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // SAFETY: a signal to our own, not yet reaped child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -71,7 +71,8 @@ fn unit_keeps_what_kvm_and_the_daemon_need() {
             "CAP_SETGID",
             "CAP_SETPCAP",
             "CAP_SETUID",
-            "CAP_SYS_ADMIN"
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_CHROOT"
         ]
     );
     assert_eq!(get("AmbientCapabilities"), Some(""));

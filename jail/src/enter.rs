@@ -41,6 +41,15 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
             source: std::io::ErrorKind::InvalidInput.into(),
         });
     }
+    if spec.namespaces {
+        if let Some(handles) = crate::handles::take() {
+            handles.attach(spec).map_err(|source| JailError::Step {
+                step: "entering from the daemon's handles".into(),
+                source,
+            })?;
+            return finish(spec);
+        }
+    }
     for cg in &spec.cgroups {
         // "0": the writing process, whatever its pid looks like from here. On cgroup v1,
         // through `tasks` (this one thread, which is the whole process here): moving a
@@ -64,6 +73,12 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
         }
         mounts(spec)?;
     }
+    finish(spec)
+}
+
+/// The steps after the mounts: rlimits, no capabilities, an unprivileged uid/gid,
+/// `no_new_privs`.
+fn finish(spec: &JailSpec) -> Result<(), JailError> {
     limits(spec)?;
     if spec.namespaces {
         drop_privileges(spec)?;

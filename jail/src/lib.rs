@@ -30,6 +30,7 @@ mod ahead;
 pub mod cgroup;
 mod enter;
 pub mod exit;
+mod handles;
 pub mod host;
 pub mod process;
 pub mod seccomp;

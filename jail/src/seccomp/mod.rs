@@ -142,7 +142,8 @@ pub fn worker_starting() {
 /// The daemon's own filter (`dust serve`), for its calling thread and every thread and
 /// process it starts later: a denylist (EPERM) of what dust never needs and an attacker
 /// would want (ptrace, process_vm_*, bpf, perf_event_open, kernel modules, kexec, keyrings,
-/// io_uring, setns, the new mount API, ...). Workers inherit it under their own allowlists.
+/// io_uring, setns, the new mount API but the three calls the jail takes its mounts with,
+/// ...). Workers inherit it under their own allowlists.
 pub fn apply_daemon() -> Result<(), SeccompError> {
     let mut map = compile()?;
     let prog = take(&mut map, "daemon")?;

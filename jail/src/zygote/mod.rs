@@ -18,6 +18,7 @@ use crate::JailSpec;
 
 mod serve;
 mod spare;
+use serve::HANDLES;
 pub use serve::{serve, Ahead, Run, ENV, NAME};
 pub use spare::NAME as SPARE_NAME;
 
@@ -37,6 +38,8 @@ struct Running {
     /// The spares the zygote announced and no request took yet (the daemon's children,
     /// killed and reaped when dropped).
     spares: Vec<Child>,
+    /// Whether its jailed workers take their jail from handles (`crate::handles`).
+    handles: bool,
 }
 
 impl Running {
@@ -138,10 +141,17 @@ impl Zygote {
     fn start(&self) -> io::Result<Running> {
         let (ours, theirs) = seqpacket_pair()?;
         let args = ["worker".into()];
+        let handles = crate::handles::supported();
+        if !handles {
+            tracing::info!(
+                "zygote: jailed workers take the path-based jail (open_tree, move_mount, \
+                 mount_setattr, chroot or CAP_SYS_CHROOT unavailable)"
+            );
+        }
         let (child, stderr) = Child::spawn(&Spawn {
             exe: &self.exe,
             args: &args,
-            env: Some((ENV, "1".into())),
+            env: Some((ENV, if handles { HANDLES } else { "1" }.into())),
             control: theirs.as_raw_fd(),
             namespaces: false,
         })?;
@@ -151,6 +161,7 @@ impl Zygote {
             sock: ours,
             _child: child,
             spares: Vec::new(),
+            handles,
         })
     }
 
@@ -164,10 +175,18 @@ impl Zygote {
         let Some(z) = running.as_mut() else {
             return Err(io::ErrorKind::NotConnected.into());
         };
+        // A jailed worker's mounts and cgroups as fds: a spare detached the host's mount
+        // tree before its request came (docs/security.md, "The spare's jail").
+        let handles = match spec {
+            Some(s) if s.namespaces && z.handles => crate::handles::open(s)?,
+            _ => Vec::new(),
+        };
         let (err_r, err_w) = pipe()?;
         let answer = (|| {
+            let mut fds = vec![control, err_w.as_raw_fd()];
+            fds.extend(handles.iter().map(AsRawFd::as_raw_fd));
             z.sock
-                .send_with_fds(&[&request[..]], &[control, err_w.as_raw_fd()])
+                .send_with_fds(&[&request[..]], &fds)
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
             z.answer()
         })();

@@ -23,6 +23,10 @@ use crate::{JailSpec, CONTROL_FD};
 /// The environment variable that makes `dust worker` a zygote.
 pub const ENV: &str = "DUST_ZYGOTE";
 
+/// [`ENV`]'s value when jailed workers take their jail from handles and spares detach the
+/// host's mount tree ahead (`crate::handles`); any other value: the path-based jail.
+pub(super) const HANDLES: &str = "handles";
+
 /// The zygote's process name (`/proc/<pid>/comm`, what `ps` shows); its workers are `dust`.
 pub const NAME: &std::ffi::CStr = c"dust-zygote";
 
@@ -56,6 +60,11 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
     // SAFETY: fd 3 is the socket the daemon gave us; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut buf = vec![0u8; MAX_REQUEST];
+    let handles = std::env::var(ENV).is_ok_and(|v| v == HANDLES);
+    let taken = |spec: Option<&JailSpec>| match spec {
+        Some(s) if handles => crate::handles::count(s),
+        _ => 0,
+    };
     let mut spare: Option<Spare> = None;
     // The kind (namespaces or not) of the last request: that of the next spare.
     let mut last: Option<bool> = None;
@@ -68,7 +77,7 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
             // path, and after the last build (a fork right after a hand-off ran ahead of
             // the worker just handed its request, on the same CPU).
             if let (Some(ns), None) = (last, &spare) {
-                spare = Spare::fork(ns, keep, (run, ahead), &mut buf);
+                spare = Spare::fork((ns, handles), keep, (run, ahead), &mut buf);
                 if let Some(s) = &spare {
                     if sock.send(&s.notice()).is_err() {
                         return 0;
@@ -78,23 +87,20 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
             continue;
         }
         let request = &buf[..n];
-        let (answer, ns) = match (
-            fds.len(),
-            serde_json::from_slice::<Option<JailSpec>>(request),
-        ) {
-            (2, Ok(spec)) => {
+        let spec = serde_json::from_slice::<Option<JailSpec>>(request);
+        let (answer, ns) = match spec {
+            // The control socket, stderr, and the jail's handles.
+            Ok(spec) if fds.len() == 2 + taken(spec.as_ref()) => {
                 let ns = namespaces(spec.as_ref());
-                let fds = [fds[0], fds[1]];
                 // A spare forked for the other kind of worker stays for a later request.
                 let handed = match spare.take() {
-                    Some(s) if s.namespaces == ns => s.hand(request, fds),
+                    Some(s) if s.namespaces == ns => s.hand(request, &fds),
                     other => {
                         spare = other;
                         None
                     }
                 };
-                let pid =
-                    handed.unwrap_or_else(|| fork(spec.as_ref(), [fds[0], fds[1]], keep, run));
+                let pid = handed.unwrap_or_else(|| fork(spec.as_ref(), &fds, keep, run));
                 (pid, Some(ns))
             }
             _ => (-libc::EINVAL, None),
@@ -110,10 +116,13 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
     }
 }
 
-/// One request: its length and the fds that came with it (at most 2); `None` once the
-/// daemon hangs up.
+/// The most fds a request carries: control socket, stderr, the jail's handles.
+pub(super) const MAX_FDS: usize = 2 + crate::handles::MAX;
+
+/// One request: its length and the fds that came with it (at most [`MAX_FDS`]); `None`
+/// once the daemon hangs up.
 fn receive(sock: &UnixDatagram, buf: &mut [u8]) -> Option<(usize, Vec<RawFd>)> {
-    let mut fds = [-1 as RawFd; 2];
+    let mut fds = [-1 as RawFd; MAX_FDS];
     let mut iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -165,7 +174,7 @@ pub(super) fn clone(flags: u64) -> i32 {
 }
 
 /// Fork one worker (the daemon's child); returns its pid or `-errno`.
-fn fork(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: RawFd, run: Run) -> i32 {
+fn fork(spec: Option<&JailSpec>, fds: &[RawFd], keep: RawFd, run: Run) -> i32 {
     let pid = clone(clone_flags(namespaces(spec)));
     if pid == 0 {
         child(spec, fds, [keep, -1, -1], run)
@@ -174,10 +183,11 @@ fn fork(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: RawFd, run: Run) -> i32 
 }
 
 /// In the forked worker: its fds in place (the zygote's socket at fd 3 is replaced by the
-/// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr;
-/// `keep`: the fds besides 0-4 it keeps (/dev/kvm, a VM made ahead; -1: none).
-pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: [RawFd; 3], run: Run) -> ! {
-    let [control, stderr] = fds;
+/// control socket), then the same path as an exec'd worker. `fds`: control socket, stderr,
+/// the jail's handles (checked against the spec by the zygote); `keep`: the fds besides
+/// 0-4 it keeps (/dev/kvm, a VM made ahead; -1: none).
+pub(super) fn child(spec: Option<&JailSpec>, fds: &[RawFd], keep: [RawFd; 3], run: Run) -> ! {
+    let (control, stderr) = (fds[0], fds[1]);
     // SAFETY: fd calls on fds valid in this process; prctl/poll as in `die_with_daemon`.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
@@ -186,8 +196,14 @@ pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: [RawFd; 3], 
         }
         let _ = (control, stderr);
     }
-    // Nothing but fds 0-4 and `keep` (the received fds, anything else).
-    close_others(keep);
+    // Nothing but fds 0-4, `keep` and the handles (not the other received fds, nor
+    // anything else).
+    let mut kept = keep.to_vec();
+    kept.extend_from_slice(&fds[2..]);
+    close_others(&mut kept);
+    if let Some(h) = spec.and_then(|s| crate::handles::Handles::from_fds(s, &fds[2..])) {
+        h.keep();
+    }
     set_name(c"dust");
     crate::die_with_daemon_keep_fd();
     let code = run(spec);
@@ -196,10 +212,10 @@ pub(super) fn child(spec: Option<&JailSpec>, fds: [RawFd; 2], keep: [RawFd; 3], 
 }
 
 /// Close every fd from 5 up but those in `keep` (-1 and fds below 5 ignored).
-pub(super) fn close_others(mut keep: [RawFd; 3]) {
+pub(super) fn close_others(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut from: RawFd = 5;
-    for k in keep {
+    for &mut k in keep {
         if k < from {
             continue;
         }

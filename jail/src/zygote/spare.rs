@@ -43,12 +43,20 @@ impl Spare {
     /// Fork a spare for a worker with or without namespaces; `None` if the fork failed (the
     /// next request is then forked as it comes). `buf` is the zygote's request buffer,
     /// which the spare reads its request into (its own copy: no pages written ahead).
-    pub fn fork(namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> Option<Self> {
+    /// `kind`: whether it gets namespaces, and whether it then detaches the host's mount
+    /// tree ahead (its request brings handles).
+    pub fn fork(
+        kind: (bool, bool),
+        keep: RawFd,
+        run: (Run, Ahead),
+        buf: &mut [u8],
+    ) -> Option<Self> {
+        let (namespaces, handles) = kind;
         let (ours, theirs) = super::seqpacket_pair().ok()?;
         let pid = clone(clone_flags(namespaces));
         if pid == 0 {
             drop(ours);
-            wait(theirs.as_raw_fd(), namespaces, keep, run, buf)
+            wait(theirs.as_raw_fd(), (namespaces, handles), keep, run, buf)
         }
         drop(theirs);
         (pid > 0).then_some(Spare {
@@ -68,9 +76,9 @@ impl Spare {
 
     /// Hand it a request (the daemon's bytes and its two fds); its pid, or `None` if it is
     /// gone (killed meanwhile).
-    pub fn hand(self, request: &[u8], fds: [RawFd; 2]) -> Option<i32> {
+    pub fn hand(self, request: &[u8], fds: &[RawFd]) -> Option<i32> {
         self.sock
-            .send_with_fds(&[request], &fds)
+            .send_with_fds(&[request], fds)
             .ok()
             .map(|_| self.pid)
     }
@@ -79,7 +87,8 @@ impl Spare {
 /// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
 /// pidfd) and `keep`, make the mount tree private, do the `Ahead` work (its KVM VM); then
 /// wait for the one request.
-fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+fn wait(sock: RawFd, kind: (bool, bool), keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+    let (namespaces, handles) = kind;
     let (run, ahead) = run;
     // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
     unsafe {
@@ -88,10 +97,15 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
             libc::_exit(i32::from(dust_abi::status::VMM_ERROR));
         }
     }
-    close_others([keep, -1, -1]);
+    close_others(&mut [keep]);
     set_name(NAME);
     crate::die_with_daemon_keep_fd();
-    if namespaces {
+    // The jail's dearest step, the host's mount tree detached, done while it waits (its
+    // request then brings the rest as fds: docs/security.md, "The spare's jail"). If it
+    // fails, the request is refused by the jail, which reports the step.
+    if namespaces && handles {
+        let _ = crate::handles::prejail();
+    } else if namespaces {
         crate::enter::make_root_private();
     }
     // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
@@ -102,17 +116,20 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     let made = if idle(CONTROL_FD) { ahead() } else { [-1, -1] };
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
-    let mut fds = [-1 as RawFd; 2];
+    let mut fds = [-1 as RawFd; super::serve::MAX_FDS];
     let mut iov = [libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     }];
     // SAFETY: the iovec points into `buf`, which any bytes may be written to.
     let got = unsafe { sock.recv_with_fds(&mut iov, &mut fds) };
-    let spec = match got {
-        Ok((n, 2)) if n > 0 => serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
+    let (spec, nfds) = match got {
+        Ok((n, k)) if n > 0 && k >= 2 => (
+            serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
+            k,
+        ),
         // The zygote is gone: so is this spare.
-        _ => None,
+        _ => (None, 0),
     };
     let Some(spec) = spec else {
         // SAFETY: ends the spare; nothing else runs in it.
@@ -120,7 +137,7 @@ fn wait(sock: RawFd, namespaces: bool, keep: RawFd, run: (Run, Ahead), buf: &mut
     };
     // `child` puts the control socket in place of this one at fd 3.
     std::mem::forget(sock);
-    child(spec.as_ref(), fds, [keep, made[0], made[1]], run)
+    child(spec.as_ref(), &fds[..nfds], [keep, made[0], made[1]], run)
 }
 
 /// Whether nothing came on `sock` yet (no request, no end-of-file).

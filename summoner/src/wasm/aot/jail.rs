@@ -149,6 +149,15 @@ const DENIED: &[i64] = &[
     libc::SYS_umount2,
     libc::SYS_pivot_root,
     libc::SYS_chroot,
+    // The new mount API (the daemon's own filter lets it and its workers' jails use
+    // open_tree, move_mount and mount_setattr).
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_mount_setattr,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
     libc::SYS_unshare,
     libc::SYS_setns,
     libc::SYS_bpf,
