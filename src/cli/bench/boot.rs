@@ -362,6 +362,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_row_says_whether_a_resident_vm_was_held() {
+        let mut series = vec![Series::default(); 4];
+        series[1].ready.push(2.0);
+        series[1].exit.push(3.0);
+        for held in [false, true] {
+            let rows = rows(series.clone(), held);
+            assert_eq!(rows.len(), 2, "dust always, qemu because it ran");
+            assert!(rows.iter().all(|r| r.resident_vm == held));
+            let json = serde_json::to_value(&rows).unwrap();
+            assert_eq!(json[1]["resident_vm"], held);
+        }
+    }
+
+    #[test]
     fn the_floor_process_runs_and_exits_zero() {
         use std::os::unix::fs::PermissionsExt;
         let p = std::env::temp_dir().join(format!("dust-floor-test-{}", std::process::id()));
