@@ -5,10 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
-mod startup_alloc;
-
-#[global_allocator]
-static ALLOC: startup_alloc::StartupArena = startup_alloc::StartupArena;
 
 /// dust boots a fresh microVM per request on KVM.
 #[derive(Parser)]
@@ -118,11 +114,7 @@ fn main() -> ExitCode {
             return cli::worker::worker();
         }
         (Some(cmd), _) if cmd == "run" => {
-            // clap's builders, from the arena (startup_alloc): no mmap/munmap churn.
-            startup_alloc::begin();
-            let parsed = parse::<RunOnly>(std::env::args_os().skip(1), Some(run_bin_name()));
-            startup_alloc::end();
-            return match parsed {
+            return match parse::<RunOnly>(std::env::args_os().skip(1), Some(run_bin_name())) {
                 Ok(r) => {
                     cli::init_logging();
                     cli::run::run(r.args)
