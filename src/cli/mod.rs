@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod deploy;
 pub mod guest;
+mod lazy_log;
 pub mod progress;
 pub mod restore;
 pub mod run;
@@ -25,21 +26,36 @@ fn vcpus_range() -> clap::builder::RangedI64ValueParser<u8> {
 }
 
 /// Logs through `tracing` to stderr; `DUST_LOG` (or `RUST_LOG`) picks levels with the usual
-/// filter syntax, default `warn`. Without either variable no filter is parsed: a plain level
-/// filter keeps `dust run` start-up short.
+/// filter syntax, default `warn`. Without either variable no filter is parsed, and the
+/// subscriber itself is built on the first warning or error ([`lazy_log`]): `dust run`
+/// start-up, on the spawn -> greeting path, does not pay for a logger it rarely uses.
 pub fn init_logging() {
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let spec = std::env::var("DUST_LOG").or_else(|_| std::env::var("RUST_LOG"));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    if let Some(filter) = spec.ok().and_then(|v| EnvFilter::try_new(v).ok()) {
+        let _ = fmt_builder().with_env_filter(filter).try_init();
+        return;
+    }
+    let lazy = lazy_log::Lazy::new(tracing::level_filters::LevelFilter::WARN, || {
+        tracing::Dispatch::new(fmt_builder().with_max_level(tracing::Level::WARN).finish())
+    });
+    let _ = lazy.try_init();
+}
+
+/// The `fmt` subscriber's settings, filter apart.
+fn fmt_builder() -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format,
+    tracing_subscriber::filter::LevelFilter,
+    fn() -> std::io::Stderr,
+> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr as fn() -> std::io::Stderr)
         .with_ansi(colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR"),
-        ));
-    let _ = match spec.ok().and_then(|v| EnvFilter::try_new(v).ok()) {
-        Some(filter) => builder.with_env_filter(filter).try_init(),
-        None => builder.with_max_level(tracing::Level::WARN).try_init(),
-    };
+        ))
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub struct Row {
     pub failures: usize,
     /// Why the first of them failed.
     pub first_failure: Option<String>,
+    /// Whether the bench held a resident VM for the run (`--resident-vm`).
+    pub resident_vm: bool,
 }
 
 /// Spawn `cmd` and time it: spawn -> the first line holding `mark` (when given) and spawn ->
@@ -207,6 +209,8 @@ pub struct Opts<'a> {
     pub firecracker: Option<&'a Path>,
     /// The pause before every timed run, whichever contender.
     pub settle: Duration,
+    /// Hold one idle VM for the whole run ([`super::resident`]).
+    pub resident_vm: bool,
 }
 
 /// One contender's samples.
@@ -249,6 +253,11 @@ fn round<'a>(
 /// RCU callbacks) that would otherwise be charged to whoever runs next on the same cores.
 /// The order rotates from round to round for the same reason.
 pub fn run(o: &Opts) -> Result<Vec<Row>, String> {
+    // Held from before the first timed run until after the last; never run.
+    let resident = o
+        .resident_vm
+        .then(super::resident::ResidentVm::new)
+        .transpose()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("dust-bench-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -291,12 +300,13 @@ pub fn run(o: &Opts) -> Result<Vec<Row>, String> {
             }
         }
     }
+    drop(resident);
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(rows(series))
+    Ok(rows(series, o.resident_vm))
 }
 
 /// One row per runner that ran (dust always): its ready and exit summaries and failures.
-fn rows(series: Vec<Series>) -> Vec<Row> {
+fn rows(series: Vec<Series>, resident_vm: bool) -> Vec<Row> {
     let names = ["dust", "qemu-microvm", "firecracker", "static-process"];
     series
         .into_iter()
@@ -308,12 +318,15 @@ fn rows(series: Vec<Series>) -> Vec<Row> {
             exit: summarize(&s.exit),
             failures: s.failures,
             first_failure: s.first_failure,
+            resident_vm,
         })
         .collect()
 }
 
-/// Print rows and the ratio line.
+/// Print which host state the run had, the rows and the ratio lines.
 pub fn print(rows: &[Row]) {
+    let resident = rows.first().is_some_and(|r| r.resident_vm);
+    println!("{}", super::resident::host_line(resident));
     println!(
         "{:<16} {:>12} {:>12} {:>12} {:>12} {:>9}",
         "ms", "ready p50", "ready p99", "exit p50", "exit p99", "failures"
@@ -347,6 +360,20 @@ pub fn print(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_row_says_whether_a_resident_vm_was_held() {
+        let mut series = vec![Series::default(); 4];
+        series[1].ready.push(2.0);
+        series[1].exit.push(3.0);
+        for held in [false, true] {
+            let rows = rows(series.clone(), held);
+            assert_eq!(rows.len(), 2, "dust always, qemu because it ran");
+            assert!(rows.iter().all(|r| r.resident_vm == held));
+            let json = serde_json::to_value(&rows).unwrap();
+            assert_eq!(json[1]["resident_vm"], held);
+        }
+    }
 
     #[test]
     fn the_floor_process_runs_and_exits_zero() {

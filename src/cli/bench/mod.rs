@@ -10,6 +10,7 @@ mod boot;
 mod http;
 mod jail;
 mod report;
+mod resident;
 mod stats;
 
 use std::io::IsTerminal;
@@ -87,6 +88,15 @@ pub struct BootArgs {
     /// kernel still does for the previous VMM's exit is not charged to the next.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     pub settle: std::time::Duration,
+    /// Hold one idle KVM VM (one vCPU, no irqchip, never run) for the whole run, for every
+    /// contender alike. While any VM exists Linux keeps two kernel static keys on
+    /// (preempt_notifier_key from KVM_CREATE_VM, kvm_has_noapic_vcpu from a vCPU without an
+    /// in-kernel irqchip); with none, each VMM turns them on at start and off at exit, and
+    /// every flip patches kernel text and interrupts every CPU. Off (the default): a host
+    /// running no other VM. On: a host already running VMs, such as a dust host, whose
+    /// daemon keeps shells ready. The output's first line says which.
+    #[arg(long)]
+    pub resident_vm: bool,
 }
 
 fn fail(msg: String) -> ExitCode {
@@ -109,6 +119,7 @@ pub fn bench(args: BenchArgs) -> ExitCode {
             peers,
             firecracker: b.firecracker.as_deref(),
             settle: b.settle,
+            resident_vm: b.resident_vm,
         };
         return match boot::run(&opts) {
             Ok(rows) => {
@@ -214,5 +225,35 @@ async fn start_embedded(args: &BenchArgs) -> Result<(summoner::Summoner, String,
             let _ = std::fs::remove_dir_all(&dir);
             Err(e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: super::BenchArgs,
+    }
+
+    fn boot(args: &[&str]) -> super::BootArgs {
+        let argv = ["dust", "boot"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.bench.cmd) {
+            Ok(Some(super::BenchCmd::Boot(b))) => b,
+            other => panic!("{args:?}: not bench boot: {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn boot_holds_no_resident_vm_unless_asked() {
+        assert!(!boot(&[]).resident_vm);
+        assert!(!boot(&["-n", "3", "--peers"]).resident_vm);
+        let b = boot(&["--resident-vm", "-n", "3", "--firecracker", "/fc"]);
+        assert!(b.resident_vm);
+        assert_eq!(b.runs, 3);
+        assert_eq!(b.firecracker.as_deref(), Some(std::path::Path::new("/fc")));
+        assert!(Cli::try_parse_from(["dust", "boot", "--resident-vm=yes"]).is_err());
     }
 }
