@@ -108,6 +108,10 @@ fn wait(sock: RawFd, kind: (bool, bool), keep: RawFd, run: (Run, Ahead), buf: &m
     } else if namespaces {
         crate::enter::make_root_private();
     }
+    // Its jail's capability step too (a failure is left to the jail, which reports it).
+    if namespaces {
+        let _ = crate::enter::empty_bounding_set();
+    }
     // Before the jail, as the worker's own /dev/kvm fd is: the same process and the same
     // fds its build would have made after the request (docs/security.md). The spare is
     // forked once the previous worker has built (the daemon's refill), so this takes no
