@@ -294,10 +294,11 @@ impl Zygote {
     }
 
     /// The last worker this zygote forked has answered its first command: have the
-    /// zygote fork the next spare now, of that worker's kind (best effort; the daemon
-    /// takes it with the next request). A no-op while no zygote runs, or while a spare
-    /// waits or is on its way.
-    pub fn refill(&self) {
+    /// zygote fork the next spare now, of that worker's kind, its VM's RAM made ahead if
+    /// `mib` is given (the last VM's size; `None` for a restore, which maps its own).
+    /// Best effort; the daemon takes it with the next request. A no-op while no zygote
+    /// runs, or while a spare waits or is on its way.
+    pub fn refill(&self, mib: Option<u32>) {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let Some(z) = running.as_mut() else {
             return;
@@ -305,6 +306,7 @@ impl Zygote {
         if let (None, None, Some(ns)) = (&z.spare, z.pending, z.last) {
             let mut word = serve::REFILL.to_vec();
             word.push(u8::from(ns));
+            word.extend_from_slice(&mib.unwrap_or(0).to_ne_bytes());
             if z.sock.send(&word).is_ok() {
                 z.pending = Some(ns);
             }

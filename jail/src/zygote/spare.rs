@@ -48,6 +48,7 @@ impl Spare {
     /// tree ahead (its request brings handles).
     pub fn fork(
         kind: (bool, bool),
+        hint: Option<u32>,
         keep: RawFd,
         run: (Run, Ahead),
         buf: &mut [u8],
@@ -57,7 +58,14 @@ impl Spare {
         let pid = clone(clone_flags(namespaces));
         if pid == 0 {
             drop(ours);
-            wait(theirs.as_raw_fd(), (namespaces, handles), keep, run, buf)
+            wait(
+                theirs.as_raw_fd(),
+                (namespaces, handles),
+                hint,
+                keep,
+                run,
+                buf,
+            )
         }
         drop(theirs);
         (pid > 0).then_some(Spare { pid, sock: ours })
@@ -89,7 +97,14 @@ impl Spare {
 /// In the spare: take the socket as fd 3, shed every other fd but 0-2, 4 (the daemon's
 /// pidfd) and `keep`, make the mount tree private, do the `Ahead` work (its KVM VM); then
 /// wait for the one request.
-fn wait(sock: RawFd, kind: (bool, bool), keep: RawFd, run: (Run, Ahead), buf: &mut [u8]) -> ! {
+fn wait(
+    sock: RawFd,
+    kind: (bool, bool),
+    hint: Option<u32>,
+    keep: RawFd,
+    run: (Run, Ahead),
+    buf: &mut [u8],
+) -> ! {
     let (namespaces, handles) = kind;
     let (run, ahead) = run;
     // SAFETY: fd calls on fds valid in this process; prctl as in `die_with_daemon`.
@@ -119,7 +134,11 @@ fn wait(sock: RawFd, kind: (bool, bool), keep: RawFd, run: (Run, Ahead), buf: &m
     // forked once the previous worker has built (the daemon's refill), so this takes no
     // CPU from that build; a spare whose request is already there leaves the work to its
     // own build.
-    let made = if idle(CONTROL_FD) { ahead() } else { [-1, -1] };
+    let made = if idle(CONTROL_FD) {
+        ahead(hint)
+    } else {
+        [-1, -1]
+    };
     // SAFETY: fd 3 is the spare's socket, dup'ed above; nothing else owns it.
     let sock = unsafe { UnixDatagram::from_raw_fd(CONTROL_FD) };
     let mut fds = [-1 as RawFd; super::serve::MAX_FDS];
