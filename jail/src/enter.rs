@@ -254,9 +254,17 @@ fn limits(spec: &JailSpec) -> Result<(), JailError> {
     Ok(())
 }
 
-/// Empty the capability bounding set, then become `uid`/`gid` with no supplementary
-/// groups; a non-root uid keeps no capability.
-fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
+/// Set once this process's capability bounding set is empty.
+static BOUNDING_SET_EMPTY: AtomicBool = AtomicBool::new(false);
+
+/// Empty the capability bounding set (one `prctl` per capability, ~40 of them). It takes no
+/// capability from the running process (its effective set is unchanged until its uid
+/// changes), only what an exec or `capset` could regain: so a spare in namespaces does it
+/// while it waits, and its jail then skips it.
+pub(crate) fn empty_bounding_set() -> Result<(), JailError> {
+    if BOUNDING_SET_EMPTY.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     for cap in 0..=63 {
         // SAFETY: plain prctl; EINVAL past the kernel's last capability ends the loop.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -269,6 +277,14 @@ fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
             }
         }
     }
+    BOUNDING_SET_EMPTY.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Empty the capability bounding set, then become `uid`/`gid` with no supplementary
+/// groups; a non-root uid keeps no capability.
+fn drop_privileges(spec: &JailSpec) -> Result<(), JailError> {
+    empty_bounding_set()?;
     // SAFETY: plain credential syscalls without pointers (setgroups gets an empty list).
     unsafe {
         check(libc::setgroups(0, std::ptr::null()).into(), "setgroups")?;

@@ -363,9 +363,14 @@ impl Spawner {
         let mut proc = self.start_process(launch)?;
         proc.send(cmd).await?;
         let answer = proc.next().await;
-        // The build is over: the zygote's next spare is forked now, not during it.
+        // The build is over: the zygote's next spare is forked now, not during it, its
+        // VM's RAM made ahead at this VM's size (a restore maps its own).
         if let Some(z) = &self.zygote {
-            z.refill();
+            let mib = match cmd {
+                Cmd::Build { config, .. } | Cmd::Snapshot { config, .. } => Some(config.memory_mib),
+                _ => None,
+            };
+            z.refill(mib);
         }
         match answer? {
             Event::Built { timings } => Ok(IdleWorker {

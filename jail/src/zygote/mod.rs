@@ -35,11 +35,29 @@ struct Running {
     sock: UnixDatagram,
     /// Killed and reaped when dropped.
     _child: Child,
-    /// The spares the zygote announced and no request took yet (the daemon's children,
-    /// killed and reaped when dropped).
-    spares: Vec<Child>,
+    /// The spare the zygote announced and no request took yet (the daemon's child, killed
+    /// and reaped when dropped; at most one).
+    spare: Option<Held>,
     /// Whether its jailed workers take their jail from handles (`crate::handles`).
     handles: bool,
+    /// The kind (namespaces or not) of the last worker asked for: the next spare's.
+    last: Option<bool>,
+    /// The kind of the spare a refill asked for and the zygote has not announced yet.
+    pending: Option<bool>,
+}
+
+/// A spare held by the daemon: its process and its socket, on which its request goes.
+struct Held {
+    child: Child,
+    sock: UnixDatagram,
+    namespaces: bool,
+}
+
+/// What the zygote says: an answer to a request (a pid or `-errno`), or that it forked a
+/// spare (adopted as it is read).
+enum Said {
+    Answer(i32),
+    Spare,
 }
 
 impl Running {
@@ -47,37 +65,91 @@ impl Running {
     /// the way.
     fn answer(&mut self) -> io::Result<i32> {
         loop {
-            let mut msg = [0u8; 8];
-            let n = self.sock.recv(&mut msg)?;
-            let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
-            match n {
-                4 => return Ok(word(0)),
-                8 if word(4) == spare::NOTICE => self.adopt_spare(word(0)),
-                _ => return Err(io::ErrorKind::UnexpectedEof.into()),
+            if let Said::Answer(a) = self.read()? {
+                return Ok(a);
             }
         }
     }
 
-    fn adopt_spare(&mut self, pid: i32) {
-        // Spares that ended meanwhile (the zygote replaced) are reaped here.
-        self.spares.retain_mut(|c| !c.exited());
+    /// Read one message of the zygote's (waiting at most [`ANSWER`]).
+    fn read(&mut self) -> io::Result<Said> {
+        let mut msg = [0u8; 12];
+        let mut fds = [-1 as RawFd; 1];
+        let mut iov = [libc::iovec {
+            iov_base: msg.as_mut_ptr().cast(),
+            iov_len: msg.len(),
+        }];
+        // SAFETY: the iovec points into `msg`, which any bytes may be written to.
+        let (n, nfds) = unsafe { self.sock.recv_with_fds(&mut iov, &mut fds) }
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        // SAFETY: a received fd is ours alone.
+        let sock = (nfds == 1).then(|| unsafe { OwnedFd::from_raw_fd(fds[0]) });
+        let word = |i: usize| i32::from_ne_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        match (n, sock) {
+            (4, None) => Ok(Said::Answer(word(0))),
+            (12, sock) if word(4) == spare::NOTICE => {
+                self.pending = None;
+                // Without a socket: the zygote could not fork it.
+                if let Some(sock) = sock {
+                    self.adopt(word(0), sock, word(8) != 0);
+                }
+                Ok(Said::Spare)
+            }
+            _ => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn adopt(&mut self, pid: i32, sock: OwnedFd, namespaces: bool) {
+        // Not inherited by anything the daemon execs.
+        // SAFETY: F_SETFD on our own fd.
+        unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         match Child::adopt(pid) {
-            Ok(c) => self.spares.push(c),
+            Ok(child) => {
+                self.spare = Some(Held {
+                    child,
+                    sock: sock.into(),
+                    namespaces,
+                });
+            }
             Err(e) => tracing::warn!("zygote: spare {pid}: {e}"),
         }
     }
 
-    /// The worker with `pid`: an announced spare, or a child forked for this request.
-    fn worker(&mut self, pid: i32) -> io::Result<Child> {
-        let spare = self
-            .spares
-            .iter()
-            .position(|c| i64::from(c.id()) == i64::from(pid));
-        match spare {
-            Some(i) => Ok(self.spares.swap_remove(i)),
-            None => Child::adopt(pid),
+    /// The spare for a worker of this kind: adopt what the zygote announced meanwhile, and
+    /// if the spare a refill asked for is on its way, wait for it (as a request sent to
+    /// the zygote would have).
+    fn take_spare(&mut self, namespaces: bool) -> io::Result<Option<Held>> {
+        loop {
+            let on_its_way = self.pending == Some(namespaces);
+            if !on_its_way && !readable(&self.sock) {
+                break;
+            }
+            if let Said::Answer(_) = self.read()? {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
         }
+        if let Some(s) = &mut self.spare {
+            // One the zygote replaced, or that died, is reaped here.
+            if s.child.exited() {
+                self.spare = None;
+            }
+        }
+        Ok(match &self.spare {
+            Some(s) if s.namespaces == namespaces => self.spare.take(),
+            _ => None,
+        })
     }
+}
+
+/// Whether a message waits on `sock`.
+fn readable(sock: &UnixDatagram) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 impl Drop for Running {
@@ -86,7 +158,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
         let _ = self.sock.set_read_timeout(Some(Duration::from_secs(1)));
-        while self.answer().is_ok() {}
+        while self.read().is_ok() {}
     }
 }
 
@@ -160,8 +232,10 @@ impl Zygote {
         Ok(Running {
             sock: ours,
             _child: child,
-            spares: Vec::new(),
+            spare: None,
             handles,
+            last: None,
+            pending: None,
         })
     }
 
@@ -182,14 +256,30 @@ impl Zygote {
             _ => Vec::new(),
         };
         let (err_r, err_w) = pipe()?;
-        let answer = (|| {
-            let mut fds = vec![control, err_w.as_raw_fd()];
-            fds.extend(handles.iter().map(AsRawFd::as_raw_fd));
-            z.sock
-                .send_with_fds(&[&request[..]], &fds)
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-            z.answer()
-        })();
+        let mut fds = vec![control, err_w.as_raw_fd()];
+        fds.extend(handles.iter().map(AsRawFd::as_raw_fd));
+        let ns = spec.is_some_and(|s| s.namespaces);
+        z.last = Some(ns);
+        // Straight to the spare, if one of this kind waits; if it is gone meanwhile, it is
+        // killed and reaped (dropped) and the zygote forks the worker.
+        let spare = match z.take_spare(ns) {
+            Ok(s) => s,
+            Err(e) => {
+                // A zygote that does not say what it should is dropped (killed, reaped).
+                *running = None;
+                return Err(e);
+            }
+        };
+        if let Some(s) = spare {
+            if s.sock.send_with_fds(&[&request[..]], &fds).is_ok() {
+                return Ok((s.child, err_r));
+            }
+        }
+        let answer = z
+            .sock
+            .send_with_fds(&[&request[..]], &fds)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+            .and_then(|_| z.answer());
         let pid = match answer {
             Ok(pid) if pid > 0 => pid,
             Ok(errno) => return Err(io::Error::from_raw_os_error(-errno)),
@@ -199,18 +289,27 @@ impl Zygote {
                 return Err(e);
             }
         };
-        let worker = z.worker(pid);
         drop(running);
-        Ok((worker?, err_r))
+        Ok((Child::adopt(pid)?, err_r))
     }
 
     /// The last worker this zygote forked has answered its first command: have the
-    /// zygote fork the next spare now (best effort; its notice is read with the next
-    /// answer). A no-op while no zygote runs.
-    pub fn refill(&self) {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(z) = running.as_ref() {
-            let _ = z.sock.send(serve::REFILL);
+    /// zygote fork the next spare now, of that worker's kind, its VM's RAM made ahead if
+    /// `mib` is given (the last VM's size; `None` for a restore, which maps its own).
+    /// Best effort; the daemon takes it with the next request. A no-op while no zygote
+    /// runs, or while a spare waits or is on its way.
+    pub fn refill(&self, mib: Option<u32>) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(z) = running.as_mut() else {
+            return;
+        };
+        if let (None, None, Some(ns)) = (&z.spare, z.pending, z.last) {
+            let mut word = serve::REFILL.to_vec();
+            word.push(u8::from(ns));
+            word.extend_from_slice(&mib.unwrap_or(0).to_ne_bytes());
+            if z.sock.send(&word).is_ok() {
+                z.pending = Some(ns);
+            }
         }
     }
 

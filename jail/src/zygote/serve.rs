@@ -38,18 +38,24 @@ pub(super) fn set_name(name: &std::ffi::CStr) {
 /// The largest request (a JailSpec as JSON).
 const MAX_REQUEST: usize = 64 << 10;
 
-/// The daemon's word that the last worker it was handed has answered its first command
-/// (built, restored or failed): the zygote forks the next spare then, not while that
-/// worker is still building (docs/security.md, "The spare"). No answer but the notice.
+/// The daemon's word that the last worker it asked for has answered its first command
+/// (built, restored or failed), followed by one byte, the kind of the next spare (1: with
+/// namespaces), and the guest RAM in MiB that spare's VM should have made ahead (a
+/// native-endian u32, 0: none): the zygote forks that spare then, not while that worker is
+/// still building (docs/security.md, "The spare"). No answer but the notice.
 pub(super) const REFILL: &[u8] = b"refill";
+
+/// The length of a refill word.
+pub(super) const REFILL_LEN: usize = REFILL.len() + 5;
 
 /// What a forked worker runs: the jail (if any), then the protocol; returns its exit code.
 pub type Run = fn(Option<&JailSpec>) -> u8;
 
 /// What a spare does ahead of its request (the config-independent part of the worker's
-/// work: `vmm::prepare_ahead`, its KVM VM); returns the fds it opened (-1: none), which
+/// work: `vmm::prepare_ahead`, its KVM VM, with guest RAM of the MiB given if any);
+/// returns the fds it opened (-1: none), which
 /// the worker keeps.
-pub type Ahead = fn() -> [RawFd; 2];
+pub type Ahead = fn(Option<u32>) -> [RawFd; 2];
 
 /// Serve fork requests on fd 3 until the daemon hangs up. Must be single-threaded. What
 /// every worker needs from the host is opened ahead of the forks by the caller (/dev/kvm,
@@ -65,45 +71,31 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
         Some(s) if handles => crate::handles::count(s),
         _ => 0,
     };
-    let mut spare: Option<Spare> = None;
-    // The kind (namespaces or not) of the last request: that of the next spare.
-    let mut last: Option<bool> = None;
     loop {
         let Some((n, fds)) = receive(&sock, &mut buf) else {
             return 0;
         };
-        if fds.is_empty() && &buf[..n] == REFILL {
+        if fds.is_empty() && n == REFILL_LEN && buf.starts_with(REFILL) {
             // The next worker's process, namespaces and all, made now: off its build's
             // path, and after the last build (a fork right after a hand-off ran ahead of
-            // the worker just handed its request, on the same CPU).
-            if let (Some(ns), None) = (last, &spare) {
-                spare = Spare::fork((ns, handles), keep, (run, ahead), &mut buf);
-                if let Some(s) = &spare {
-                    if sock.send(&s.notice()).is_err() {
-                        return 0;
-                    }
-                }
+            // the worker just handed its request, on the same CPU). The daemon takes it.
+            let ns = buf[REFILL.len()] != 0;
+            let at = REFILL.len() + 1;
+            let mib = u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+            let hint = (mib > 0).then_some(mib);
+            let forked = Spare::fork((ns, handles), hint, keep, (run, ahead), &mut buf);
+            if Spare::announce(forked, ns, &sock).is_err() {
+                return 0;
             }
             continue;
         }
-        let request = &buf[..n];
-        let spec = serde_json::from_slice::<Option<JailSpec>>(request);
-        let (answer, ns) = match spec {
+        let spec = serde_json::from_slice::<Option<JailSpec>>(&buf[..n]);
+        let answer = match spec {
             // The control socket, stderr, and the jail's handles.
             Ok(spec) if fds.len() == 2 + taken(spec.as_ref()) => {
-                let ns = namespaces(spec.as_ref());
-                // A spare forked for the other kind of worker stays for a later request.
-                let handed = match spare.take() {
-                    Some(s) if s.namespaces == ns => s.hand(request, &fds),
-                    other => {
-                        spare = other;
-                        None
-                    }
-                };
-                let pid = handed.unwrap_or_else(|| fork(spec.as_ref(), &fds, keep, run));
-                (pid, Some(ns))
+                fork(spec.as_ref(), &fds, keep, run)
             }
-            _ => (-libc::EINVAL, None),
+            _ => -libc::EINVAL,
         };
         for fd in fds {
             // SAFETY: our copies of the received fds (the worker has its own).
@@ -112,7 +104,6 @@ pub fn serve(keep: RawFd, run: Run, ahead: Ahead) -> u8 {
         if sock.send(&answer.to_ne_bytes()).is_err() {
             return 0;
         }
-        last = ns.or(last);
     }
 }
 

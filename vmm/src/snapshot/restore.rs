@@ -39,7 +39,8 @@ pub fn restore(rc: &RestoreConfig) -> Result<Vm, SnapshotError> {
     let threads = VcpuThreads::spawn(1).map_err(build_err)?;
     // The VM and vCPU 0 a zygote's spare made ahead, if any (crate::prepared).
     let t = Instant::now();
-    let (vm_fd, mut vcpu0) = crate::prepared::vm(kvm, false)?;
+    let made = crate::prepared::vm(kvm, false, None)?;
+    let (vm_fd, mut vcpu0) = (made.vm, made.vcpu0);
     timings.create_vm_us = since(t);
 
     let t = Instant::now();

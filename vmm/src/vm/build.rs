@@ -52,17 +52,25 @@ fn build_with(config: &VmConfig, first_thread: u8) -> Result<Vm, BuildError> {
     // signal stack, TLS) then overlaps the build instead of delaying the first guest entry.
     let threads = VcpuThreads::spawn_from(first_thread, config.vcpus)?;
 
-    // The VM (and vCPU 0) a zygote's spare made ahead, if it fits (crate::prepared).
+    // The VM (and vCPU 0, and its RAM if of this size) a zygote's spare made ahead, if it
+    // fits (crate::prepared).
     let t = Instant::now();
-    let (vm_fd, mut vcpu0) = crate::prepared::vm(kvm, config.irqchip)?;
+    let made = crate::prepared::vm(kvm, config.irqchip, Some(config.memory_mib))?;
+    let (vm_fd, mut vcpu0) = (made.vm, made.vcpu0);
     timings.create_vm_us = since(t);
 
     // Memory before the irqchip: with an irqchip (its PIT thread) in place,
     // KVM_SET_USER_MEMORY_REGION waits out an SRCU grace period (measured ~5 ms, against
     // ~20 us before it).
     let t = Instant::now();
-    let mem = memory::create(config.memory_mib)?;
-    register_memory(&vm_fd, &mem)?;
+    let mem = match made.mem {
+        Some(mem) => mem,
+        None => {
+            let mem = memory::create(config.memory_mib)?;
+            register_memory(&vm_fd, &mem)?;
+            mem
+        }
+    };
     timings.memory_us = since(t);
 
     if config.irqchip {
