@@ -51,18 +51,8 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
         }
     }
     for cg in &spec.cgroups {
-        // "0": the writing process, whatever its pid looks like from here. On cgroup v1,
-        // through `tasks` (this one thread, which is the whole process here): moving a
-        // whole thread group through `cgroup.procs` write-locks every fork on the host and
-        // waits for an RCU grace period first (~8 ms here); moving the writing thread alone
-        // takes no such lock.
-        let tasks = cg.join("tasks");
-        let file = if tasks.exists() {
-            tasks
-        } else {
-            cg.join("cgroup.procs")
-        };
-        std::fs::write(file, "0").map_err(|source| JailError::Step {
+        // "0": the writing process, whatever its pid looks like from here.
+        std::fs::write(join_file(cg), "0").map_err(|source| JailError::Step {
             step: format!("joining cgroup {}", cg.display()),
             source,
         })?;
@@ -74,6 +64,20 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
         mounts(spec)?;
     }
     finish(spec)
+}
+
+/// The file a worker writes "0" to to join the cgroup `cg`: on cgroup v1 `tasks` (the
+/// writing thread, which is the whole process here): moving a whole thread group through
+/// `cgroup.procs` write-locks every fork on the host and waits for an RCU grace period
+/// first (~8 ms here); moving the writing thread alone takes no such lock. On v2,
+/// `cgroup.procs`.
+pub(crate) fn join_file(cg: &Path) -> std::path::PathBuf {
+    let tasks = cg.join("tasks");
+    if tasks.exists() {
+        tasks
+    } else {
+        cg.join("cgroup.procs")
+    }
 }
 
 /// The steps after the mounts: rlimits, no capabilities, an unprivileged uid/gid,

@@ -157,12 +157,7 @@ pub(crate) fn open(spec: &JailSpec) -> io::Result<Vec<OwnedFd>> {
         fds.push(clone_tree(&s.dir)?);
     }
     for cg in &spec.cgroups {
-        let tasks = cg.join("tasks");
-        let file = if tasks.exists() {
-            tasks
-        } else {
-            cg.join("cgroup.procs")
-        };
+        let file = crate::enter::join_file(cg);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&file)
