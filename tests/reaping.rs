@@ -174,22 +174,28 @@ fn is_spare(pid: u32) -> bool {
 
 /// Wait (at most 20 s) until `s` runs exactly its 2 idle shells (and at most its one
 /// zygote and that zygote's one spare); returns (live, zombies), zygote and spare left out.
+///
+/// A process the zygote has just forked bears the zygote's name until it names itself, so
+/// the counts are checked once things settle, not at every look.
 fn settle(s: &Serve) -> (Vec<u32>, Vec<u32>) {
     let t = Instant::now();
     loop {
         let (all, zombies) = s.processes();
         let zygotes = all.iter().filter(|p| is_zygote(**p)).count();
-        assert!(zygotes <= 1, "{zygotes} zygotes: {all:?}");
         let spares = all.iter().filter(|p| is_spare(**p)).count();
-        assert!(
-            spares <= zygotes,
-            "{spares} spares, {zygotes} zygotes: {all:?}"
-        );
         let live: Vec<u32> = all
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|p| !is_zygote(*p) && !is_spare(*p))
             .collect();
-        if (live.len() == 2 && zombies.is_empty()) || t.elapsed() > Duration::from_secs(20) {
+        let settled = live.len() == 2 && zombies.is_empty() && zygotes <= 1;
+        if settled || t.elapsed() > Duration::from_secs(20) {
+            let seen: Vec<String> = all.iter().map(|p| format!("{p} {}", comm(*p))).collect();
+            assert!(zygotes <= 1, "{zygotes} zygotes: {seen:?}");
+            assert!(
+                spares <= zygotes,
+                "{spares} spares, {zygotes} zygotes: {seen:?}"
+            );
             return (live, zombies);
         }
         std::thread::sleep(Duration::from_millis(50));
