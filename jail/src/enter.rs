@@ -132,13 +132,47 @@ fn arm_and_check(close: bool) {
 }
 
 fn prepare_serial(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
-    let io = |source| JailError::Step {
+    ready_serial(path, uid, gid).map_err(|source| JailError::Step {
         step: format!("serial file {}", path.display()),
         source,
+    })
+}
+
+/// Ready a VM's serial file before it is mounted in its jail: created if missing (never
+/// through a symlink, only a regular file: [`open_serial_file`]) and owned by the jail's
+/// uid. Runs as root: the path-based jail's worker, or the daemon for a worker taking its
+/// jail from handles.
+pub(crate) fn ready_serial(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    let f = open_serial_file(path)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+}
+
+/// Make `dir` (a mount point) this process's root and detach the old root's whole tree:
+/// `pivot_root(".", ".")` stacks the old root on the new one, and the lazy unmount drops
+/// it (an expedited RCU grace period: the step a spare takes ahead). Returns the step that
+/// failed with its error.
+pub(crate) fn pivot_into(dir: &std::ffi::CStr) -> Result<(), (&'static str, std::io::Error)> {
+    let dot = c".";
+    let step = |rc: libc::c_long, what: &'static str| {
+        if rc < 0 {
+            Err((what, std::io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
     };
-    // This still runs as root: the file is opened without following a symlink.
-    let f = open_serial_file(path).map_err(io)?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(io)
+    // SAFETY: NUL-terminated paths; no pointers are kept.
+    unsafe {
+        step(libc::chdir(dir.as_ptr()).into(), "chdir to the new root")?;
+        step(
+            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
+            "pivot_root",
+        )?;
+        step(
+            libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into(),
+            "unmounting the host root",
+        )?;
+        step(libc::chdir(c"/".as_ptr()).into(), "chdir /")
+    }
 }
 
 fn mount(src: Option<&Path>, dst: &Path, flags: libc::c_ulong) -> Result<(), JailError> {
@@ -191,22 +225,10 @@ fn mounts(spec: &JailSpec) -> Result<(), JailError> {
     if let Some(s) = &spec.snapshot {
         bind(&s.dir, &root.join(&super::SNAPSHOT[1..]), !s.writable)?;
     }
-    let r = cstr(root)?;
-    let dot = c".";
-    // SAFETY: NUL-terminated paths; pivot_root(".", ".") stacks the old root on top of the
-    // new one, and the lazy unmount then drops it.
-    unsafe {
-        check(libc::chdir(r.as_ptr()).into(), "chdir to the jail")?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()),
-            "pivot_root",
-        )?;
-        check(
-            libc::umount2(dot.as_ptr(), libc::MNT_DETACH).into(),
-            "unmounting the host root",
-        )?;
-        check(libc::chdir(c"/".as_ptr()).into(), "chdir /")
-    }
+    pivot_into(&cstr(root)?).map_err(|(step, source)| JailError::Step {
+        step: step.into(),
+        source,
+    })
 }
 
 /// The type of `setrlimit`'s resource argument: glibc has its own, musl an `int`.

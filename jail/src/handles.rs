@@ -149,8 +149,7 @@ pub(crate) fn open(spec: &JailSpec) -> io::Result<Vec<OwnedFd>> {
         fds.push(clone_tree(initrd)?);
     }
     if let Some(serial) = &spec.serial {
-        let f = crate::open_serial_file(serial)?;
-        std::os::unix::fs::fchown(&f, Some(spec.uid), Some(spec.gid))?;
+        crate::enter::ready_serial(serial, spec.uid, spec.gid)?;
         fds.push(clone_tree(serial)?);
     }
     if let Some(s) = &spec.snapshot {
@@ -273,7 +272,8 @@ fn inside(path: &str) -> std::ffi::CString {
 /// Set `attr` (plus nosuid, nodev, noexec) on the detached mount `fd` and attach it at
 /// `target`.
 fn attach_at(fd: &OwnedFd, target: &CStr, attr: u64) -> io::Result<()> {
-    let mut set: libc::mount_attr = unsafe_zeroed();
+    // SAFETY: mount_attr is plain integers; all zero is "change nothing".
+    let mut set: libc::mount_attr = unsafe { std::mem::zeroed() };
     set.attr_set =
         attr | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
     let what = target.to_string_lossy();
@@ -304,18 +304,12 @@ fn attach_at(fd: &OwnedFd, target: &CStr, attr: u64) -> io::Result<()> {
     check(rc, &format!("attaching {what}"))
 }
 
-fn unsafe_zeroed() -> libc::mount_attr {
-    // SAFETY: mount_attr is plain integers; all zero is "change nothing".
-    unsafe { std::mem::zeroed() }
-}
-
 /// In a process with a mount namespace of its own: make its mounts private, pivot into an
 /// empty tmpfs (mounted over `/proc`, which every host has) and detach the host's tree, then
 /// make the mount point for the per-VM directory. A spare does this while it waits.
 pub(crate) fn prejail() -> io::Result<()> {
     crate::enter::make_root_private();
-    // SAFETY: NUL-terminated strings; pivot_root(".", ".") stacks the old root on the new
-    // one and the lazy unmount drops it, as in `enter`.
+    // SAFETY: NUL-terminated strings and options that outlive the calls.
     unsafe {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let opts = c"mode=0755,size=16k,nr_inodes=16";
@@ -330,16 +324,8 @@ pub(crate) fn prejail() -> io::Result<()> {
             .into(),
             "mounting the jail's tmpfs",
         )?;
-        check(libc::chdir(c"/proc".as_ptr()).into(), "chdir to the tmpfs")?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
-            "pivot_root",
-        )?;
-        check(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH).into(),
-            "unmounting the host root",
-        )?;
-        check(libc::chdir(c"/".as_ptr()).into(), "chdir /")?;
+        crate::enter::pivot_into(c"/proc")
+            .map_err(|(step, e)| io::Error::new(e.kind(), format!("{step}: {e}")))?;
         check(libc::mkdir(VM.as_ptr(), 0o755).into(), "mkdir /vm")?;
     }
     PREJAILED.store(true, Ordering::Relaxed);
