@@ -9,8 +9,12 @@ use crate::{BusAction, BusDevice, Interrupt};
 
 /// Where serial output goes.
 pub enum SerialSink {
-    /// The process's stdout (`dust run`).
-    Stdout,
+    /// The process's stdout (`dust run`). With `hand_off`, each write is followed by a
+    /// `sched_yield` ([`HandOff`]).
+    Stdout {
+        /// Yield the CPU after each write, so that a reader woken on this CPU reads now.
+        hand_off: bool,
+    },
     /// An open file (a worker's log).
     File(File),
     /// Anything else (tests, in-memory capture).
@@ -23,7 +27,11 @@ impl SerialSink {
     /// The sink's writer, teeing into `tail`.
     fn into_writer(self, tail: &OutputTail) -> Held {
         let inner: Box<dyn Write + Send> = match self {
-            SerialSink::Stdout => Box::new(io::stdout()),
+            SerialSink::Stdout { hand_off: false } => Box::new(io::stdout()),
+            SerialSink::Stdout { hand_off: true } => Box::new(HandOff {
+                out: io::stdout(),
+                wrote: false,
+            }),
             SerialSink::File(f) => Box::new(f),
             SerialSink::Writer(w) => w,
             SerialSink::Discard => Box::new(io::sink()),
@@ -35,6 +43,32 @@ impl SerialSink {
             },
             pending: Vec::new(),
         }
+    }
+}
+
+/// Stdout that yields the CPU after each flush that follows a write. A pipe write wakes its reader on the
+/// writer's own CPU (a synchronous wake-up is affine), where the reader then waits until the
+/// VMM sleeps: after a guest's greeting, that is behind the rest of the guest's run and the
+/// VM's teardown, ~0.13 ms (docs/benchmarks.md, "`dust run` hands the CPU to its reader").
+/// `sched_yield` lets it read first; with nobody waiting it returns at once.
+struct HandOff {
+    out: io::Stdout,
+    wrote: bool,
+}
+
+impl Write for HandOff {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.wrote = true;
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.out.flush();
+        if std::mem::take(&mut self.wrote) {
+            // SAFETY: sched_yield has no preconditions and touches no memory.
+            unsafe { libc::sched_yield() };
+        }
+        r
     }
 }
 

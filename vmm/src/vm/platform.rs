@@ -33,7 +33,10 @@ pub(crate) struct Devices {
 
 fn sink_from_config(serial: &SerialConfig) -> Result<SerialSink, BuildError> {
     Ok(match serial {
-        SerialConfig::Stdout => SerialSink::Stdout,
+        // A filtered process (a worker) keeps to its allowlist: no hand-off there.
+        SerialConfig::Stdout => SerialSink::Stdout {
+            hand_off: !dust_jail::seccomp::enabled(),
+        },
         SerialConfig::None => SerialSink::Discard,
         SerialConfig::File(path) => {
             // Appended to: every VM of a service shares its log file.
