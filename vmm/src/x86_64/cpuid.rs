@@ -32,24 +32,37 @@ const MAGIC: &[u8; 8] = b"DUSTCPU1";
 const ENTRY_WORDS: usize = 10;
 
 fn cache_file() -> Option<PathBuf> {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let boot_id = boot_id.trim();
+    // One read of the 37-byte id (read_to_string would stat the file and read to its end).
+    let mut buf = [0u8; 64];
+    let n = std::fs::File::open("/proc/sys/kernel/random/boot_id")
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut buf))
+        .ok()?;
+    let boot_id = std::str::from_utf8(&buf[..n]).ok()?.trim();
     if boot_id.is_empty() || !boot_id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
         return None;
     }
     Some(crate::runtime_dir().join(format!("cpuid-{boot_id}.bin")))
 }
 
-/// The cached table, if the file is ours, private and well-formed.
+/// The cached table, if the file is ours, private and well-formed. Opened without following
+/// a symlink and checked through the open file: what is checked is what is read.
 fn read_cache(path: &Path) -> Option<CpuId> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+    let max = (MAGIC.len() + KVM_MAX_CPUID_ENTRIES * ENTRY_WORDS * 4) as u64;
+    if !meta.is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 || meta.len() > max {
         return None;
     }
-    let bytes = std::fs::read(path).ok()?;
+    let mut bytes = vec![0u8; meta.len() as usize];
+    file.read_exact(&mut bytes).ok()?;
     let body = bytes.strip_prefix(MAGIC)?;
     let entry_len = ENTRY_WORDS * 4;
     if body.is_empty()
@@ -252,6 +265,9 @@ mod tests {
         let back = read_cache(&path).unwrap();
         assert_eq!(back.as_slice()[0].eax, 0x806c1);
         assert_eq!(back.as_slice().len(), 1);
+        let link = dir.join("link.bin");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_cache(&link).is_none(), "a symlink is not followed");
         std::fs::write(&path, b"DUSTCPU1short").unwrap();
         assert!(read_cache(&path).is_none());
         std::fs::write(&path, b"garbage").unwrap();
