@@ -105,8 +105,9 @@ fn run_bin_name() -> String {
 fn main() -> ExitCode {
     // The two commands whose start-up is on a timed path skip building the whole command
     // line of every subcommand (clap's builders allocate and copy a lot, and musl's malloc
-    // maps and unmaps pages for it): `dust run` (spawn -> greeting, docs/benchmarks.md) and
-    // `dust worker` (a shell build), which takes no arguments.
+    // maps and unmaps pages for it): `dust run` (spawn -> greeting, docs/benchmarks.md),
+    // whose plain form skips clap altogether, and `dust worker` (a shell build), which takes
+    // no arguments.
     let mut argv = std::env::args_os().skip(1);
     match (argv.next(), argv.next()) {
         (Some(cmd), None) if cmd == "worker" => {
@@ -114,6 +115,11 @@ fn main() -> ExitCode {
             return cli::worker::worker();
         }
         (Some(cmd), _) if cmd == "run" => {
+            let words: Vec<_> = std::env::args_os().skip(2).collect();
+            if let Some(args) = cli::run::RunArgs::plain(&words) {
+                cli::init_logging();
+                return cli::run::run(args);
+            }
             return match parse::<RunOnly>(std::env::args_os().skip(1), Some(run_bin_name())) {
                 Ok(r) => {
                     cli::init_logging();

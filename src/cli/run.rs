@@ -1,5 +1,6 @@
 //! `dust run IMAGE`: one VM in the foreground.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -65,6 +66,50 @@ pub enum Boot {
 }
 
 impl RunArgs {
+    /// `dust run IMAGE [--cmdline VALUE] [--timings]`, the words in any order, recognised
+    /// without clap: the form scripts and `dust bench boot` spawn. Building clap's description
+    /// of every flag of `dust run` and parsing against it took ~0.1 ms of a ~1.6 ms spawn ->
+    /// greeting (docs/benchmarks.md, "`dust run` without clap for its plain form").
+    ///
+    /// `args` are the words after `run`. Anything else - another flag, a word twice, `--`, an
+    /// IMAGE or VALUE that clap would read as a flag or refuse - is None, and clap parses it:
+    /// help, usage and every error stay clap's. A test checks that clap reads every accepted
+    /// form the same.
+    pub fn plain(args: &[OsString]) -> Option<RunArgs> {
+        let (mut image, mut cmdline, mut timings) = (None, None, false);
+        let mut words = args.iter();
+        while let Some(w) = words.next() {
+            if w == "--cmdline" && cmdline.is_none() {
+                let v = words.next()?.to_str()?;
+                if v.starts_with('-') {
+                    return None;
+                }
+                cmdline = Some(v.to_owned());
+            } else if w == "--timings" && !timings {
+                timings = true;
+            } else if image.is_none() && !w.is_empty() && !w.as_encoded_bytes().starts_with(b"-") {
+                image = Some(PathBuf::from(w));
+            } else {
+                return None;
+            }
+        }
+        Some(RunArgs {
+            image: Some(image?),
+            snapshot_out: None,
+            restore: None,
+            initrd: None,
+            cmdline: cmdline.unwrap_or_default(),
+            memory_mib: vmm::config::DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            irqchip: false,
+            timeout: None,
+            vsock: None,
+            timings,
+            boot: Boot::Linux,
+            wasm: super::wasm::WasmArgs::default(),
+        })
+    }
+
     fn config(&self) -> VmConfig {
         VmConfig {
             id: format!("run-{}", std::process::id()),
@@ -156,4 +201,82 @@ pub fn run(args: RunArgs) -> ExitCode {
         eprintln!("dust: {}", report.exit);
     }
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStringExt;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    #[command(name = "run")]
+    struct Clap {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn words(w: &[&str]) -> Vec<OsString> {
+        w.iter().map(OsString::from).collect()
+    }
+
+    /// Where the plain form is recognised, clap reads the same flags.
+    fn same_as_clap(args: &[OsString]) -> bool {
+        let Some(plain) = RunArgs::plain(args) else {
+            return false;
+        };
+        let argv = std::iter::once(OsString::from("run")).chain(args.iter().cloned());
+        let clap = Clap::try_parse_from(argv).expect("clap accepts what the plain form does");
+        assert_eq!(format!("{plain:?}"), format!("{:?}", clap.args), "{args:?}");
+        true
+    }
+
+    #[test]
+    fn the_plain_form_reads_as_clap_reads_it() {
+        for w in [
+            &["hello"][..],
+            &["hello", "--cmdline", "bench"],
+            &["--cmdline", "a b=c", "./x/hello"],
+            &["hello", "--timings"],
+            &["--timings", "--cmdline", "", "hello"],
+            &["--cmdline", "x", "--timings", "/abs/hello"],
+        ] {
+            assert!(same_as_clap(&words(w)), "{w:?} is the plain form");
+        }
+        // A path that is not UTF-8 is a path all the same.
+        assert!(same_as_clap(&[OsString::from_vec(b"img\xff".to_vec())]));
+    }
+
+    #[test]
+    fn anything_else_is_left_to_clap() {
+        for w in [
+            &[][..],
+            &["--timings"],
+            &["a", "b"],
+            &["-"],
+            &[""],
+            &["--", "hello"],
+            &["hello", "--cmdline"],
+            &["hello", "--cmdline", "-x"],
+            &["hello", "--cmdline=a"],
+            &["hello", "--cmdline", "a", "--cmdline", "b"],
+            &["hello", "--timings", "--timings"],
+            &["hello", "--mem", "64"],
+            &["hello", "--help"],
+            &["-h"],
+            &["--restore", "dir"],
+            &["hello", "--wasm", "m.wasm"],
+        ] {
+            assert!(RunArgs::plain(&words(w)).is_none(), "{w:?}");
+        }
+        let bad_utf8 = OsString::from_vec(b"a\xff".to_vec());
+        let w = [
+            OsString::from("hello"),
+            OsString::from("--cmdline"),
+            bad_utf8,
+        ];
+        assert!(RunArgs::plain(&w).is_none());
+    }
 }
