@@ -69,7 +69,8 @@ impl RunArgs {
     /// `dust run IMAGE [--cmdline VALUE] [--timings]`, the words in any order, recognised
     /// without clap: the form scripts and `dust bench boot` spawn. Building clap's description
     /// of every flag of `dust run` and parsing against it took ~0.1 ms of a ~1.6 ms spawn ->
-    /// greeting (docs/benchmarks.md, "`dust run` without clap for its plain form").
+    /// greeting (docs/benchmarks.md, "`dust run` linked with LTO, ..., its plain form read
+    /// without clap").
     ///
     /// `args` are the words after `run`. Anything else - another flag, a word twice, `--`, an
     /// IMAGE or VALUE that clap would read as a flag or refuse - is None, and clap parses it:

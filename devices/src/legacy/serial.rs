@@ -46,11 +46,12 @@ impl SerialSink {
     }
 }
 
-/// Stdout that yields the CPU after each flush that follows a write. A pipe write wakes its reader on the
-/// writer's own CPU (a synchronous wake-up is affine), where the reader then waits until the
-/// VMM sleeps: after a guest's greeting, that is behind the rest of the guest's run and the
-/// VM's teardown, ~0.13 ms (docs/benchmarks.md, "`dust run` hands the CPU to its reader").
-/// `sched_yield` lets it read first; with nobody waiting it returns at once.
+/// Stdout that yields the CPU after each flush that follows a write. A pipe write wakes its
+/// reader on the writer's own CPU (a synchronous wake-up is affine), where the reader then
+/// waited until the VMM slept: after a guest's greeting, behind the rest of the guest's run
+/// and the VM's teardown, ~0.13 ms (docs/benchmarks.md, "`dust run` linked with LTO, its
+/// output handed to its reader, ..."). `sched_yield` lets it read first; with nobody
+/// waiting it returns at once.
 struct HandOff {
     out: io::Stdout,
     wrote: bool,
