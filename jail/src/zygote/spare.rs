@@ -153,7 +153,7 @@ fn wait(
             serde_json::from_slice::<Option<JailSpec>>(&buf[..n]).ok(),
             k,
         ),
-        // The zygote is gone: so is this spare.
+        // The daemon let it go (end of file) or sent nothing usable: the spare ends.
         _ => (None, 0),
     };
     let Some(spec) = spec else {
